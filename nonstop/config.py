@@ -1,0 +1,537 @@
+"""The one configuration object: ``nonstop.yml`` loaded, validated, resolved.
+
+Every setting is declared once here (default, validation, help). ``load()``
+turns any problem into a ``ConfigError`` naming the file and the field path
+(``strategy.steps[1].weight``), which the CLI reports with exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from nonstop.durations import parse_duration
+from nonstop.errors import ConfigError
+
+CONFIG_NAME = "nonstop.yml"
+
+
+def _duration(v: Any) -> float:
+    return parse_duration(v)
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+"""Seconds; accepts ``200ms``, ``30s``, ``10m``, ``1h`` or a number."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _addr(value: str, field: str) -> tuple[str, int]:
+    host, sep, port = str(value).rpartition(":")
+    if not sep or not port.isdigit() or not (0 <= int(port) <= 65535):
+        raise ValueError(f"expected HOST:PORT (like 127.0.0.1:8080); got {value!r}")
+    return (host.strip("[]") or "0.0.0.0"), int(port)
+
+
+Command = Union[str, list[str]]
+
+
+def split_command(cmd: Command, *, shell: bool) -> list[str]:
+    """argv for a configured command: a list is taken as is; a string is split like a shell would (``shlex``) but never run through one unless ``shell`` is true."""
+    if isinstance(cmd, list):
+        return list(cmd)
+    if shell:
+        return ["/bin/sh", "-c", cmd]
+    return shlex.split(cmd)
+
+
+class BuildConfig(_Model):
+    workdir: str = "."
+    commands: list[Command] = Field(default_factory=list)
+    artifact: str | None = None
+    shell: bool = False
+    timeout: Duration = 1800.0
+
+
+class RunConfig(_Model):
+    command: Command
+    env: dict[str, str] = Field(default_factory=dict)
+    ports: str = "8081-8082"
+    instances: int = Field(1, ge=1, le=64)
+    stop_signal: str = "SIGTERM"
+    stop_timeout: Duration = 30.0
+    shell: bool = False
+    workdir: str | None = None
+
+    @field_validator("command")
+    @classmethod
+    def _has_port(cls, v: Command) -> Command:
+        text = v if isinstance(v, str) else " ".join(v)
+        if not text.strip():
+            raise ValueError("must not be empty")
+        if "{port}" not in text:
+            raise ValueError("must contain {port}: nonstop picks the port of each instance")
+        if isinstance(v, str):
+            try:
+                shlex.split(v)
+            except ValueError as e:
+                raise ValueError(f"cannot be split into arguments: {e}") from None
+        return v
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, v: str) -> str:
+        port_list(v)
+        return v
+
+    @field_validator("stop_signal")
+    @classmethod
+    def _signal(cls, v: str) -> str:
+        import signal
+
+        name = v.upper() if v.upper().startswith("SIG") else "SIG" + v.upper()
+        if not hasattr(signal, name):
+            raise ValueError(f"unknown signal {v!r}")
+        return name
+
+    @property
+    def port_list(self) -> list[int]:
+        return port_list(self.ports)
+
+
+def port_list(spec: str | int) -> list[int]:
+    """``8081-8084`` or ``8081,8082`` (or a mix) → sorted list of ports."""
+    ports: set[int] = set()
+    for part in str(spec).split(","):
+        part = part.strip()
+        lo, dash, hi = part.partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()):
+            raise ValueError(f"expected a port range like 8081-8082; got {spec!r}")
+        a, b = int(lo), int(hi) if dash else int(lo)
+        if not (1 <= a <= b <= 65535):
+            raise ValueError(f"ports must be within 1-65535, low to high; got {part!r}")
+        ports.update(range(a, b + 1))
+    return sorted(ports)
+
+
+class HealthConfig(_Model):
+    type: Literal["http", "tcp", "command"] = "http"
+    path: str = "/health"
+    expect_status: int = Field(200, ge=100, le=599)
+    expect_body: str | None = None
+    command: Command | None = None
+    shell: bool = False
+    interval: Duration = 0.2
+    timeout: Duration = 2.0
+    startup_timeout: Duration = 120.0
+    healthy_threshold: int = Field(2, ge=1)
+    unhealthy_threshold: int = Field(3, ge=1)
+
+    @model_validator(mode="after")
+    def _command_needed(self) -> "HealthConfig":
+        if self.type == "command" and not self.command:
+            raise ValueError("health.command: required with type: command")
+        if not self.path.startswith("/"):
+            raise ValueError("health.path: must start with /")
+        return self
+
+
+class Step(_Model):
+    weight: int | None = Field(None, ge=0, le=100)
+    pause: Duration | Literal["manual"] | None = None
+
+    @field_validator("pause", mode="before")
+    @classmethod
+    def _pause(cls, v: Any) -> Any:
+        if v == "manual" or v is None:
+            return v
+        return parse_duration(v)
+
+    @model_validator(mode="after")
+    def _something(self) -> "Step":
+        if self.weight is None and self.pause is None:
+            raise ValueError("a step needs a weight, a pause, or both")
+        return self
+
+
+class MatchConfig(_Model):
+    header: dict[str, str] = Field(default_factory=dict)
+    cookie: dict[str, str] = Field(default_factory=dict)
+
+
+class AnalysisConfig(_Model):
+    interval: Duration = 5.0
+    max_error_rate: float = Field(0.01, ge=0, le=1)
+    max_p99: Duration | None = None
+    max_error_rate_vs_stable: float | None = Field(
+        None, ge=0, description="canary error rate may be at most this many times the stable one (plus max_error_rate)"
+    )
+    max_p99_vs_stable: float | None = Field(None, ge=0, description="canary p99 may be at most this many times the stable one")
+    min_requests: int = Field(50, ge=1)
+    failure_limit: int = Field(2, ge=1)
+
+
+class RecreateStrategy(_Model):
+    type: Literal["recreate"]
+
+
+class BlueGreenStrategy(_Model):
+    type: Literal["blue-green"]
+    smoke: Command | None = None
+    shell: bool = False
+    keep_previous: Duration = 600.0
+    auto_promote: bool = True
+
+
+class CanaryStrategy(_Model):
+    type: Literal["canary"]
+    steps: list[Step] = Field(
+        default_factory=lambda: [Step(weight=10, pause=30.0), Step(weight=50, pause=60.0)], min_length=1
+    )
+    sticky: bool = True
+    match: MatchConfig | None = None
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+
+
+def _count_or_percent(v: Any) -> Any:
+    if isinstance(v, str):
+        s = v.strip()
+        if s.endswith("%") and s[:-1].strip().isdigit() and 0 <= int(s[:-1]) <= 100:
+            return s.replace(" ", "")
+        if s.isdigit():
+            return int(s)
+        raise ValueError(f"expected a number or a percentage like 25%; got {v!r}")
+    return v
+
+
+CountOrPercent = Annotated[Union[int, str], BeforeValidator(_count_or_percent)]
+
+
+def resolve_count(value: int | str, total: int, *, round_up: bool) -> int:
+    """Kubernetes semantics: percentages of ``total``; surge rounds up, unavailable rounds down."""
+    if isinstance(value, int):
+        return value
+    pct = int(value.rstrip("%"))
+    n = total * pct / 100
+    return int(-(-n // 1)) if round_up else int(n // 1)
+
+
+class RollingStrategy(_Model):
+    type: Literal["rolling"]
+    max_surge: CountOrPercent = 1
+    max_unavailable: CountOrPercent = 0
+
+    @field_validator("max_surge", "max_unavailable")
+    @classmethod
+    def _non_negative(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("must not be negative")
+        return v
+
+
+Strategy = Annotated[
+    Union[RecreateStrategy, BlueGreenStrategy, CanaryStrategy, RollingStrategy],
+    Field(discriminator="type"),
+]
+
+
+class EmbeddedRouter(_Model):
+    type: Literal["embedded"]
+    connect_timeout: Duration = 2.0
+    read_timeout: Duration = 60.0
+    idle_timeout: Duration = 75.0
+    max_body: int | None = Field(None, ge=0)
+    workers: int = Field(1, ge=1, le=64)
+
+
+class NginxRouter(_Model):
+    type: Literal["nginx"]
+    mode: Literal["managed", "external"] = "managed"
+    binary: str = "nginx"
+    upstream_file: str | None = None
+    test_command: Command = "nginx -t"
+    reload_command: Command = "nginx -s reload"
+    access_log: str | None = None
+    worker_shutdown_timeout: Duration = 30.0
+
+    @model_validator(mode="after")
+    def _external(self) -> "NginxRouter":
+        if self.mode == "external" and not self.upstream_file:
+            raise ValueError("router.upstream_file: required with mode: external")
+        return self
+
+
+class HaproxyRouter(_Model):
+    type: Literal["haproxy"]
+    mode: Literal["managed", "external"] = "managed"
+    binary: str = "haproxy"
+    socket: str | None = None
+    backend: str | None = None
+
+    @model_validator(mode="after")
+    def _external(self) -> "HaproxyRouter":
+        if self.mode == "external" and not (self.socket and self.backend):
+            raise ValueError("router.socket: router.socket and router.backend are required with mode: external")
+        return self
+
+
+Router = Annotated[Union[EmbeddedRouter, NginxRouter, HaproxyRouter], Field(discriminator="type")]
+
+
+class DashboardConfig(_Model):
+    listen: str = "127.0.0.1:9900"
+    enabled: bool = True
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        _addr(v, "dashboard.listen")
+        return v
+
+
+class NotifyConfig(_Model):
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    events: list[Literal["start", "step", "success", "failure", "rollback"]] | None = None
+    timeout: Duration = 5.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return v
+
+
+class Config(_Model):
+    """Everything nonstop knows about one app, as written in ``nonstop.yml``."""
+
+    app: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    listen: str = "127.0.0.1:8080"
+    state_dir: str = ".nonstop"
+    build: BuildConfig | None = None
+    run: RunConfig
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    strategy: Strategy = Field(default_factory=lambda: BlueGreenStrategy(type="blue-green"))
+    drain_timeout: Duration = 30.0
+    hold_timeout: Duration = 10.0
+    keep_releases: int = Field(5, ge=2)
+    router: Router = Field(default_factory=lambda: EmbeddedRouter(type="embedded"))
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
+    notify: list[NotifyConfig] = Field(default_factory=list)
+    hooks: dict[Literal["pre_deploy", "post_deploy"], Command] = Field(default_factory=dict)
+
+    # Where the file was read from; paths in the config are relative to it.
+    source: str | None = Field(None, exclude=True)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        _addr(v, "listen")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Config":
+        ports = self.run.port_list
+        s = self.strategy
+        n = self.run.instances
+        if isinstance(s, RollingStrategy):
+            surge = resolve_count(s.max_surge, n, round_up=True)
+            unavail = resolve_count(s.max_unavailable, n, round_up=False)
+            if surge == 0 and unavail == 0:
+                raise ValueError(
+                    "strategy: max_surge and max_unavailable are both 0: a rolling update could never make progress"
+                )
+            need = n + surge
+        elif isinstance(s, (BlueGreenStrategy, CanaryStrategy)):
+            need = 2 * n
+        else:
+            need = n
+        if len(ports) < need:
+            raise ValueError(
+                f"run.ports: {self.run.ports} gives {len(ports)} port(s) but strategy {s.type} "
+                f"with {n} instance(s) needs {need}"
+            )
+        lport = _addr(self.listen, "listen")[1]
+        if lport in ports:
+            raise ValueError(f"listen: port {lport} is also in run.ports")
+        if isinstance(s, CanaryStrategy):
+            weights = [st.weight for st in s.steps if st.weight is not None]
+            if any(b < a for a, b in zip(weights, weights[1:])):
+                raise ValueError("strategy.steps: weights must not decrease (raising the weight only adds users)")
+            self._check_router_can("weights", "canary steps")
+            if s.match and (s.match.header or s.match.cookie):
+                self._check_router_can("match", "strategy.match")
+            if s.sticky:
+                self._check_router_can("sticky", "strategy.sticky")
+        return self
+
+    def _check_router_can(self, capability: str, what: str) -> None:
+        caps = ROUTER_CAPABILITIES[self.router.type]
+        if capability not in caps:
+            raise ValueError(f"router.type: {self.router.type} cannot honour {what} (it cannot do {capability!r})")
+
+    # -- derived paths -------------------------------------------------
+    @property
+    def base_dir(self) -> Path:
+        return Path(self.source).resolve().parent if self.source else Path.cwd()
+
+    def path(self, p: str) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        q = Path(os.path.expanduser(p))
+        return q if q.is_absolute() else self.base_dir / q
+
+    @property
+    def state_path(self) -> Path:
+        return self.path(self.state_dir)
+
+    @property
+    def listen_addr(self) -> tuple[str, int]:
+        return _addr(self.listen, "listen")
+
+
+# What each router can do; config load refuses what a router cannot honour
+# (DESIGN.md §6: "says so at config load, not mid-deploy").
+ROUTER_CAPABILITIES: dict[str, frozenset[str]] = {
+    "embedded": frozenset({"weights", "match", "sticky", "stats", "drain", "hold"}),
+    "nginx": frozenset({"weights", "match", "sticky", "stats", "drain"}),
+    "haproxy": frozenset({"weights", "match", "sticky", "stats", "drain"}),
+}
+
+
+def _field_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("recreate", "blue-green", "canary", "rolling", "embedded", "nginx", "haproxy"):
+            continue  # discriminator tag pydantic inserts; the user never wrote it
+        elif str(part).startswith("function-"):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def load(path: str | os.PathLike | None = None) -> Config:
+    """Read and validate ``nonstop.yml``. Raises ``ConfigError`` (never exits)."""
+    p = Path(path) if path else find_config()
+    shown = str(p)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError("no such file (run `nonstop init` to write one)", file=shown) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror}", file=shown) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"not valid YAML{where}: {getattr(e, 'problem', e)}", file=shown) from None
+    if not isinstance(data, dict):
+        raise ConfigError("expected a mapping of settings at the top level", file=shown)
+    return from_dict(data, source=str(p.resolve()), shown=shown)
+
+
+def from_dict(data: dict, *, source: str | None = None, shown: str | None = None) -> Config:
+    try:
+        return Config.model_validate({**data, "source": source})
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = _field_path(tuple(err["loc"])) or "(top level)"
+        msg = err["msg"]
+        for prefix in ("Value error, ", "Assertion failed, "):
+            if msg.startswith(prefix):
+                msg = msg[len(prefix):]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        elif err["type"] == "missing":
+            msg = "required setting is missing"
+        elif err["type"] == "union_tag_invalid":
+            ctx = err.get("ctx", {})
+            msg = f"unknown type {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
+            field = (field + ".type").lstrip(".")
+        # Cross-field errors name their own field in the message ("run.ports: ...").
+        m = re.match(r"^([a-z_]+(?:\.[a-z_]+|\[\d+\])*): (.*)$", msg, re.S)
+        if m:
+            field, msg = m.group(1), m.group(2)
+        more = f" (and {len(e.errors()) - 1} more problem(s))" if len(e.errors()) > 1 else ""
+        raise ConfigError(msg + more, file=shown or source, field=field) from None
+
+
+def find_config(start: Path | None = None) -> Path:
+    """``$NONSTOP_CONFIG``, else ``nonstop.yml`` in the current folder or its parents."""
+    env = os.environ.get("NONSTOP_CONFIG")
+    if env:
+        return Path(env)
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / CONFIG_NAME).exists():
+            return d / CONFIG_NAME
+    return here / CONFIG_NAME
+
+
+TEMPLATE = """\
+# nonstop.yml — how nonstop runs and deploys this app (see DESIGN.md).
+app: {app}
+listen: 127.0.0.1:8080            # public address clients use (the proxy listens here)
+# state_dir: .nonstop             # state, logs, releases, sockets; default beside this file
+
+# build:                          # optional: run before each deploy, then copy the artifact
+#   workdir: .
+#   commands: ["git pull", "./gradlew clean bootJar"]
+#   artifact: build/libs/app.jar
+
+run:
+  # Any command; {{port}} is filled in per instance. Also: {{artifact}} {{release}} {{version}} {{instance}} {{state_dir}}.
+  # Split like a shell would, never run through one (set shell: true to opt in).
+  command: java -jar {{artifact}} --server.port={{port}}
+  ports: 8081-8082                # blue-green and canary need 2 x instances; rolling instances + max_surge
+  instances: 1
+  stop_signal: SIGTERM
+  stop_timeout: 30s               # then SIGKILL
+
+health:
+  path: /actuator/health
+  expect_status: 200
+  expect_body: UP
+  interval: 200ms
+  timeout: 2s
+  startup_timeout: 120s
+  healthy_threshold: 2
+
+strategy:
+  type: blue-green                # recreate | blue-green | canary | rolling
+  keep_previous: 10m              # old color stays warm for an instant rollback
+  # canary:
+  # type: canary
+  # steps: [{{weight: 10, pause: 30s}}, {{weight: 50, pause: 1m}}, {{pause: manual}}]
+  # analysis: {{interval: 5s, max_error_rate: 0.01, max_p99: 800ms, min_requests: 50, failure_limit: 2}}
+
+drain_timeout: 30s                # in-flight requests of a retired instance finish within this
+hold_timeout: 10s                 # a request waits this long for a ready instance before 503
+keep_releases: 5
+
+router:
+  type: embedded                  # embedded | nginx | haproxy
+
+dashboard:
+  listen: 127.0.0.1:9900          # loopback; changes need the token in <state_dir>/token
+"""
