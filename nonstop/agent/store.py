@@ -288,15 +288,9 @@ class Store:
         )
 
     def _id_taken(self, db: sqlite3.Connection, rid: str) -> bool:
-        # An id once used by a deployment stays taken even after its release is
-        # pruned, so history never mixes two builds under one name.
-        return bool(
-            db.execute(
-                "SELECT 1 FROM releases WHERE id = ? UNION ALL "
-                "SELECT 1 FROM deployments WHERE release = ? OR from_release = ? LIMIT 1",
-                (rid, rid, rid),
-            ).fetchone()
-        )
+        # Only stored releases count: a deployment is recorded under the asked-for
+        # version before its release exists (the build runs inside it).
+        return db.execute("SELECT 1 FROM releases WHERE id = ?", (rid,)).fetchone() is not None
 
     def _free_id(self, db: sqlite3.Connection, version: str) -> str:
         rid, n = version, 1
