@@ -1,0 +1,139 @@
+"""The agent's control API (HTTP + JSON over ``agent.sock``): each handler delegates in a line or two.
+
+Long operations answer with a stream of NDJSON events ending in a
+``{"type": "result", ...}`` line. Errors are JSON with the exit code the CLI
+should use (``NonstopError.exit_code``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from nonstop.errors import NonstopError, UsageError
+
+_STATUS = {1: 500, 2: 400, 3: 503, 4: 409}
+
+
+def error_response(e: NonstopError) -> JSONResponse:
+    body = {**e.to_dict(), "exit_code": e.exit_code}
+    return JSONResponse(body, status_code=_STATUS.get(e.exit_code, 500))
+
+
+async def _body(request: Request) -> dict:
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise UsageError("request body is not JSON") from None
+    if not isinstance(data, dict):
+        raise UsageError("request body must be a JSON object")
+    return data
+
+
+def make_app(agent, on_down: Callable[[], None]) -> Starlette:
+    """The control API for ``agent`` (a ``nonstop.agent.daemon.Agent``)."""
+
+    def stream_deployment(dep_id: int) -> StreamingResponse:
+        async def gen() -> AsyncIterator[bytes]:
+            async for ev in agent.events.follow(dep_id, until=lambda e: e.type == "result"):
+                yield (json.dumps(_event_json(ev)) + "\n").encode()
+
+        return StreamingResponse(gen(), media_type="application/x-ndjson")
+
+    async def ping(request: Request) -> Response:
+        return JSONResponse({"ok": True, "app": agent.cfg.app})
+
+    async def status(request: Request) -> Response:
+        return JSONResponse(await agent.status())
+
+    async def history(request: Request) -> Response:
+        limit = int(request.query_params.get("limit", "50"))
+        return JSONResponse(agent.history(limit))
+
+    async def deploy(request: Request) -> Response:
+        b = await _body(request)
+        dep_id = await agent.deployer.deploy(b.get("version"), b.get("artifact"), b.get("strategy"))
+        return stream_deployment(dep_id) if b.get("follow", True) else JSONResponse({"deployment": dep_id})
+
+    async def rollback(request: Request) -> Response:
+        b = await _body(request)
+        dep_id = await agent.deployer.rollback(b.get("to"))
+        return stream_deployment(dep_id) if b.get("follow", True) else JSONResponse({"deployment": dep_id})
+
+    async def steer(request: Request) -> Response:
+        b = await _body(request)
+        action = b.get("action")
+        if action not in ("promote", "promote_full", "abort", "pause", "resume"):
+            raise UsageError(f"unknown action {action!r}")
+        dep = agent.deployer.steer(action)
+        return JSONResponse({"ok": True, "deployment": dep.id, "action": action})
+
+    async def events(request: Request) -> Response:
+        q = request.query_params
+        dep = int(q["deployment"]) if q.get("deployment") else None
+        after = int(q.get("after", "0"))
+        if q.get("follow"):
+            return stream_deployment(dep)
+        evs = agent.store.events(dep, after_id=after)
+        return JSONResponse([_event_json(e) for e in evs])
+
+    async def logs(request: Request) -> Response:
+        q = request.query_params
+        release = q.get("release") or agent.traffic.live_release
+        lines = int(q.get("lines", "100"))
+        if release is None:
+            raise UsageError("no release is live; name one: nonstop logs RELEASE")
+        if agent.store.get_release(release) is None and release not in ("agent", "proxy"):
+            raise UsageError(f"unknown release {release!r}")
+        return PlainTextResponse(agent_logs(agent, release, lines))
+
+    async def down(request: Request) -> Response:
+        await agent.down()
+        on_down()
+        return JSONResponse({"ok": True})
+
+    async def handle_error(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, NonstopError):
+            return error_response(exc)
+        if isinstance(exc, (ValueError, KeyError)):
+            return error_response(UsageError(f"bad request: {exc}"))
+        return JSONResponse({"error": "InternalError", "message": repr(exc), "exit_code": 1}, status_code=500)
+
+    routes = [
+        Route("/ping", ping),
+        Route("/status", status),
+        Route("/history", history),
+        Route("/deploy", deploy, methods=["POST"]),
+        Route("/rollback", rollback, methods=["POST"]),
+        Route("/steer", steer, methods=["POST"]),
+        Route("/events", events),
+        Route("/logs", logs),
+        Route("/down", down, methods=["POST"]),
+    ]
+    return Starlette(routes=routes, exception_handlers={NonstopError: handle_error, ValueError: handle_error, KeyError: handle_error, Exception: handle_error})
+
+
+def _event_json(ev) -> dict:
+    return {"id": ev.id, "deployment": ev.deployment_id, "ts": ev.ts, "type": ev.type, "message": ev.message, **(ev.data or {})}
+
+
+def agent_logs(agent, release: str, lines: int) -> str:
+    """Tail of each instance log of ``release`` (or of the agent / proxy log)."""
+    logs_dir = agent.state / "logs"
+    if release in ("agent", "proxy"):
+        files = [logs_dir / f"{release}.log"]
+    else:
+        files = sorted(logs_dir.glob(f"{release}-*.log"))
+    out = []
+    for f in files:
+        out.append(f"==> {f.name} <==")
+        out.append(agent.fleet.runtime.tail(f, lines))
+    return "\n".join(out) + "\n" if out else f"(no logs for {release})\n"

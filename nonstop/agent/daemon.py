@@ -1,0 +1,316 @@
+"""The agent process: wires the parts, recovers after a restart, supervises, serves the control API.
+
+Lifecycle (bounded and in a fixed order, like uvicorn's):
+start: state dir → store → router (adopt or start the proxy) → adopt
+instances → recover an interrupted deployment → bring the live release up
+→ control API. Stop (SIGTERM): stop serving, cancel the running
+deployment (its saved phase lets the next agent finish it), leave the proxy
+and the instances running. ``down``: drain and stop instances and the proxy
+too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import time
+from pathlib import Path
+
+import uvicorn
+
+from nonstop.agent.api import make_app
+from nonstop.agent.deployer import LIVE, Deployer
+from nonstop.agent.events import EventBus
+from nonstop.agent.fleet import Fleet
+from nonstop.agent.releases import Releases
+from nonstop.agent.routers import make_router
+from nonstop.agent.store import Store
+from nonstop.agent.traffic import Side, Traffic
+from nonstop.config import Config
+from nonstop.errors import NonstopError, RouterError
+
+log = logging.getLogger("nonstop.agent")
+
+
+class Agent:
+    """Owns the agent's parts and its lifecycle; each part owns one thing."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.state = cfg.state_path
+        self.state.mkdir(parents=True, exist_ok=True)
+        (self.state / "logs").mkdir(exist_ok=True)
+        self.store = Store(self.state / "nonstop.db")
+        self.events = EventBus(self.store)
+        self.router = make_router(cfg, self.state)
+        self.fleet = Fleet(cfg, self.store, self.events)
+        self.traffic = Traffic(self.router, self.store)
+        self.releases = Releases(self.state, self.store)
+        self.deployer = Deployer(cfg, self.store, self.events, self.fleet, self.traffic, self.releases, self.router)
+        self.started_at = time.time()
+        self.stopping = asyncio.Event()
+        self.down_requested = False
+        self.token = _token(self.state / "token")
+        self._tasks: list[asyncio.Task] = []
+
+    # -- start -------------------------------------------------------------------
+    async def start(self) -> None:
+        log.info("agent starting app=%s state_dir=%s router=%s", self.cfg.app, self.state, self.router.type)
+        await self.router.start()
+        self.traffic.load()
+        await self.fleet.adopt()
+        await self.deployer.recover()
+        await self._bring_up_live()
+        loop = asyncio.get_running_loop()
+        self._tasks.append(
+            loop.create_task(
+                self.fleet.supervise(
+                    routed=lambda: self.traffic.split.routed_addrs,
+                    on_down=self._instance_down,
+                    on_up=self._instance_up,
+                    releases=self.store.get_release,
+                    stop_event=self.stopping,
+                )
+            )
+        )
+        self._tasks.append(loop.create_task(self._watch_router()))
+        log.info("agent ready")
+
+    async def _bring_up_live(self) -> None:
+        """Make sure the live release has its instances running and routed (after `down`, a reboot, a crash)."""
+        live_id = self.traffic.live_release or self.store.get_meta(LIVE)
+        if not live_id:
+            await self.traffic.reapply()
+            return
+        release = self.store.get_release(live_id)
+        running = [r for r in self.fleet.running(live_id) if self.fleet.alive(r)]
+        routed = self.traffic.split.routed_addrs
+        live_routed = [r for r in running if Fleet.addr(r) in routed]
+        if release is None:
+            await self.traffic.reapply()
+            return
+        if live_routed:
+            await self.traffic.reapply()
+            return
+        await self.events.emit(None, "up", f"starting the live release {live_id}")
+        artifact = self.releases.artifact_path(release)
+        try:
+            recs = await self.fleet.start(release, self.cfg.run.instances, str(artifact) if artifact else None, None)
+        except NonstopError as e:
+            await self.events.emit(None, "error", f"could not start the live release {live_id}: {e.message}", **e.detail)
+            return
+        split = self.traffic.split
+        from nonstop.agent.traffic import Split
+
+        await self.traffic.set(Split(stable=Side(live_id, tuple(Fleet.addr(r) for r in recs)), sticky=split.sticky))
+
+    async def _instance_down(self, rec, why: str) -> None:
+        await self.traffic.set(self.traffic.split.without_addr(Fleet.addr(rec)))
+
+    async def _instance_up(self, rec) -> None:
+        await self.traffic.set(self.traffic.split.with_addr(rec.release, Fleet.addr(rec)))
+        await self.events.emit(None, "instance_back", f"{rec.id} healthy again, back in rotation", instance=rec.id)
+
+    async def _watch_router(self) -> None:
+        """The proxy is its own process: if it dies, start a new one and push the split again."""
+        while not self.stopping.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), timeout=1.0)
+            if self.stopping.is_set():
+                return
+            if not await self.router.alive():
+                await self.events.emit(None, "router_down", f"{self.router.type} router is not answering: restarting it")
+                try:
+                    await self.router.start()
+                    await self.traffic.reapply()
+                    await self.events.emit(None, "router_up", f"{self.router.type} router restarted")
+                except NonstopError as e:
+                    log.error("router restart failed: %s", e.message)
+
+    # -- stop ----------------------------------------------------------------------
+    async def stop(self) -> None:
+        """Agent exit: instances and proxy keep running (a later agent re-adopts them)."""
+        self.stopping.set()
+        if self.deployer.task and not self.deployer.task.done():
+            self.deployer.task.cancel()
+            with contextlib.suppress(BaseException):
+                await self.deployer.task
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(BaseException):
+                await t
+        await self.fleet.close()
+
+    async def down(self) -> None:
+        """Drain and stop everything: instances, router, then the agent itself."""
+        log.info("down: draining and stopping")
+        self.stopping.set()
+        if self.deployer.task and not self.deployer.task.done():
+            self.deployer.task.cancel()
+            with contextlib.suppress(BaseException):
+                await self.deployer.task
+        recs = self.fleet.running()
+        # The proxy stops first (it stops accepting and finishes in-flight requests),
+        # so no request is sent to an instance that is being stopped.
+        with contextlib.suppress(RouterError):
+            await self.router.stop()
+        await self.fleet.stop(recs, None, reason="down")
+        self.down_requested = True
+
+    # -- status ----------------------------------------------------------------------
+    async def status(self) -> dict:
+        split = self.traffic.split
+        routing = split.routing()
+        routed = routing.addrs
+        now = time.time()
+        instances = []
+        for r in self.fleet.running():
+            retire_at = (r.data or {}).get("retire_at")
+            instances.append(
+                {
+                    "id": r.id,
+                    "release": r.release,
+                    "port": r.port,
+                    "pid": r.pid,
+                    "state": r.state,
+                    "alive": self.fleet.alive(r),
+                    "routed": Fleet.addr(r) in routed,
+                    "uptime": round(now - r.started_at, 1),
+                    "restarts": r.restarts,
+                    "warm_until": retire_at,
+                }
+            )
+        dep = self.store.active_deployment()
+        return {
+            "app": self.cfg.app,
+            "listen": self.cfg.listen,
+            "agent": {"pid": os.getpid(), "started_at": self.started_at},
+            "router": vars(self.router.info()),
+            "live_release": self.traffic.live_release,
+            "routes": [
+                {"release": rel.name, "weight": rel.weight, "targets": [t.addr for t in rel.targets]} for rel in routing.releases
+            ],
+            "instances": instances,
+            "deployment": _dep_json(dep, self.deployer.current) if dep else None,
+        }
+
+    def history(self, limit: int = 50) -> dict:
+        return {
+            "releases": [
+                {"id": r.id, "version": r.version, "created_at": r.created_at, "status": r.status, "live": r.id == self.traffic.live_release}
+                for r in self.store.list_releases()
+            ],
+            "deployments": [_dep_json(d, None) for d in self.store.list_deployments(limit)],
+        }
+
+
+def _dep_json(d, run) -> dict:
+    out = {
+        "id": d.id,
+        "release": d.release,
+        "strategy": d.strategy,
+        "from_release": d.from_release,
+        "state": d.state,
+        "step": d.step,
+        "phase": (d.data or {}).get("phase"),
+        "started_at": d.started_at,
+        "finished_at": d.finished_at,
+        "outcome": d.outcome,
+        "reason": d.reason,
+        "seconds": (d.data or {}).get("seconds"),
+    }
+    if run is not None and getattr(run, "status", None):
+        out.update(run.status())
+    return out
+
+
+def _token(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    tok = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(tok + "\n")
+    return tok
+
+
+def bind_unix(path: Path) -> socket.socket:
+    """A listening Unix socket at ``path`` with mode 0600 before anyone can connect."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    os.chmod(path, 0o600)  # before listen(): nobody can connect yet
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+class _Server(uvicorn.Server):
+    def capture_signals(self):  # the agent handles signals itself
+        return contextlib.nullcontext()
+
+
+async def serve(cfg: Config, *, down_on_signal: bool = False) -> int:
+    """Run the agent until SIGTERM/SIGINT (or ``down``). Returns an exit code."""
+    agent = Agent(cfg)
+    pid_file = agent.state / "agent.pid"
+    sock_path = agent.state / "agent.sock"
+    other = _running_agent(pid_file)
+    if other:
+        raise NonstopError(f"an agent is already running for this state dir (pid {other})")
+    pid_file.write_text(f"{os.getpid()}\n")
+    loop = asyncio.get_running_loop()
+    exit_now = asyncio.Event()
+    signalled = {"down": False}
+
+    def on_signal(sig: int) -> None:  # only queue: the loop below acts
+        signalled["down"] = down_on_signal
+        exit_now.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await agent.start()
+        app = make_app(agent, on_down=exit_now.set)
+        server = _Server(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2))
+        sock = bind_unix(sock_path)
+        srv_task = loop.create_task(server.serve(sockets=[sock]))
+        await exit_now.wait()
+        if signalled["down"] and not agent.down_requested:
+            await agent.down()
+        server.should_exit = True
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(srv_task, 5)
+        await agent.stop()
+        return 0
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            sock_path.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            if pid_file.read_text().strip() == str(os.getpid()):
+                pid_file.unlink()
+
+
+def _running_agent(pid_file: Path) -> int | None:
+    import psutil
+
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if pid == os.getpid() or not psutil.pid_exists(pid):
+        return None
+    try:
+        cmd = " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return None
+    return pid if "nonstop" in cmd else None

@@ -1,0 +1,347 @@
+"""The app's instances: start, health-gate, stop, re-adopt, and keep them alive.
+
+``Fleet`` owns the instance records (in the store) and the processes behind
+them (through ``ProcessRuntime``). It never decides who gets traffic; the
+supervision loop asks ``on_down`` / ``on_up`` callbacks to take an instance
+out of, or back into, the split.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+
+import httpx
+
+from nonstop.agent import health as healthmod
+from nonstop.agent.events import EventBus
+from nonstop.agent.runtime import InstanceSpec, ProcessHandle, ProcessRuntime, render
+from nonstop.agent.store import InstanceRecord, Release, Store
+from nonstop.config import Config
+from nonstop.errors import InstanceError
+
+log = logging.getLogger("nonstop.agent")
+
+# Instance states that hold a port and a process.
+RUNNING = ("starting", "healthy", "unhealthy", "draining")
+CRASH_LOOP_WINDOW = 120.0
+CRASH_LOOP_RESTARTS = 5
+
+
+def _state(s: object) -> str:
+    return str(getattr(s, "value", s))
+
+
+@dataclass
+class StartFailure:
+    instance: str
+    reason: str
+    checks: list[str]
+    log_tail: str
+
+
+class Fleet:
+    """Owns instances: their processes, records, health, restarts."""
+
+    def __init__(self, cfg: Config, store: Store, events: EventBus, runtime: ProcessRuntime | None = None) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.events = events
+        self.runtime = runtime or ProcessRuntime()
+        self.logs_dir = cfg.state_path / "logs"
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        self._http = httpx.AsyncClient(timeout=cfg.health.timeout)
+        self._busy: set[str] = set()  # instance ids a deployment is acting on; supervision keeps off
+        self._restart_tasks: dict[str, asyncio.Task] = {}
+
+    # -- queries -----------------------------------------------------------
+    def running(self, release: str | None = None) -> list[InstanceRecord]:
+        return [r for r in self.store.instances(release) if r.state in RUNNING]
+
+    def free_ports(self, n: int) -> list[int]:
+        used = {r.port for r in self.running()}
+        free = [p for p in self.cfg.run.port_list if p not in used]
+        if len(free) < n:
+            raise InstanceError(
+                f"run.ports {self.cfg.run.ports}: need {n} free port(s), only {len(free)} free "
+                f"(in use: {sorted(used)})"
+            )
+        return free[:n]
+
+    @staticmethod
+    def addr(rec: InstanceRecord) -> str:
+        return f"127.0.0.1:{rec.port}"
+
+    def handle(self, rec: InstanceRecord) -> ProcessHandle | None:
+        if rec.pid is None:
+            return None
+        return ProcessHandle(pid=rec.pid, create_time=rec.pid_create_time, port=rec.port, started_at=rec.started_at)
+
+    def alive(self, rec: InstanceRecord) -> bool:
+        h = self.handle(rec)
+        return bool(h and self.runtime.alive(h))
+
+    def log_path(self, release: str, port: int):
+        return self.logs_dir / f"{release}-{port}.log"
+
+    # -- start ---------------------------------------------------------------
+    def _spec(self, release: Release, port: int, artifact: str | None) -> InstanceSpec:
+        iid = f"{release.id}@{port}"
+        values = {
+            "port": str(port),
+            "artifact": artifact or "",
+            "release": release.id,
+            "version": release.version,
+            "instance": iid,
+            "state_dir": str(self.cfg.state_path),
+        }
+        argv = render(self.cfg.run.command, values, shell=self.cfg.run.shell)
+        env = {k: v.format_map(_Default(values)) for k, v in self.cfg.run.env.items()}
+        env.setdefault("NONSTOP_RELEASE", release.id)
+        env.setdefault("NONSTOP_VERSION", release.version)
+        cwd = str(self.cfg.path(self.cfg.run.workdir)) if self.cfg.run.workdir else str(self.cfg.base_dir)
+        return InstanceSpec(
+            id=iid,
+            release=release.id,
+            version=release.version,
+            port=port,
+            argv=argv,
+            env=env,
+            cwd=cwd,
+            log_path=self.log_path(release.id, port),
+            stop_signal=self.cfg.run.stop_signal,
+            stop_timeout=self.cfg.run.stop_timeout,
+        )
+
+    def _launch(self, release: Release, port: int, artifact: str | None, restarts: int = 0) -> InstanceRecord:
+        spec = self._spec(release, port, artifact)
+        h = self.runtime.start(spec)
+        rec = InstanceRecord(
+            id=spec.id,
+            release=release.id,
+            port=port,
+            pid=h.pid,
+            pid_create_time=h.create_time,
+            state="starting",
+            started_at=h.started_at,
+            slot=None,
+            restarts=restarts,
+            data={"artifact": artifact},
+        )
+        self.store.put_instance(rec)
+        return rec
+
+    async def start(
+        self, release: Release, n: int, artifact: str | None, deployment_id: int | None, ports: list[int] | None = None
+    ) -> list[InstanceRecord]:
+        """Start ``n`` instances of ``release`` and wait until all are healthy.
+
+        On any failure every instance started here is stopped and
+        ``InstanceError`` explains (health results, log tail)."""
+        ports = ports or self.free_ports(n)
+        started: list[InstanceRecord] = []
+        try:
+            for port in ports:
+                rec = self._launch(release, port, artifact)
+                self._busy.add(rec.id)
+                started.append(rec)
+                await self.events.emit(
+                    deployment_id, "instance_starting", f"starting {rec.id} (pid {rec.pid})", instance=rec.id, port=port
+                )
+            results = await asyncio.gather(*(self._wait_healthy(r, deployment_id) for r in started))
+            failures = [f for f in results if isinstance(f, StartFailure)]
+            if failures:
+                f = failures[0]
+                raise InstanceError(
+                    f"{f.instance} did not become healthy: {f.reason}",
+                    detail={"instance": f.instance, "checks": f.checks, "log_tail": f.log_tail},
+                )
+            healthy = []
+            for r in started:
+                r = replace(self.store.get_instance(r.id), state="healthy")
+                self.store.put_instance(r)
+                healthy.append(r)
+            return healthy
+        except BaseException:
+            await self.stop(started, deployment_id, reason="start failed")
+            raise
+        finally:
+            for r in started:
+                self._busy.discard(r.id)
+
+    async def _wait_healthy(self, rec: InstanceRecord, deployment_id: int | None) -> InstanceRecord | StartFailure:
+        hc = self.cfg.health
+        t0 = time.monotonic()
+        tracker = healthmod.HealthTracker(hc.healthy_threshold, hc.unhealthy_threshold, hc.startup_timeout, t0)
+        h = self.handle(rec)
+        while True:
+            if not self.runtime.alive(h):
+                code = self.runtime.exit_code(h)
+                return self._failure(rec, tracker, f"process exited (code {code})" if code is not None else "process exited")
+            res = await healthmod.check_once(hc, "127.0.0.1", rec.port, client=self._http)
+            state = _state(tracker.observe(res, time.monotonic()))
+            if state == "healthy":
+                await self.events.emit(
+                    deployment_id,
+                    "instance_healthy",
+                    f"{rec.id} healthy after {time.monotonic() - t0:.1f}s",
+                    instance=rec.id,
+                    seconds=round(time.monotonic() - t0, 3),
+                )
+                return rec
+            if state == "failed":
+                return self._failure(rec, tracker, f"not healthy within startup_timeout {hc.startup_timeout:g}s")
+            await asyncio.sleep(hc.interval)
+
+    def _failure(self, rec: InstanceRecord, tracker, reason: str) -> StartFailure:
+        checks = [f"{'ok' if r.ok else 'fail'}: {r.detail}" for r in list(tracker.last_results)[-5:]]
+        return StartFailure(rec.id, reason, checks, self.runtime.tail(self.log_path(rec.release, rec.port), 20))
+
+    # -- stop ----------------------------------------------------------------
+    async def stop(self, recs: list[InstanceRecord], deployment_id: int | None, *, reason: str = "") -> None:
+        """Stop instances (stop_signal, SIGKILL after stop_timeout), concurrently."""
+
+        async def one(rec: InstanceRecord) -> None:
+            self._busy.add(rec.id)
+            try:
+                cur = self.store.get_instance(rec.id) or rec
+                h = self.handle(cur)
+                how = "gone"
+                if h is not None:
+                    how = await self.runtime.stop(h, self.cfg.run.stop_signal, self.cfg.run.stop_timeout)
+                self.store.put_instance(replace(cur, state="stopped"))
+                await self.events.emit(
+                    deployment_id, "instance_stopped", f"stopped {rec.id} ({how}{', ' + reason if reason else ''})", instance=rec.id
+                )
+            finally:
+                self._busy.discard(rec.id)
+
+        await asyncio.gather(*(one(r) for r in recs))
+
+    def set_state(self, rec: InstanceRecord, state: str, **data) -> InstanceRecord:
+        cur = self.store.get_instance(rec.id) or rec
+        new = replace(cur, state=state, data={**(cur.data or {}), **data})
+        self.store.put_instance(new)
+        return new
+
+    # -- adoption after an agent restart ---------------------------------------
+    async def adopt(self) -> list[InstanceRecord]:
+        """Check every recorded running instance: keep the live ones, mark the dead stopped."""
+        kept = []
+        for rec in self.running():
+            if self.alive(rec):
+                kept.append(rec)
+            else:
+                self.store.put_instance(replace(rec, state="stopped"))
+                await self.events.emit(None, "instance_gone", f"{rec.id} was not running when the agent started", instance=rec.id)
+        return kept
+
+    # -- supervision -----------------------------------------------------------
+    async def supervise(
+        self,
+        routed: Callable[[], set[str]],
+        on_down: Callable[[InstanceRecord, str], Awaitable[None]],
+        on_up: Callable[[InstanceRecord], Awaitable[None]],
+        releases: Callable[[str], Release | None],
+        stop_event: asyncio.Event,
+    ) -> None:
+        """Health-check routed instances forever; take failing ones out and restart them with backoff."""
+        hc = self.cfg.health
+        trackers: dict[str, healthmod.HealthTracker] = {}
+        while not stop_event.is_set():
+            now = time.monotonic()
+            addrs = routed()
+            for rec in self.running():
+                if rec.id in self._busy or rec.id in self._restart_tasks:
+                    continue
+                if rec.state == "healthy" and rec.data and rec.data.get("retire_at") and rec.data["retire_at"] <= time.time():
+                    asyncio.get_running_loop().create_task(self._retire(rec))
+                    continue
+                if self.addr(rec) not in addrs or rec.state not in ("healthy", "unhealthy"):
+                    trackers.pop(rec.id, None)
+                    continue
+                if not self.alive(rec):
+                    code = self.runtime.exit_code(self.handle(rec))
+                    why = f"process exited (code {code})" if code is not None else "process exited"
+                    await self._down(rec, why, on_down, on_up, releases)
+                    trackers.pop(rec.id, None)
+                    continue
+                tr = trackers.get(rec.id)
+                if tr is None:
+                    tr = trackers[rec.id] = healthmod.HealthTracker(
+                        1, hc.unhealthy_threshold, hc.startup_timeout, now
+                    )
+                    # an instance that is routed was healthy already
+                    tr.observe(healthmod.CheckResult(True, "adopted", 0.0), now)
+                res = await healthmod.check_once(hc, "127.0.0.1", rec.port, client=self._http)
+                st = _state(tr.observe(res, time.monotonic()))
+                if st == "unhealthy":
+                    await self._down(rec, f"health check failing: {res.detail}", on_down, on_up, releases)
+                    trackers.pop(rec.id, None)
+            try:
+                await asyncio.wait_for(stop_event.wait(), timeout=hc.interval)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _retire(self, rec: InstanceRecord) -> None:
+        if rec.id in self._busy:
+            return
+        await self.stop([rec], None, reason="keep_previous elapsed")
+
+    async def _down(self, rec, why, on_down, on_up, releases) -> None:
+        rec = self.set_state(rec, "unhealthy")
+        await self.events.emit(None, "instance_unhealthy", f"{rec.id} taken out of rotation: {why}", instance=rec.id, reason=why)
+        await on_down(rec, why)
+        self._restart_tasks[rec.id] = asyncio.get_running_loop().create_task(self._restart(rec, on_up, releases))
+
+    async def _restart(self, rec: InstanceRecord, on_up, releases) -> None:
+        try:
+            history: list[float] = list((rec.data or {}).get("restart_times", []))
+            attempt = 0
+            while True:
+                now = time.time()
+                history = [t for t in history if now - t < CRASH_LOOP_WINDOW]
+                if len(history) >= CRASH_LOOP_RESTARTS:
+                    await self.events.emit(
+                        None,
+                        "crash_loop",
+                        f"{rec.id} restarted {len(history)} times in {CRASH_LOOP_WINDOW:.0f}s: crash loop",
+                        instance=rec.id,
+                    )
+                delay = min(2.0**attempt, 30.0) if attempt or len(history) >= 2 else 0.0
+                await asyncio.sleep(delay)
+                h = self.handle(rec)
+                if h is not None and self.runtime.alive(h):
+                    await self.runtime.stop(h, self.cfg.run.stop_signal, self.cfg.run.stop_timeout)
+                release = releases(rec.release)
+                if release is None:
+                    self.set_state(rec, "stopped")
+                    return
+                history.append(time.time())
+                new = self._launch(release, rec.port, (rec.data or {}).get("artifact"), restarts=rec.restarts + 1)
+                new = self.set_state(new, "starting", restart_times=history)
+                await self.events.emit(None, "instance_restarting", f"restarting {new.id} (pid {new.pid}, restart #{new.restarts})", instance=new.id)
+                res = await self._wait_healthy(new, None)
+                if isinstance(res, StartFailure):
+                    rec = self.set_state(new, "unhealthy")
+                    await self.events.emit(None, "instance_unhealthy", f"{new.id} restart failed: {res.reason}", instance=new.id, log_tail=res.log_tail)
+                    attempt += 1
+                    continue
+                new = self.set_state(new, "healthy")
+                await on_up(new)
+                return
+        finally:
+            self._restart_tasks.pop(rec.id, None)
+
+    async def close(self) -> None:
+        for t in list(self._restart_tasks.values()):
+            t.cancel()
+        await self._http.aclose()
+
+
+class _Default(dict):
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"

@@ -1,0 +1,132 @@
+"""Human output: deployment progress and the status picture (rich; respects NO_COLOR)."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+_ICON = {
+    "start": "▶",
+    "step": "…",
+    "release": "✓",
+    "instance_starting": "…",
+    "instance_healthy": "✓",
+    "switched": "⇄",
+    "draining": "…",
+    "drained": "✓",
+    "kept_warm": "✓",
+    "instance_stopped": "■",
+    "smoke_passed": "✓",
+    "analysis": "≈",
+    "weight": "⇄",
+    "error": "✗",
+}
+
+
+class Progress:
+    """Prints each event as a line, with a spinner on the current step."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.t0 = time.monotonic()
+        self._status = console.status("waiting for the agent…") if console.is_terminal else None
+        if self._status:
+            self._status.start()
+
+    def event(self, ev: dict) -> None:
+        t = ev.get("type")
+        msg = ev.get("message", "")
+        el = f"[dim]{time.monotonic() - self.t0:6.1f}s[/]"
+        if t == "result":
+            self.close()
+            if ev.get("ok"):
+                self.console.print(f"{el} [green]✓ {msg}[/]")
+            else:
+                self.console.print(f"{el} [red]✗ {msg}[/]")
+                detail = ev.get("detail") or {}
+                for check in detail.get("checks", []):
+                    self.console.print(f"         health: {check}")
+                if detail.get("log_tail"):
+                    self.console.print("         log tail:")
+                    for line in str(detail["log_tail"]).splitlines()[-15:]:
+                        self.console.print(f"           {line}", markup=False, highlight=False)
+                if detail.get("smoke_output"):
+                    self.console.print("         smoke output:")
+                    for line in str(detail["smoke_output"]).splitlines()[-15:]:
+                        self.console.print(f"           {line}", markup=False, highlight=False)
+            return
+        icon = _ICON.get(t, "·")
+        style = "red" if t in ("error", "analysis_failed") else ("yellow" if t in ("paused", "waiting") else "")
+        line = f"{el} {icon} {msg}"
+        self.console.print(f"[{style}]{line}[/]" if style else line)
+        if self._status and t == "step":
+            self._status.update(msg)
+
+    def close(self) -> None:
+        if self._status:
+            self._status.stop()
+            self._status = None
+
+
+def _ago(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    s = time.time() - ts
+    if s < 90:
+        return f"{s:.0f}s ago"
+    if s < 5400:
+        return f"{s / 60:.0f}m ago"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def _dur(s: float | None) -> str:
+    if s is None:
+        return "-"
+    return f"{s:.1f}s" if s < 120 else f"{s / 60:.1f}m"
+
+
+def status(console: Console, st: dict) -> None:
+    console.print(f"[bold]{st['app']}[/] on http://{st['listen']}   router: {st['router']['type']}   live: [bold]{st.get('live_release') or '-'}[/]")
+    if st.get("routes"):
+        split = "  ".join(f"{r['release']} {r['weight']}% → {', '.join(r['targets'])}" for r in st["routes"])
+        console.print(f"traffic: {split}")
+    else:
+        console.print("traffic: [yellow]no route (requests are held, then 503)[/]")
+    t = Table(box=None, pad_edge=False)
+    for col in ("instance", "release", "pid", "state", "routed", "uptime", "restarts"):
+        t.add_column(col)
+    for i in st.get("instances", []):
+        state = i["state"] if i["alive"] else f"{i['state']} (dead)"
+        if i.get("warm_until"):
+            state += f", warm {max(0, i['warm_until'] - time.time()):.0f}s"
+        t.add_row(i["id"], i["release"], str(i["pid"]), state, "yes" if i["routed"] else "no", _dur(i["uptime"]), str(i["restarts"]))
+    console.print(t)
+    d = st.get("deployment")
+    if d:
+        line = f"deployment #{d['id']}: {d['strategy']} → {d['release']}  state {d['state']}  phase {d.get('phase') or '-'}  started {_ago(d['started_at'])}"
+        console.print(f"[yellow]{line}[/]")
+        if d.get("canary"):
+            cn = d["canary"]
+            console.print(f"  canary weight {cn.get('weight')}%  step {cn.get('step')}/{cn.get('steps')}  waiting for: {cn.get('waiting_for') or '-'}")
+            for a in cn.get("analysis", [])[-3:]:
+                console.print(f"  analysis: {a.get('verdict')}  {a.get('summary', '')}")
+    else:
+        console.print("no deployment in progress")
+
+
+def history(console: Console, h: dict) -> None:
+    t = Table(title="deployments", box=None, pad_edge=False, title_justify="left")
+    for col in ("#", "release", "strategy", "from", "outcome", "took", "started", "reason"):
+        t.add_column(col)
+    for d in h["deployments"]:
+        t.add_row(str(d["id"]), d["release"], d["strategy"], d.get("from_release") or "-", d.get("outcome") or d["state"],
+                  _dur(d.get("seconds")), _ago(d["started_at"]), (d.get("reason") or "")[:60])
+    console.print(t)
+    r = Table(title="releases", box=None, pad_edge=False, title_justify="left")
+    for col in ("release", "version", "status", "created"):
+        r.add_column(col)
+    for rel in h["releases"]:
+        r.add_row(rel["id"] + (" (live)" if rel["live"] else ""), rel["version"], rel["status"], _ago(rel["created_at"]))
+    console.print(r)
