@@ -97,8 +97,9 @@ class Run:
         if not recs:
             return
         addrs = [Fleet.addr(r) for r in recs]
-        for r in recs:
-            self.fleet.set_state(r, "draining")
+        if keep_warm <= 0:
+            for r in recs:
+                self.fleet.set_state(r, "draining")
         await self.emit("draining", f"draining {', '.join(r.id for r in recs)}", instances=[r.id for r in recs])
         t0 = time.monotonic()
         drained = await self.router.drain(addrs, self.cfg.drain_timeout)
@@ -109,7 +110,7 @@ class Run:
         )
         if keep_warm > 0:
             for r in recs:
-                self.fleet.set_state(r, "healthy", retire_at=time.time() + keep_warm)
+                self.fleet.set_state(r, r.state, retire_at=time.time() + keep_warm)
             await self.emit("kept_warm", f"{', '.join(r.id for r in recs)} kept warm for {keep_warm:g}s (instant rollback)")
         else:
             await self.fleet.stop(recs, self.dep.id, reason=reason or "retired")

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import httpx
 
@@ -159,12 +159,7 @@ class Fleet:
                     f"{f.instance} did not become healthy: {f.reason}",
                     detail={"instance": f.instance, "checks": f.checks, "log_tail": f.log_tail},
                 )
-            healthy = []
-            for r in started:
-                r = replace(self.store.get_instance(r.id), state="healthy")
-                self.store.put_instance(r)
-                healthy.append(r)
-            return healthy
+            return [self.set_state(r, "healthy") for r in started]
         except BaseException:
             await self.stop(started, deployment_id, reason="start failed")
             raise
@@ -212,7 +207,7 @@ class Fleet:
                 how = "gone"
                 if h is not None:
                     how = await self.runtime.stop(h, self.cfg.run.stop_signal, self.cfg.run.stop_timeout)
-                self.store.put_instance(replace(cur, state="stopped"))
+                self.store.update_instance(rec.id, state="stopped")
                 await self.events.emit(
                     deployment_id, "instance_stopped", f"stopped {rec.id} ({how}{', ' + reason if reason else ''})", instance=rec.id
                 )
@@ -222,10 +217,8 @@ class Fleet:
         await asyncio.gather(*(one(r) for r in recs))
 
     def set_state(self, rec: InstanceRecord, state: str, **data) -> InstanceRecord:
-        cur = self.store.get_instance(rec.id) or rec
-        new = replace(cur, state=state, data={**(cur.data or {}), **data})
-        self.store.put_instance(new)
-        return new
+        """A checked state change (the instance lifecycle table), with ``data`` merged."""
+        return self.store.update_instance(rec.id, state=state, data=data)
 
     # -- adoption after an agent restart ---------------------------------------
     async def adopt(self) -> list[InstanceRecord]:
@@ -235,7 +228,7 @@ class Fleet:
             if self.alive(rec):
                 kept.append(rec)
             else:
-                self.store.put_instance(replace(rec, state="stopped"))
+                self.set_state(rec, "stopped")
                 await self.events.emit(None, "instance_gone", f"{rec.id} was not running when the agent started", instance=rec.id)
         return kept
 

@@ -1,0 +1,5 @@
+"""``python -m nonstop.cli`` is ``nonstop``."""
+
+from nonstop.cli import main
+
+main()

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Idempotent set-up on a fresh Debian machine: a virtualenv with nonstop and its
+# pinned dependencies in .venv; with --test also nginx, HAProxy and wrk from
+# Debian's packages (the tests drive the real binaries). Java 17 is needed for
+# the example app; installed from Debian's packages when javac is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+
+missing=()
+have javac || missing+=(openjdk-17-jdk-headless)
+if [ "$want_test" = 1 ]; then
+  have nginx || missing+=(nginx-light)
+  have haproxy || missing+=(haproxy)
+  have wrk || missing+=(wrk)
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]} from Debian's packages"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian starts the packaged services; nonstop runs its own, so stop theirs.
+  for svc in nginx haproxy; do
+    if [[ " ${missing[*]} " == *" $svc"* ]]; then $SUDO service "$svc" stop >/dev/null 2>&1 || true; fi
+  done
+fi
+
+py=${PYTHON:-python3}
+stamp=.venv/.nonstop-installed
+hash=$(cat pyproject.toml | sha256sum | cut -c1-16)
+if [ ! -x .venv/bin/python ]; then
+  "$py" -m venv .venv
+fi
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$hash" ]; then
+  echo "setup: installing nonstop and its pinned dependencies into .venv"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+  echo "$hash" > "$stamp"
+fi
