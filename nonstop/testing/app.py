@@ -98,6 +98,8 @@ class _Connection:
         self.url = b""
         self.header_name = b""
         self.eof = False
+        self.error: Exception | None = None  # a parse error, raised once the requests before it are answered
+        self.response_started = False  # some byte of the current response was written
         self.idle = True  # waiting for a new request with no byte of it received
 
     # -- httptools callbacks (synchronous, called from feed_data) --
@@ -142,12 +144,21 @@ class _Connection:
     # -- reading --
 
     async def _feed_more(self) -> None:
+        if self.error is not None:
+            raise self.error
         data = await self.reader.read(_READ_SIZE)
         if not data:
             self.eof = True
             return
         self.idle = False
-        self.parser.feed_data(data)  # may raise HttpParserError / HttpParserUpgrade
+        try:
+            self.parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
+            # Requests parsed before the bad bytes (pipelined) still get their answers first;
+            # this is also how bytes after a "Connection: close" request end up ignored.
+            self.error = e
+            if not self.ready:
+                raise
 
     async def next_request(self) -> _Request | None:
         """The next request head, or None when the client closed or we are draining and idle."""
@@ -183,6 +194,7 @@ class _Connection:
     # -- writing --
 
     def head(self, req: _Request, status: int, headers: list[tuple[str, str]], close: bool) -> bytes:
+        self.response_started = True
         lines = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}"]
         lines += [f"{k}: {v}" for k, v in headers]
         lines.append(f"X-App-Version: {self.app.options.version}")
@@ -267,9 +279,15 @@ class App:
                 if req is None:
                     break
                 self.in_flight += 1
+                conn.response_started = False
                 try:
                     await self._handle(conn, req)
                     await conn.discard_body(req)
+                except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
+                    # A bad body: answer 400 if we still can; a streamed echo is cut short instead.
+                    if not conn.response_started:
+                        await self._bad_request(conn, e)
+                    break
                 finally:
                     self.in_flight -= 1
                 if not req.keep_alive or self.draining:
