@@ -1,0 +1,54 @@
+"""The CLI's exit codes and messages for the cases that need no running agent."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from nonstop import config
+
+
+def run(cwd, *args):
+    r = subprocess.run([sys.executable, "-m", "nonstop", *args], cwd=cwd, capture_output=True, text=True, timeout=60,
+                       env={"NO_COLOR": "1", "PATH": "/usr/bin:/bin"})
+    return r.returncode, r.stdout, r.stderr
+
+
+def test_init_writes_a_config_that_loads(tmp_path):
+    code, out, err = run(tmp_path, "init", "--app", "shop")
+    assert code == 0, err
+    cfg = config.load(tmp_path / "nonstop.yml")
+    assert cfg.app == "shop" and cfg.health.path == "/actuator/health"
+    # never overwrites without --force
+    code, out, err = run(tmp_path, "init")
+    assert code == 2 and "already exists" in err
+
+
+def test_config_error_exits_2_naming_field_and_file(tmp_path):
+    (tmp_path / "nonstop.yml").write_text("app: shop\nrun:\n  command: java -jar app.jar\n")
+    code, out, err = run(tmp_path, "status")
+    assert code == 2
+    assert "nonstop.yml" in err and "run.command" in err and "{port}" in err
+    assert "Traceback" not in err
+
+
+def test_config_error_as_json(tmp_path):
+    (tmp_path / "nonstop.yml").write_text("app: shop\nrun:\n  command: x {port}\nhealth: {interval: soon}\n")
+    code, out, err = run(tmp_path, "status", "--json")
+    assert code == 2
+    body = json.loads(out)
+    assert body["field"] == "health.interval" and body["exit_code"] == 2
+
+
+def test_agent_not_running_exits_3(tmp_path):
+    run(tmp_path, "init", "--app", "shop")
+    for verb in (["status"], ["deploy", "--version", "v1"], ["rollback"], ["promote"], ["history"], ["logs"], ["down"]):
+        code, out, err = run(tmp_path, *verb)
+        assert code == 3, (verb, code, err)
+        assert "nonstop up" in err
+
+
+def test_usage_error_exits_2(tmp_path):
+    code, out, err = run(tmp_path, "deploy", "--strategy", "big-bang")
+    assert code == 2

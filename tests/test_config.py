@@ -1,0 +1,134 @@
+"""Config: every error names the field and the file; good files load with their defaults."""
+
+from __future__ import annotations
+
+import pytest
+
+from nonstop import config
+from nonstop.errors import ConfigError
+
+BASE = {"app": "shop", "run": {"command": "java -jar {artifact} --server.port={port}"}}
+
+
+def load_yaml(tmp_path, text: str):
+    p = tmp_path / "nonstop.yml"
+    p.write_text(text)
+    return config.load(p)
+
+
+def test_the_designs_example_loads(tmp_path):
+    cfg = load_yaml(tmp_path, """
+app: roomescape
+listen: 127.0.0.1:8080
+state_dir: .nonstop
+build:
+  workdir: ../spring-roomescape-payment
+  commands: ["git pull", "./gradlew clean bootJar"]
+  artifact: build/libs/spring-roomescape-payment-0.0.1-SNAPSHOT.jar
+run:
+  command: java -jar {artifact} --spring.profiles.active=prod --server.port={port}
+  env: {JAVA_OPTS: -Xmx512m}
+  ports: 8081-8082
+  instances: 1
+  stop_signal: SIGTERM
+  stop_timeout: 30s
+health:
+  path: /actuator/health
+  expect_status: 200
+  expect_body: UP
+  interval: 200ms
+  timeout: 2s
+  startup_timeout: 120s
+  healthy_threshold: 2
+strategy:
+  type: blue-green
+drain_timeout: 30s
+hold_timeout: 10s
+keep_releases: 5
+router:
+  type: embedded
+""")
+    assert cfg.health.interval == 0.2 and cfg.run.stop_timeout == 30.0
+    assert cfg.run.port_list == [8081, 8082]
+    assert cfg.state_path == tmp_path / ".nonstop"
+    assert cfg.strategy.type == "blue-green" and cfg.strategy.keep_previous == 600
+
+
+def test_canary_block_from_the_design(tmp_path):
+    cfg = load_yaml(tmp_path, """
+app: a
+run: {command: "app --port {port}"}
+strategy:
+  type: canary
+  steps:
+    - {weight: 10, pause: 30s}
+    - {weight: 50, pause: 1m}
+    - {pause: manual}
+  sticky: true
+  match: {header: {X-Canary: "1"}}
+  analysis: {interval: 5s, max_error_rate: 0.01, max_p99: 800ms, min_requests: 50, failure_limit: 2}
+""")
+    s = cfg.strategy
+    assert [st.weight for st in s.steps] == [10, 50, None]
+    assert s.steps[2].pause == "manual" and s.steps[1].pause == 60
+    assert s.analysis.max_p99 == 0.8 and s.match.header == {"X-Canary": "1"}
+
+
+@pytest.mark.parametrize(
+    "change, field, words",
+    [
+        ({"run": {"command": "java -jar app.jar"}}, "run.command", "{port}"),
+        ({"run": {"command": "a {port}", "ports": "8081"}}, "run.ports", "needs 2"),
+        ({"run": {"command": "a {port}", "ports": "90000"}}, "run.ports", "1-65535"),
+        ({"run": {"command": "a {port}", "stop_signal": "SIGFOO"}}, "run.stop_signal", "unknown signal"),
+        ({"health": {"interval": "fast"}}, "health.interval", "duration"),
+        ({"health": {"path": "health"}}, "health.path", "/"),
+        ({"strategy": {"type": "big-bang"}}, "strategy.type", "unknown type"),
+        ({"strategy": {"type": "canary", "steps": [{"weight": 101}]}}, "strategy.steps[0].weight", "100"),
+        ({"strategy": {"type": "canary", "steps": [{"weight": 50}, {"weight": 10}]}}, "strategy.steps", "must not decrease"),
+        ({"strategy": {"type": "rolling", "max_surge": 0, "max_unavailable": 0}}, "strategy", "both 0"),
+        ({"strategy": {"type": "rolling", "max_surge": "abc"}}, "strategy.max_surge", "percentage"),
+        ({"router": {"type": "nginx", "mode": "external"}}, "router.upstream_file", "required"),
+        ({"listen": "8080"}, "listen", "HOST:PORT"),
+        ({"listen": "127.0.0.1:8081"}, "listen", "also in run.ports"),
+        ({"bogus": 1}, "bogus", "unknown setting"),
+        ({"app": None}, "app", ""),
+        ({"notify": [{"url": "ftp://x"}]}, "notify[0].url", "http"),
+    ],
+)
+def test_errors_name_the_field_and_the_file(tmp_path, change, field, words):
+    import yaml
+
+    data = {**BASE, **change}
+    p = tmp_path / "nonstop.yml"
+    p.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as ei:
+        config.load(p)
+    e = ei.value
+    assert e.field == field, e.message
+    assert str(p) in e.message and field in e.message
+    assert words in e.message
+    assert e.exit_code == 2
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    with pytest.raises(ConfigError) as ei:
+        load_yaml(tmp_path, "app: x\nrun: [unclosed\n")
+    assert "line" in ei.value.message and "nonstop.yml" in ei.value.message
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError) as ei:
+        config.load(tmp_path / "nope.yml")
+    assert "nonstop init" in ei.value.message
+
+
+def test_percentages_resolve_like_kubernetes():
+    assert config.resolve_count("25%", 3, round_up=True) == 1
+    assert config.resolve_count("25%", 3, round_up=False) == 0
+    assert config.resolve_count(2, 3, round_up=True) == 2
+
+
+def test_split_command_never_uses_a_shell_unless_asked():
+    assert config.split_command("java -jar 'my app.jar' --x={port}", shell=False) == ["java", "-jar", "my app.jar", "--x={port}"]
+    assert config.split_command("a && b", shell=True) == ["/bin/sh", "-c", "a && b"]
