@@ -1,0 +1,256 @@
+"""Deploys under load: the seed's kill-then-start script vs nonstop's recreate and blue-green.
+
+    .venv/bin/python bench/deploy.py [--rate 100] [--routers embedded,nginx,haproxy] [--record]
+
+Each scenario deploys the Java example app (examples/app, a Spring-Boot-shaped
+jar that binds its port only after booting) from v1 to v2 while a load client
+sends ~100 req/s (keep-alive, new connections, POSTs), and reports:
+
+- failed requests and the longest gap without a successful response;
+- deploy wall time (command issued → command returned);
+- nonstop's overhead beyond the app's own boot: the deployment's span in the
+  agent's events minus the time the new instance took from spawn to healthy;
+- switch latency: the `switched` event's time minus the step's start;
+- for blue-green, a warm rollback: command issued → last response of the
+  rolled-back version, and → first response of the restored one.
+
+Everything runs on loopback; every process started is stopped by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from nonstop.testing.load import LoadClient  # noqa: E402
+
+JAVA = shutil.which("java") or "java"
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def build(version: str) -> Path:
+    out = subprocess.run(["bash", str(ROOT / "examples/app/build.sh"), version], check=True, capture_output=True, text=True)
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def load_client(url: str, rate: float) -> LoadClient:
+    return LoadClient(url, rate=rate, keepalive=4, new=2, post=2, slow=0, timeout=15)
+
+
+def wait_port(port: int, timeout: float = 60) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return time.monotonic() - t0
+        except OSError:
+            time.sleep(0.01)
+    raise TimeoutError(f"port {port} never opened")
+
+
+def app_boot_time(jar: Path) -> float:
+    """Spawn → port answering, for the example app alone (what any deploy must wait for)."""
+    port = free_ports(1)[0]
+    t0 = time.monotonic()
+    p = subprocess.Popen([JAVA, "-jar", str(jar), f"--server.port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        return time.monotonic() - t0
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(30)
+
+
+# -- the seed's script -------------------------------------------------------------
+def seed_script(v1: Path, v2: Path, rate: float, settle: float) -> dict:
+    """kill -15 the running jar, start the new one on the same public port (no proxy)."""
+    port = free_ports(1)[0]
+    old = subprocess.Popen([JAVA, "-jar", str(v1), f"--server.port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    new = None
+    try:
+        wait_port(port)
+        with load_client(f"http://127.0.0.1:{port}/", rate) as load:
+            load.wait_served(100, timeout=30)
+            t0 = time.monotonic()
+            old.send_signal(signal.SIGTERM)
+            old.wait(60)
+            new = subprocess.Popen([JAVA, "-jar", str(v2), f"--server.port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_port(port)
+            wall = time.monotonic() - t0
+            time.sleep(settle)
+        r = load.result
+        return {"scenario": "seed script (kill, then start)", "router": "-", "failed": r.failed, "served": r.served,
+                "longest_gap_ms": round(r.longest_gap().seconds * 1000, 1), "deploy_wall_s": round(wall, 2)}
+    finally:
+        for p in (old, new):
+            if p and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.wait(30)
+
+
+# -- nonstop ---------------------------------------------------------------------------
+class Nonstop:
+    def __init__(self, strategy: str, router: str, tuned: bool) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="nonstop-bench-"))
+        listen, a, b = free_ports(3)
+        self.listen = listen
+        health = {"path": "/actuator/health", "expect_body": "UP", "startup_timeout": "60s"}
+        if tuned:
+            health.update(interval="25ms", healthy_threshold=1)
+        cfg = {
+            "app": "bench",
+            "listen": f"127.0.0.1:{listen}",
+            "run": {"command": [JAVA, "-jar", "{artifact}", "--server.port={port}"], "ports": f"{a},{b}"},
+            "health": health,
+            "strategy": {"type": strategy, **({"keep_previous": "10m"} if strategy == "blue-green" else {})},
+            "router": {"type": router},
+            "dashboard": {"enabled": False},
+        }
+        (self.dir / "nonstop.yml").write_text(yaml.safe_dump(cfg))
+
+    def cli(self, *args: str, check: bool = True) -> tuple[float, dict | str]:
+        t0 = time.monotonic()
+        r = subprocess.run([sys.executable, "-m", "nonstop", "-c", str(self.dir / "nonstop.yml"), *args],
+                           capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"})
+        took = time.monotonic() - t0
+        if check and r.returncode != 0:
+            raise RuntimeError(f"nonstop {' '.join(args)}: exit {r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+        try:
+            return took, json.loads(r.stdout)
+        except ValueError:
+            return took, r.stdout
+
+    def close(self) -> None:
+        self.cli("down", check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _span(events: list[dict]) -> dict:
+    by = {}
+    for e in events:
+        by.setdefault(e["type"], e)
+    start, result = by["start"]["ts"], by["result"]["ts"]
+    boot = sum(e.get("seconds", 0) for e in events if e["type"] == "instance_healthy")
+    spawn = [e["ts"] for e in events if e["type"] == "instance_starting"]
+    healthy = [e["ts"] for e in events if e["type"] == "instance_healthy"]
+    boot = (max(healthy) - min(spawn)) if spawn and healthy else 0.0
+    switch_step = next((e["ts"] for e in events if e["type"] == "step" and e.get("phase") == "switch"), None)
+    switched = by.get("switched", {}).get("ts")
+    return {
+        "agent_span_s": round(result - start, 3),
+        "boot_s": round(boot, 3),
+        "overhead_ms": round((result - start - boot) * 1000, 1),
+        "switch_ms": round((switched - switch_step) * 1000, 1) if switched and switch_step else None,
+    }
+
+
+def nonstop_scenario(strategy: str, router: str, v1: Path, v2: Path, rate: float, settle: float, tuned: bool) -> list[dict]:
+    ns = Nonstop(strategy, router, tuned)
+    rows = []
+    try:
+        ns.cli("up", "--detach")
+        ns.cli("deploy", "--version", "v1", "--artifact", str(v1), "--json")
+        with load_client(f"http://127.0.0.1:{ns.listen}/", rate) as load:
+            load.wait_served(100, timeout=30)
+            wall, res = ns.cli("deploy", "--version", "v2", "--artifact", str(v2), "--json")
+            time.sleep(settle)
+            rb = None
+            if strategy == "blue-green":
+                t_cmd = time.monotonic()
+                rb_wall, rb_res = ns.cli("rollback", "--json")
+                time.sleep(settle)
+                rb = (t_cmd, rb_wall, rb_res)
+        r = load.result
+        name = f"nonstop {strategy}" + (" (health 25ms x1)" if tuned else " (health 200ms x2)")
+        rows.append({"scenario": name, "router": router, "failed": r.failed, "served": r.served,
+                     "longest_gap_ms": round(r.longest_gap().seconds * 1000, 1), "deploy_wall_s": round(wall, 2),
+                     **_span(res["events"])})
+        if rb:
+            t_cmd, rb_wall, rb_res = rb
+            recs = sorted((x for x in r.records if x.ok), key=lambda x: x.end)
+            after = [x for x in recs if x.start >= t_cmd - 1e-3 or x.end >= t_cmd]
+            last_v2 = max((x.end for x in after if x.version == "v2"), default=None)
+            first_v1 = min((x.end for x in after if x.version == "v1"), default=None)
+            rows.append({"scenario": "  warm rollback v2 → v1", "router": router, "failed": r.failed, "served": r.served,
+                         "deploy_wall_s": round(rb_wall, 2),
+                         "last_old_response_ms": round((last_v2 - t_cmd) * 1000, 1) if last_v2 else None,
+                         "first_new_response_ms": round((first_v1 - t_cmd) * 1000, 1) if first_v1 else None,
+                         **_span(rb_res["events"])})
+    finally:
+        ns.close()
+    return rows
+
+
+def machine() -> str:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    return f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+COLS = ["scenario", "router", "failed", "served", "longest_gap_ms", "deploy_wall_s", "agent_span_s", "boot_s",
+        "overhead_ms", "switch_ms", "last_old_response_ms", "first_new_response_ms"]
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| " + " | ".join(COLS) + " |", "|" + "---|" * len(COLS)]
+    for r in rows:
+        out.append("| " + " | ".join("" if r.get(c) is None else str(r.get(c)) for c in COLS) + " |")
+    return "\n".join(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rate", type=float, default=100)
+    ap.add_argument("--routers", default="embedded")
+    ap.add_argument("--settle", type=float, default=1.0, help="seconds of load after each change")
+    ap.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
+    args = ap.parse_args()
+    v1, v2 = build("v1"), build("v2")
+    boot = app_boot_time(v1)
+    print(f"example app boot (spawn → port answering): {boot:.2f}s", flush=True)
+    rows = [seed_script(v1, v2, args.rate, args.settle)]
+    print(table(rows), flush=True)
+    for router in args.routers.split(","):
+        rows += nonstop_scenario("recreate", router, v1, v2, args.rate, args.settle, tuned=False)
+        rows += nonstop_scenario("blue-green", router, v1, v2, args.rate, args.settle, tuned=False)
+        rows += nonstop_scenario("blue-green", router, v1, v2, args.rate, args.settle, tuned=True)
+        print(table(rows), flush=True)
+    text = (f"\n### bench/deploy.py — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n"
+            f"`.venv/bin/python bench/deploy.py --rate {args.rate:g} --routers {args.routers}` on {machine()}.\n"
+            f"Load: ~{args.rate:g} req/s (keep-alive, new connections, POSTs). App boot alone: {boot:.2f}s.\n\n"
+            + table(rows) + "\n")
+    print(text)
+    if args.record:
+        with open(ROOT / "bench/RESULTS.md", "a") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
