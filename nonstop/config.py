@@ -51,6 +51,9 @@ def _addr(value: str, field: str) -> tuple[str, int]:
 
 Command = Union[str, list[str]]
 
+PLACEHOLDERS = ("port", "artifact", "release", "version", "instance", "state_dir")
+"""What ``run.command`` and hooks may name; smoke commands also get ``{url}``."""
+
 
 def split_command(cmd: Command, *, shell: bool) -> list[str]:
     """argv for a configured command: a list is taken as is; a string is split like a shell would (``shlex``) but never run through one unless ``shell`` is true."""
@@ -87,6 +90,11 @@ class RunConfig(_Model):
             raise ValueError("must not be empty")
         if "{port}" not in text:
             raise ValueError("must contain {port}: nonstop picks the port of each instance")
+        unknown = sorted(set(re.findall(r"(?<![{$])\{([^{}]*)\}(?!\})", text)) - set(PLACEHOLDERS))
+        if unknown:
+            raise ValueError(
+                f"unknown placeholder {{{unknown[0]}}}; known: " + ", ".join("{" + p + "}" for p in PLACEHOLDERS)
+            )
         if isinstance(v, str):
             try:
                 shlex.split(v)

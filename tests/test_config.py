@@ -79,6 +79,7 @@ strategy:
     [
         ({"run": {"command": "java -jar app.jar"}}, "run.command", "{port}"),
         ({"run": {"command": "a {port}", "ports": "8081"}}, "run.ports", "needs 2"),
+        ({"run": {"command": "a {port} --x={jar}"}}, "run.command", "unknown placeholder {jar}"),
         ({"run": {"command": "a {port}", "ports": "90000"}}, "run.ports", "1-65535"),
         ({"run": {"command": "a {port}", "stop_signal": "SIGFOO"}}, "run.stop_signal", "unknown signal"),
         ({"health": {"interval": "fast"}}, "health.interval", "duration"),
