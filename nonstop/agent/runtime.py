@@ -11,10 +11,12 @@ signalled.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ __all__ = [
     "ProcessHandle",
     "ProcessRuntime",
     "signal_number",
+    "port_in_use",
 ]
 
 PLACEHOLDERS = ("port", "artifact", "release", "version", "instance", "state_dir")
@@ -117,6 +120,27 @@ class ProcessHandle:
     started_at: float  # epoch seconds
 
 
+def port_in_use(port: int) -> bool:
+    """True when something listens on ``port`` (any address). A bind with
+    SO_REUSEADDR, so sockets in TIME_WAIT do not count."""
+    for family, addr in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        try:
+            s = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:
+            continue  # no IPv6 here
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.bind((addr, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                return True
+        finally:
+            s.close()
+    return False
+
+
 def _same_start(a: float, b: float) -> bool:
     # psutil derives start times from the boot time (whole seconds in
     # /proc/stat), which can read one second off after a clock adjustment;
@@ -133,8 +157,11 @@ class ProcessRuntime:
 
     poll_interval = 0.05
 
-    def __init__(self) -> None:
+    def __init__(self, *, check_port: bool = True) -> None:
         self._children: dict[int, subprocess.Popen] = {}
+        # Refuse to start on a port something already listens on: that
+        # something would answer the new instance's health checks.
+        self.check_port = check_port
 
     # -- start -------------------------------------------------------------------
     def start(self, spec: InstanceSpec) -> ProcessHandle:
@@ -144,6 +171,12 @@ class ProcessRuntime:
             raise InstanceError(
                 f"instance {spec.id}: working directory {spec.cwd} does not exist",
                 detail={"instance": spec.id, "cwd": spec.cwd},
+            )
+        if self.check_port and spec.port > 0 and port_in_use(spec.port):
+            raise InstanceError(
+                f"instance {spec.id}: port {spec.port} is already in use by another process "
+                "(a leftover instance, or another program); it would answer this instance's health checks",
+                detail={"instance": spec.id, "port": spec.port},
             )
         log_path = Path(spec.log_path)
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -207,7 +240,7 @@ class ProcessRuntime:
             return p
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             return None
-        except psutil.AccessDenied:  # pragma: no cover - not ours to judge; treat as alive only if it is ours
+        except psutil.AccessDenied:  # pragma: no cover - another user's process: never ours to signal
             return None
 
     def alive(self, handle: ProcessHandle) -> bool:

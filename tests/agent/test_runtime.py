@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import nonstop
-from nonstop.agent.runtime import InstanceSpec, ProcessHandle, ProcessRuntime, render, signal_number
+from nonstop.agent.runtime import InstanceSpec, ProcessHandle, ProcessRuntime, port_in_use, render, signal_number
 from nonstop.errors import ConfigError, InstanceError
 
 PY = sys.executable
@@ -309,3 +309,16 @@ def test_instance_survives_the_agent_and_is_adopted(rt, tmp_path):
     finally:
         if pid_alive(pid):
             os.killpg(pid, signal.SIGKILL)
+
+
+def test_refuses_a_port_something_already_listens_on(rt, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert port_in_use(port)
+        with pytest.raises(InstanceError, match=f"port {port} is already in use"):
+            rt.start(spec(tmp_path, [PY, "-c", "pass"], port))
+    assert not port_in_use(port)
+    # opt out (a runtime for apps that share a port on purpose)
+    assert ProcessRuntime(check_port=False).check_port is False
