@@ -276,7 +276,9 @@ public final class App {
         int shutdownSeconds = 30;
 
         static Options parse(String[] args) {
-            Map<String, String> kv = new HashMap<>();
+            // Like Spring Boot: application.properties inside the jar gives defaults,
+            // command-line --key=value arguments override them.
+            Map<String, String> kv = new HashMap<>(bakedProperties());
             for (String arg : args) {
                 if (!arg.startsWith("--") || !arg.contains("=")) {
                     throw new IllegalArgumentException("expected --key=value, got " + arg);
@@ -314,6 +316,23 @@ public final class App {
                 throw new IllegalArgumentException("bad number: " + e.getMessage());
             }
             return o;
+        }
+
+        /** {@code application.properties} baked into the jar by {@code build.sh VERSION key=value...}. */
+        private static Map<String, String> bakedProperties() {
+            Map<String, String> out = new HashMap<>();
+            try (InputStream in = App.class.getResourceAsStream("/application.properties")) {
+                if (in != null) {
+                    java.util.Properties p = new java.util.Properties();
+                    p.load(in);
+                    for (String k : p.stringPropertyNames()) {
+                        out.put(k, p.getProperty(k));
+                    }
+                }
+            } catch (IOException e) {
+                // no baked defaults
+            }
+            return out;
         }
 
         /** A version baked into the jar by {@code build.sh VERSION}, else "dev". */
