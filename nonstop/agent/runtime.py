@@ -226,6 +226,8 @@ class ProcessRuntime:
     # -- watch -------------------------------------------------------------------
     def _proc(self, handle: ProcessHandle) -> psutil.Process | None:
         """The live psutil process of ``handle``, or None (gone, zombie, or pid reused)."""
+        if handle.create_time is None:
+            return None  # cannot tell it from a recycled pid: never treat it as ours
         child = self._children.get(handle.pid)
         if child is not None and child.poll() is not None:
             return None  # our child exited; poll() reaped it

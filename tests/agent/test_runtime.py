@@ -245,6 +245,8 @@ def test_pid_reuse_guard_never_signals_a_different_process(rt, tmp_path):
     assert not rt.alive(impostor)
     assert rt.adopt(h.pid, h.create_time - 123.456, 0) is None
     assert asyncio.run(rt.stop(impostor, "SIGKILL", 0.1)) == "gone"
+    unknown = ProcessHandle(pid=h.pid, create_time=None, port=0, started_at=0)  # type: ignore[arg-type]
+    assert not rt.alive(unknown) and asyncio.run(rt.stop(unknown, "SIGKILL", 0.1)) == "gone"
     assert rt.alive(h) and pid_alive(h.pid)  # untouched
 
 
