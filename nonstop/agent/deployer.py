@@ -48,6 +48,9 @@ class Run:
     new: list[InstanceRecord] = field(default_factory=list)
     control: asyncio.Queue = field(default_factory=asyncio.Queue)
     paused: bool = False
+    task: asyncio.Task | None = None
+    abort_requested: bool = False
+    listens_for_abort: bool = False  # a strategy waiting in wait_control() handles abort itself
 
     @property
     def cfg(self) -> Config:
@@ -116,11 +119,14 @@ class Run:
             await self.fleet.stop(recs, self.dep.id, reason=reason or "retired")
 
     async def wait_control(self, timeout: float | None) -> str | None:
-        """Wait for promote/abort/pause/resume (None on timeout)."""
+        """Wait for promote/abort/pause/resume (None on timeout). The caller handles ``abort``."""
+        self.listens_for_abort = True
         try:
             return await asyncio.wait_for(self.control.get(), timeout)
         except asyncio.TimeoutError:
             return None
+        finally:
+            self.listens_for_abort = False
 
 
 class Deployer:
@@ -189,6 +195,13 @@ class Deployer:
         run = self.current
         if run is None:
             raise UsageError(f"no deployment in progress to {action}")
+        if action == "abort" and not run.listens_for_abort:
+            # Nothing in the strategy is waiting on the control queue right now:
+            # interrupt whatever step it is in.
+            run.abort_requested = True
+            if run.task is not None and not run.task.done():
+                run.task.cancel()
+            return run.dep
         run.control.put_nowait(action)
         return run.dep
 
@@ -214,7 +227,17 @@ class Deployer:
 
         strat = get_strategy(strategy)
         try:
-            await strat.run(run)
+            # The strategy runs as its own task so that `abort` can interrupt it at
+            # any step (a health wait, a pause); the agent shutting down cancels
+            # this outer task instead, and the saved phase lets recovery finish.
+            run.task = asyncio.get_running_loop().create_task(strat.run(run))
+            try:
+                await asyncio.shield(run.task)
+            except asyncio.CancelledError:
+                if run.task.cancelled() and run.abort_requested:
+                    raise Aborted("aborted by the user") from None
+                run.task.cancel()
+                raise
         except asyncio.CancelledError:
             self.current = None
             raise  # agent shutting down: the saved phase lets recovery finish the job

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from nonstop.agent.deployer import Run
+from nonstop.agent.deployer import Aborted, Run
 from nonstop.agent.fleet import Fleet
 from nonstop.agent.runtime import render
 from nonstop.agent.traffic import Side, Split
@@ -22,6 +22,9 @@ async def run(r: Run) -> None:
     if s and s.smoke:
         await r.step("smoke", "running the smoke test against the new color")
         await smoke(r, s, new)
+    if s and not s.auto_promote:
+        await r.step("paused", f"{r.release.id} is up on {', '.join(Fleet.addr(x) for x in new)}: waiting for `nonstop promote`")
+        await wait_for_promote(r)
     await r.step("switch", f"switching 100% of traffic to {r.release.id}")
     t0 = time.monotonic()
     await r.traffic.set(Split(stable=Side(r.release.id, tuple(Fleet.addr(x) for x in new)), sticky=r.traffic.split.sticky))
@@ -29,6 +32,17 @@ async def run(r: Run) -> None:
     await r.step("draining", f"draining {r.stable.id if r.stable else 'nothing'}")
     keep = s.keep_previous if s else 0.0
     await r.retire(old, keep_warm=keep, reason="replaced")
+
+
+async def wait_for_promote(r: Run) -> None:
+    while True:
+        action = await r.wait_control(None)
+        if action in ("promote", "promote_full"):
+            await r.emit("promoted", "promote received")
+            return
+        if action == "abort":
+            raise Aborted("aborted by the user before the switch")
+        # pause / resume: nothing moves until promote anyway
 
 
 async def smoke(r: Run, s: BlueGreenStrategy, new) -> None:
