@@ -1,0 +1,173 @@
+"""Canary analysis: pure. Two cumulative stats snapshots + thresholds → a verdict.
+
+The router's ``stats()`` counters are cumulative (docs/internals.md); a
+window is the difference of two snapshots, per release. ``analyse`` compares
+the canary's window to the thresholds of ``AnalysisConfig``:
+
+- fewer than ``min_requests`` canary requests in the window → **inconclusive**
+  ("waiting for N more requests"); never a pass. The caller keeps the window
+  start then, so requests accumulate until there are enough.
+- 5xx share above the error limit → **fail**. The limit is ``max_error_rate``;
+  with ``max_error_rate_vs_stable: k`` and a stable release that served at
+  least ``min_requests`` in the same window it is ``max_error_rate + k ×
+  stable rate`` (a canary may be as bad as a stable that already errors, plus
+  the margin).
+- p99 above ``max_p99`` → **fail**; with ``max_p99_vs_stable: k`` (and enough
+  stable requests) also p99 above ``k × stable p99`` → **fail**, except when
+  the canary's p99 is under ``P99_FLOOR``: below that, differences are the
+  histogram's bucket width, not the app.
+- otherwise **pass**.
+
+p99 is estimated from the window's histogram counts (linear within a bucket,
+as Prometheus does). A counter that went down (the proxy restarted) makes the
+window start at zero. ``failure_limit`` is counted by the step machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Mapping
+
+__all__ = ["P99_FLOOR", "Figures", "Verdict", "window", "quantile", "analyse"]
+
+P99_FLOOR = 0.025  # seconds; relative p99 is not judged below this
+
+VerdictKind = Literal["pass", "fail", "inconclusive"]
+
+
+@dataclass(frozen=True)
+class Figures:
+    """One release's window: requests, 5xx, error rate, p99 (seconds)."""
+
+    requests: int = 0
+    errors: int = 0
+    p99: float | None = None
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.requests if self.requests else None
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "error_rate": self.error_rate}
+
+    def words(self) -> str:
+        rate = f"{self.error_rate:.1%}" if self.error_rate is not None else "-"
+        return f"5xx {rate} ({self.errors}/{self.requests}), p99 {_ms(self.p99)}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of one analysis, with the figures that led to it."""
+
+    verdict: VerdictKind
+    summary: str
+    canary: Figures
+    stable: Figures | None = None
+    failed: tuple[str, ...] = ()  # the breached checks, in words
+    needed: int = 0  # more canary requests needed (inconclusive)
+    seconds: float = 0.0  # window length
+    at: float = 0.0  # wall-clock time of the end snapshot (for display)
+
+    def to_json(self) -> dict:
+        return {
+            "verdict": self.verdict,
+            "summary": self.summary,
+            "canary": self.canary.to_json(),
+            "stable": self.stable.to_json() if self.stable else None,
+            "failed": list(self.failed),
+            "needed": self.needed,
+            "seconds": round(self.seconds, 3),
+            "at": self.at,
+        }
+
+
+def _ms(s: float | None) -> str:
+    if s is None:
+        return "-"
+    return f"{s * 1000:.0f}ms" if s < 1 else f"{s:.2f}s"
+
+
+def quantile(bounds: list[float], counts: list[int], q: float) -> float | None:
+    """Quantile ``q`` of a histogram (``counts`` per bucket; one more count than bounds: +Inf)."""
+    n = sum(counts)
+    if n <= 0:
+        return None
+    rank = q * n
+    seen = 0
+    for i, c in enumerate(counts):
+        if c > 0 and seen + c >= rank:
+            if i >= len(bounds):
+                return bounds[-1] if bounds else None
+            lo = bounds[i - 1] if i else 0.0
+            hi = bounds[i]
+            return lo + (hi - lo) * max(rank - seen, 0) / c
+        seen += c
+    return bounds[-1] if bounds else None
+
+
+def _release(snap: Mapping[str, Any] | None, name: str) -> Mapping[str, Any]:
+    if not snap:
+        return {}
+    return (snap.get("releases") or {}).get(name) or {}
+
+
+def window(start: Mapping[str, Any] | None, end: Mapping[str, Any], release: str) -> Figures:
+    """``release``'s figures between two cumulative snapshots (``start`` None: since the proxy started)."""
+    a, b = _release(start, release), _release(end, release)
+    if int(b.get("requests", 0)) < int(a.get("requests", 0)):
+        a = {}  # counters went down: the proxy restarted; count from zero
+    requests = int(b.get("requests", 0)) - int(a.get("requests", 0))
+    errors = int((b.get("by_class") or {}).get("5xx", 0)) - int((a.get("by_class") or {}).get("5xx", 0))
+    lb, la = b.get("latency") or {}, a.get("latency") or {}
+    bounds = list(lb.get("buckets") or [])
+    cb = list(lb.get("counts") or [])
+    ca = list(la.get("counts") or [0] * len(cb))
+    if len(ca) != len(cb):
+        ca = [0] * len(cb)
+    delta = [max(0, x - y) for x, y in zip(cb, ca)]
+    return Figures(requests=max(0, requests), errors=max(0, errors), p99=quantile(bounds, delta, 0.99))
+
+
+def analyse(
+    start: Mapping[str, Any] | None,
+    end: Mapping[str, Any],
+    *,
+    canary: str,
+    stable: str | None,
+    cfg: Any,
+    seconds: float = 0.0,
+    at: float = 0.0,
+) -> Verdict:
+    """The verdict for the window ``start`` → ``end``. ``cfg`` is an ``AnalysisConfig``."""
+    c = window(start, end, canary)
+    s = window(start, end, stable) if stable else None
+    if c.requests < cfg.min_requests:
+        need = cfg.min_requests - c.requests
+        return Verdict(
+            "inconclusive",
+            f"waiting for {need} more requests (canary {c.requests}/{cfg.min_requests} in {seconds:.0f}s)",
+            c, s, needed=need, seconds=seconds, at=at,
+        )
+    failed: list[str] = []
+    stable_ok = s is not None and s.requests >= cfg.min_requests
+    limit, how = cfg.max_error_rate, "max_error_rate"
+    if cfg.max_error_rate_vs_stable is not None and stable_ok:
+        limit = cfg.max_error_rate + cfg.max_error_rate_vs_stable * (s.error_rate or 0.0)
+        how = f"max_error_rate {cfg.max_error_rate:.1%} + {cfg.max_error_rate_vs_stable:g} × stable {s.error_rate or 0.0:.1%}"
+    if (c.error_rate or 0.0) > limit:
+        failed.append(f"canary 5xx rate {c.error_rate:.1%} ({c.errors}/{c.requests}) > {limit:.1%} ({how})")
+    if cfg.max_p99 is not None and c.p99 is not None and c.p99 > cfg.max_p99:
+        failed.append(f"canary p99 {_ms(c.p99)} > max_p99 {_ms(cfg.max_p99)}")
+    if (
+        cfg.max_p99_vs_stable is not None
+        and stable_ok
+        and c.p99 is not None
+        and s.p99 is not None
+        and c.p99 > P99_FLOOR
+        and c.p99 > cfg.max_p99_vs_stable * s.p99
+    ):
+        failed.append(f"canary p99 {_ms(c.p99)} > {cfg.max_p99_vs_stable:g} × stable p99 {_ms(s.p99)}")
+    figures = f"canary {c.words()}" + (f"; stable {s.words()}" if s is not None and s.requests else "")
+    if failed:
+        return Verdict("fail", "; ".join(failed) + f" [{figures}]", c, s, tuple(failed), seconds=seconds, at=at)
+    return Verdict("pass", figures, c, s, seconds=seconds, at=at)
