@@ -53,7 +53,7 @@ class Fleet:
         self.runtime = runtime or ProcessRuntime()
         self.logs_dir = cfg.state_path / "logs"
         self.logs_dir.mkdir(parents=True, exist_ok=True)
-        self._http = httpx.AsyncClient(timeout=cfg.health.timeout)
+        self._http = httpx.AsyncClient(timeout=cfg.health.timeout, trust_env=False)  # loopback checks never go through an HTTP_PROXY
         self._busy: set[str] = set()  # instance ids a deployment is acting on; supervision keeps off
         self._restart_tasks: dict[str, asyncio.Task] = {}
 

@@ -33,6 +33,7 @@ class AgentClient:
         self._client = httpx.Client(
             transport=httpx.HTTPTransport(uds=str(socket)),
             base_url="http://agent",
+            trust_env=False,
             timeout=httpx.Timeout(timeout, connect=2.0),
         )
 
