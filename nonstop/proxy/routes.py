@@ -1,0 +1,245 @@
+"""The route table: what the agent hands the proxy (docs/internals.md, "Route table").
+
+Plain frozen dataclasses, JSON in and out, validation that names the field.
+No I/O here except :func:`save` / :func:`load`, which do the atomic file write
+and the restore on start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+from nonstop.errors import ProxyError
+
+
+class InvalidRoutes(ProxyError):
+    """A route table failed validation; ``field`` names the offending entry."""
+
+    def __init__(self, field_: str, message: str) -> None:
+        super().__init__(f"{field_}: {message}", detail={"field": field_})
+        self.field = field_
+
+
+class StaleRevision(ProxyError):
+    """A table was offered with a revision not above the current one."""
+
+
+def parse_addr(addr: str) -> tuple[str, int]:
+    """``"127.0.0.1:8081"`` → ``("127.0.0.1", 8081)``; ``"[::1]:80"`` too. Raises ValueError."""
+    if not isinstance(addr, str) or ":" not in addr:
+        raise ValueError(f"expected HOST:PORT, got {addr!r}")
+    host, _, port_s = addr.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        raise ValueError(f"expected HOST:PORT with a port in 1..65535, got {addr!r}")
+    return host, int(port_s)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One upstream address and whether it takes new requests."""
+
+    addr: str
+    draining: bool = False
+
+
+@dataclass(frozen=True)
+class Release:
+    """A named version: its share of user buckets, its targets, its match rules.
+
+    ``match_headers`` names are lower-case; values compare exactly.
+    """
+
+    name: str
+    weight: int
+    targets: tuple[Target, ...]
+    match_headers: tuple[tuple[str, str], ...] = ()
+    match_cookies: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def usable(self) -> bool:
+        return any(not t.draining for t in self.targets)
+
+    @property
+    def has_match(self) -> bool:
+        return bool(self.match_headers or self.match_cookies)
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    """A whole routing decision at one revision; swapped as one piece."""
+
+    revision: int = 0
+    sticky: bool = True
+    releases: tuple[Release, ...] = field(default=())
+
+    @classmethod
+    def static(cls, addrs: list[str], name: str = "static") -> "RouteTable":
+        """The table ``nonstop proxy --upstream A --upstream B`` serves: one release, no stickiness."""
+        for i, a in enumerate(addrs):
+            try:
+                parse_addr(a)
+            except ValueError as e:
+                raise InvalidRoutes(f"upstream[{i}]", str(e)) from None
+        rel = Release(name=name, weight=100, targets=tuple(Target(a) for a in addrs))
+        return cls(revision=1, sticky=False, releases=(rel,) if addrs else ())
+
+    def with_revision(self, revision: int) -> "RouteTable":
+        return RouteTable(revision=revision, sticky=self.sticky, releases=self.releases)
+
+    def addrs(self) -> set[str]:
+        return {t.addr for r in self.releases for t in r.targets}
+
+    # -- JSON ---------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        out = []
+        for r in self.releases:
+            d: dict = {"name": r.name, "weight": r.weight}
+            if r.has_match:
+                m: dict = {}
+                if r.match_headers:
+                    m["headers"] = dict(r.match_headers)
+                if r.match_cookies:
+                    m["cookies"] = dict(r.match_cookies)
+                d["match"] = m
+            d["targets"] = [{"addr": t.addr, "draining": t.draining} for t in r.targets]
+            out.append(d)
+        return {"revision": self.revision, "sticky": self.sticky, "releases": out}
+
+    @classmethod
+    def from_dict(cls, data: object, *, default_revision: int = 0) -> "RouteTable":
+        """Validate and build; ``revision`` may be absent (then ``default_revision``)."""
+        if not isinstance(data, dict):
+            raise InvalidRoutes("table", "expected a JSON object")
+        unknown = set(data) - {"revision", "sticky", "releases"}
+        if unknown:
+            raise InvalidRoutes(sorted(unknown)[0], "unknown field")
+        revision = data.get("revision", default_revision)
+        if isinstance(revision, bool) or not isinstance(revision, int) or revision < 0:
+            raise InvalidRoutes("revision", "expected a non-negative integer")
+        sticky = data.get("sticky", True)
+        if not isinstance(sticky, bool):
+            raise InvalidRoutes("sticky", "expected true or false")
+        rels = data.get("releases", [])
+        if not isinstance(rels, list):
+            raise InvalidRoutes("releases", "expected a list")
+        releases = []
+        names: set[str] = set()
+        for i, rd in enumerate(rels):
+            rel = _release_from_dict(rd, f"releases[{i}]")
+            if rel.name in names:
+                raise InvalidRoutes(f"releases[{i}].name", f"duplicate release name {rel.name!r}")
+            names.add(rel.name)
+            releases.append(rel)
+        return cls(revision=revision, sticky=sticky, releases=tuple(releases))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str | bytes, *, default_revision: int = 0) -> "RouteTable":
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise InvalidRoutes("table", f"not JSON: {e}") from None
+        return cls.from_dict(data, default_revision=default_revision)
+
+
+def _str_map(value: object, where: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise InvalidRoutes(where, "expected an object of name: value")
+    for k, v in value.items():
+        if not isinstance(v, str) or not k:
+            raise InvalidRoutes(f"{where}.{k}", "expected a string value")
+    return tuple(value.items())
+
+
+def _release_from_dict(rd: object, where: str) -> Release:
+    if not isinstance(rd, dict):
+        raise InvalidRoutes(where, "expected an object")
+    unknown = set(rd) - {"name", "weight", "targets", "match"}
+    if unknown:
+        raise InvalidRoutes(f"{where}.{sorted(unknown)[0]}", "unknown field")
+    name = rd.get("name")
+    if not isinstance(name, str) or not name or any(c in name for c in "\r\n\"\\{},= "):
+        raise InvalidRoutes(f"{where}.name", "expected a non-empty name without spaces, quotes or ,={}")
+    weight = rd.get("weight", 0)
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
+        raise InvalidRoutes(f"{where}.weight", "expected an integer 0..100")
+    tds = rd.get("targets", [])
+    if not isinstance(tds, list):
+        raise InvalidRoutes(f"{where}.targets", "expected a list")
+    targets = []
+    seen: set[str] = set()
+    for j, td in enumerate(tds):
+        tw = f"{where}.targets[{j}]"
+        if not isinstance(td, dict):
+            raise InvalidRoutes(tw, "expected an object")
+        unknown = set(td) - {"addr", "draining"}
+        if unknown:
+            raise InvalidRoutes(f"{tw}.{sorted(unknown)[0]}", "unknown field")
+        addr = td.get("addr")
+        try:
+            parse_addr(addr)  # type: ignore[arg-type]
+        except ValueError as e:
+            raise InvalidRoutes(f"{tw}.addr", str(e)) from None
+        if addr in seen:
+            raise InvalidRoutes(f"{tw}.addr", f"duplicate target {addr!r}")
+        seen.add(addr)
+        draining = td.get("draining", False)
+        if not isinstance(draining, bool):
+            raise InvalidRoutes(f"{tw}.draining", "expected true or false")
+        targets.append(Target(addr=addr, draining=draining))
+    match = rd.get("match") or {}
+    if not isinstance(match, dict):
+        raise InvalidRoutes(f"{where}.match", "expected an object")
+    unknown = set(match) - {"headers", "cookies"}
+    if unknown:
+        raise InvalidRoutes(f"{where}.match.{sorted(unknown)[0]}", "unknown field (headers, cookies)")
+    headers = _str_map(match.get("headers", {}), f"{where}.match.headers")
+    cookies = _str_map(match.get("cookies", {}), f"{where}.match.cookies")
+    return Release(
+        name=name,
+        weight=weight,
+        targets=tuple(targets),
+        match_headers=tuple((k.lower(), v) for k, v in headers),
+        match_cookies=cookies,
+    )
+
+
+def save(table: RouteTable, path: str) -> None:
+    """Write ``routes.json`` atomically: temp file in the same dir, fsync, rename, fsync dir."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".routes-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(table.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dfd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def load(path: str) -> RouteTable:
+    """The table saved at ``path``; an empty table when the file does not exist."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return RouteTable()
+    return RouteTable.from_json(text)

@@ -1,0 +1,238 @@
+"""One proxy process's lifecycle: listening and admin sockets, the clock tick, takeover, graceful stop.
+
+Stop order (uvicorn's): stop accepting → responses in progress get
+``Connection: close`` and idle keep-alive connections get ``idle_grace`` to
+send one last request → wait for connections to finish until the deadline →
+abort the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+from nonstop.errors import ProxyError
+from nonstop.proxy import handoff
+from nonstop.proxy import routes as routes_mod
+from nonstop.proxy.admin import AdminAPI
+from nonstop.proxy.config import ProxyConfig
+from nonstop.proxy.downstream import ClientConnection
+from nonstop.proxy.routes import RouteTable
+from nonstop.proxy.state import ProxyState
+
+log = logging.getLogger("nonstop.proxy")
+
+
+class ProxyServer:
+    """The running proxy: owns the state, the client connections, the sockets and the stop sequence."""
+
+    def __init__(self, cfg: ProxyConfig) -> None:
+        self.cfg = cfg
+        self.state = ProxyState(cfg.pool_max_idle)
+        self.connections: set[ClientConnection] = set()
+        self.now = 0.0
+        self.closing = False
+        self.listen_addr = ""
+        self._sock: socket.socket | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._admin: asyncio.AbstractServer | None = None
+        self._admin_ino: int | None = None
+        self._tick_task: asyncio.Task | None = None
+        self._stop = asyncio.Event()
+        self._handed_over = False
+
+    # -- start ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Get the listening socket and the table, serve, bind the admin socket, then retire a predecessor."""
+        cfg = self.cfg
+        loop = asyncio.get_running_loop()
+        self.now = loop.time()
+        old_pid = None
+        table: RouteTable | None = None
+        if cfg.takeover:
+            if not cfg.admin_socket:
+                raise ProxyError("--takeover needs --admin-socket (the running proxy's)")
+            sock, answer = handoff.receive(cfg.admin_socket)
+            old_pid = answer.get("pid")
+            table = RouteTable.from_dict(answer.get("table") or {})
+        else:
+            sock = handoff.from_env() or handoff.bind(cfg.listen, cfg.backlog)
+        self._sock = sock
+        self.listen_addr = handoff.address(sock)
+        if cfg.upstreams:
+            table = RouteTable.static(cfg.upstreams)
+        elif table is None and cfg.routes_file:
+            table = routes_mod.load(cfg.routes_file)
+        if table is not None and table.releases:
+            self.state.apply(table.with_revision(max(table.revision, 1)))
+        self._server = await loop.create_server(
+            lambda: ClientConnection(self), sock=sock, backlog=cfg.backlog
+        )
+        self._tick_task = asyncio.ensure_future(self._tick())
+        if cfg.admin_socket:
+            await self._bind_admin(cfg.admin_socket)
+        if cfg.pid_file:
+            _write_atomic(cfg.pid_file, f"{os.getpid()}\n")
+        if old_pid:
+            # we accept on the shared socket already: the old process may stop now
+            try:
+                os.kill(int(old_pid), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        log.info("proxy ready listen=%s revision=%d pid=%d", self.listen_addr, self.state.table.revision, os.getpid())
+
+    async def _bind_admin(self, path: str) -> None:
+        # bind under a temporary name, restrict, then rename over the public
+        # path: clients never see a missing or world-accessible socket
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(tmp)
+        os.chmod(tmp, 0o600)
+        s.listen(64)
+        s.setblocking(False)
+        self._admin = await asyncio.start_unix_server(AdminAPI(self).handle, sock=s)
+        os.replace(tmp, path)
+        self._admin_ino = os.stat(path).st_ino
+
+    def save_routes(self, table: RouteTable) -> None:
+        if self.cfg.routes_file:
+            routes_mod.save(table, self.cfg.routes_file)
+
+    def hand_over(self, writer) -> None:
+        """Answer ``POST /takeover``: send our listening socket and live table to the new process."""
+        conn_sock = writer.get_extra_info("socket")
+        handoff.send(
+            conn_sock.fileno(),
+            self._sock.fileno(),
+            {"pid": os.getpid(), "table": self.state.table.to_dict(), "listen": self.listen_addr},
+        )
+        self._handed_over = True
+        log.info("listening socket handed over")
+
+    # -- time ----------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        cfg = self.cfg
+        n = 0
+        while True:
+            await asyncio.sleep(cfg.tick)
+            now = self.now = loop.time()
+            for c in [c for c in self.connections if c.deadline and now >= c.deadline]:
+                try:
+                    c.on_deadline(now)
+                except Exception:
+                    log.exception("timeout handling failed")
+                    c.abort()
+            n += 1
+            if n % 5 == 0:
+                for t in self.state.targets.values():
+                    t.pool.expire(now, cfg.pool_idle_timeout)
+                self.state.forget_unlisted()
+
+    # -- stop ----------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def respawn(self) -> None:
+        """SIGHUP: start a new process of the same command with ``--takeover``; it retires us when ready."""
+        if not self.cfg.admin_socket:
+            log.error("SIGHUP ignored: takeover needs --admin-socket")
+            return
+        argv = [a for a in sys.argv[1:] if a != "--takeover"]
+        cmd = [sys.executable, "-m", "nonstop.proxy", *argv, "--takeover"]
+        subprocess.Popen(cmd, start_new_session=True, stdin=subprocess.DEVNULL)
+        log.info("SIGHUP: started a successor")
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    async def stop(self) -> None:
+        """Stop accepting, let connections finish within ``shutdown_timeout``, close everything."""
+        loop = asyncio.get_running_loop()
+        self.closing = True
+        self.now = loop.time()
+        if self._server is not None:
+            self._server.close()
+        for c in list(self.connections):
+            c.stop_when_idle()
+        deadline = loop.time() + self.cfg.shutdown_timeout
+        while self.connections and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        left = len(self.connections)
+        for c in list(self.connections):
+            c.abort()
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+        for t in self.state.targets.values():
+            t.pool.close_all()
+        if self._admin is not None:
+            self._admin.close()
+        self._release_admin_path()
+        if self._sock is not None:
+            self._sock.close()
+        if self.cfg.pid_file:
+            _remove_if(self.cfg.pid_file, f"{os.getpid()}\n")
+        await asyncio.sleep(0)
+        log.info("proxy stopped connections_aborted=%d", left)
+
+    def _release_admin_path(self) -> None:
+        path = self.cfg.admin_socket
+        if not path or self._admin_ino is None:
+            return
+        try:
+            if os.stat(path).st_ino == self._admin_ino:  # not yet replaced by a successor
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _remove_if(path: str, text: str) -> None:
+    try:
+        with open(path) as f:
+            if f.read() == text:
+                os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+async def serve(cfg: ProxyConfig, ready=None) -> None:
+    """Run a proxy until SIGTERM/SIGINT, then stop gracefully. ``ready(server)`` is called once serving."""
+    server = ProxyServer(cfg)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, server.request_stop)
+    loop.add_signal_handler(signal.SIGINT, server.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, server.respawn)
+    if ready is not None:
+        ready(server)
+    await server.wait_stopped()
+    await server.stop()
+
+
+def run(cfg: ProxyConfig, ready=None) -> None:
+    """Blocking entry point: uvloop when available."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a pinned dependency
+        asyncio.run(serve(cfg, ready))
+        return
+    uvloop.run(serve(cfg, ready))
