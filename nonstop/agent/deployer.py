@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from nonstop.agent.events import EventBus
 from nonstop.agent.fleet import Fleet
@@ -51,6 +51,14 @@ class Run:
     task: asyncio.Task | None = None
     abort_requested: bool = False
     listens_for_abort: bool = False  # a strategy waiting in wait_control() handles abort itself
+    # Set by a strategy (canary, rolling): what `status` shows under "deployment", and a
+    # check that refuses a control action the rollout cannot take now (raises UsageError).
+    status_hook: Callable[[], dict] | None = None
+    check_control: Callable[[str], None] | None = None
+
+    def status(self) -> dict:
+        """Strategy-specific status (``{"canary": {...}}``), merged into ``status``'s deployment."""
+        return self.status_hook() if self.status_hook is not None else {}
 
     @property
     def cfg(self) -> Config:
@@ -195,6 +203,8 @@ class Deployer:
         run = self.current
         if run is None:
             raise UsageError(f"no deployment in progress to {action}")
+        if run.check_control is not None:
+            run.check_control(action)  # an action the rollout cannot take now: UsageError, nothing queued
         if action == "abort" and not run.listens_for_abort:
             # Nothing in the strategy is waiting on the control queue right now:
             # interrupt whatever step it is in.
