@@ -1,0 +1,219 @@
+"""Pure HAProxy rendering for managed mode: the static config, and the runtime maps of a routing. No I/O.
+
+The config is written once, at start, and never reloaded. Everything a
+routing changes lives in runtime state that the runtime API swaps atomically:
+
+- ``bucket.map``  user bucket (0..99) → release name (canary first, see internals.md)
+- ``match.map``   a regex over the request's match key → release name (first wins)
+- ``release.map`` release name → slot backend (``nonstop_<app>_r0`` … ``_r3``)
+- ``settings.map`` ``sticky`` → ``1`` / ``0``
+- the servers of each slot backend (``add server`` / ``set server`` / ``del server``)
+
+The match key is built from the header and cookie *names* known when the
+config is written (``strategy.match`` of a canary): ``h0=<hex value>&c0=<hex value>&``.
+Values are hex-encoded so no request can forge a separator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nonstop.agent.routers.base import ReleaseRoute, Routing
+from nonstop.agent.routers.nginx_conf import BUCKETS, COOKIE_ATTRS, COOKIE_NAME, Plan, ident
+from nonstop.errors import RouterError
+
+__all__ = ["SLOTS", "HaproxyPaths", "MatchKey", "render_config", "bucket_entries", "match_entries", "server_name"]
+
+SLOTS = 4  # releases with live targets at once (canary, stable, and room for a rollback)
+
+
+@dataclass(frozen=True)
+class HaproxyPaths:
+    """Where a managed HAProxy keeps its files (all under ``<state_dir>/haproxy/``)."""
+
+    root: str
+
+    @property
+    def conf(self) -> str:
+        return f"{self.root}/haproxy.cfg"
+
+    @property
+    def pid(self) -> str:
+        return f"{self.root}/haproxy.pid"
+
+    @property
+    def socket(self) -> str:
+        return f"{self.root}/admin.sock"
+
+    @property
+    def access_log(self) -> str:
+        return f"{self.root}/access.json.log"
+
+    @property
+    def error_log(self) -> str:
+        return f"{self.root}/haproxy.log"
+
+    @property
+    def sidecar(self) -> str:
+        return f"{self.root}/routing.json"
+
+    def map(self, name: str) -> str:
+        return f"{self.root}/{name}.map"
+
+
+@dataclass(frozen=True)
+class MatchKey:
+    """The header and cookie names the managed config folds into the match key, in key order."""
+
+    headers: tuple[str, ...] = ()
+    cookies: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, headers, cookies) -> "MatchKey":
+        return cls(tuple(sorted({h.lower() for h in headers})), tuple(sorted(set(cookies))))
+
+    @property
+    def empty(self) -> bool:
+        return not (self.headers or self.cookies)
+
+    def fmt(self) -> str:
+        """The ``set-var-fmt`` string building the key from a request."""
+        parts = [f"h{i}=%[req.hdr({h}),hex]&" for i, h in enumerate(self.headers)]
+        parts += [f"c{i}=%[req.cook({c}),hex]&" for i, c in enumerate(self.cookies)]
+        return "".join(parts)
+
+    def pattern(self, r: ReleaseRoute) -> str:
+        """The ``map_reg`` pattern matching the requests ``r``'s match rules select."""
+        want_h = {n.lower(): v for n, v in r.match_headers}
+        want_c = dict(r.match_cookies)
+        unknown = sorted(set(want_h) - set(self.headers)) + sorted(set(want_c) - set(self.cookies))
+        if unknown:
+            raise RouterError(
+                f"release {r.name!r}: match on {', '.join(unknown)} is not in the HAProxy config nonstop wrote "
+                f"(it knows headers {list(self.headers)} and cookies {list(self.cookies)} from strategy.match); "
+                "restart the router after changing strategy.match"
+            )
+        parts = []
+        for i, h in enumerate(self.headers):
+            parts.append(f"h{i}=" + (want_h[h].encode().hex().upper() if h in want_h else "[0-9A-F]*") + "&")
+        for i, c in enumerate(self.cookies):
+            parts.append(f"c{i}=" + (want_c[c].encode().hex().upper() if c in want_c else "[0-9A-F]*") + "&")
+        return "^" + "".join(parts) + "$"
+
+
+def backend_name(app: str, slot: int) -> str:
+    return f"nonstop_{ident(app)}_r{slot}"
+
+
+def none_backend(app: str) -> str:
+    return f"nonstop_{ident(app)}_none"
+
+
+def server_name(addr: str) -> str:
+    return "t_" + ident(addr)
+
+
+def bucket_entries(p: Plan) -> list[tuple[str, str]]:
+    return [(str(b), name) for b, name in enumerate(p.by_bucket)]
+
+
+def match_entries(p: Plan, key: MatchKey) -> list[tuple[str, str]]:
+    return [(key.pattern(r), r.name) for r in p.matchers]
+
+
+LOG_FORMAT = (
+    '{"ts":%Ts,"app":"APP","release":"%[var(txn.nonstop_rel)]","client":"%ci","method":"%HM",'
+    '"uri":"%{+E}HU","status":%ST,"ta_ms":%Ta,"tr_ms":%Tr,"backend":"%b","server":"%s",'
+    '"target":"%si:%sp","termination":"%ts","bytes":%B}'
+)
+
+
+def render_config(
+    app: str,
+    listen: str,
+    paths: HaproxyPaths,
+    key: MatchKey,
+    *,
+    user: str | None,
+    hold_timeout: float,
+    drain_timeout: float,
+    connect_timeout: float = 2.0,
+    read_timeout: float = 60.0,
+    keepalive_timeout: float = 75.0,
+) -> str:
+    """The whole managed ``haproxy.cfg``; slot backends start empty, servers come through the runtime API."""
+    v = "txn.nonstop"
+    none = none_backend(app)
+    user_lines = f"    user {user.split()[0]}\n    group {user.split()[1]}\n" if user else ""
+    m = {n: paths.map(n) for n in ("bucket", "match", "release", "settings")}
+    match_rules = ""
+    if not key.empty:
+        match_rules = (
+            f'    http-request set-var-fmt({v}_mk) "{key.fmt()}"\n'
+            f"    http-request set-var({v}_rel) var({v}_mk),map_reg({m['match']})\n"
+        )
+    backends = "".join(
+        f"""
+backend {backend_name(app, s)}
+    balance leastconn
+"""
+        for s in range(SLOTS)
+    )
+    log_format = LOG_FORMAT.replace("APP", app)
+    return f"""# Generated by nonstop for app {app} (router haproxy, mode managed). Do not edit.
+# Never reloaded: servers, weights and the split change through the runtime API.
+global
+{user_lines}    pidfile {paths.pid}
+    stats socket {paths.socket} mode 600 level admin
+    stats timeout 30s
+    log stdout format raw local0
+    hard-stop-after {_ms(drain_timeout + 5)}
+
+defaults
+    mode http
+    log global
+    option http-keep-alive
+    option forwardfor
+    option redispatch
+    retries 3
+    # Only connection failures are retried: the request never reached the app, so any method is safe.
+    retry-on conn-failure
+    timeout connect {_ms(connect_timeout)}
+    timeout client {_ms(read_timeout)}
+    timeout server {_ms(read_timeout)}
+    timeout http-request 30s
+    timeout http-keep-alive {_ms(keepalive_timeout)}
+    timeout queue {_ms(hold_timeout)}
+
+frontend nonstop_{ident(app)}
+    bind {listen}
+    log-format '{log_format}'
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    # User bucket: the {COOKIE_NAME} cookie when valid, else crc32(client address) % 100 (as the embedded proxy).
+    http-request set-var({v}_sticky) str(sticky),map({m['settings']},1)
+    http-request set-var({v}_bucket) req.cook({COOKIE_NAME}) if {{ var({v}_sticky) -m str 1 }} {{ req.cook({COOKIE_NAME}) -m reg ^([0-9]|[1-9][0-9])$ }}
+    http-request set-var({v}_setck) str(1) if {{ var({v}_sticky) -m str 1 }} !{{ var({v}_bucket) -m found }}
+    http-request set-var-fmt({v}_ip) "%[src]" if {{ var({v}_sticky) -m str 1 }} !{{ var({v}_bucket) -m found }}
+    http-request set-var({v}_bucket) var({v}_ip),crc32,mod({BUCKETS}) if {{ var({v}_sticky) -m str 1 }} !{{ var({v}_bucket) -m found }}
+    http-request set-var({v}_bucket) rand({BUCKETS}) if !{{ var({v}_bucket) -m found }}
+    # Release: the first matching match rule, else the bucket's release.
+{match_rules}    http-request set-var({v}_rel) var({v}_bucket),map({m['bucket']}) if !{{ var({v}_rel) -m found }}
+    http-request set-var({v}_be) var({v}_rel),map({m['release']},{none})
+    use_backend %[var({v}_be)]
+    default_backend {none}
+    http-response set-header X-Nonstop-Release %[var({v}_rel)] if {{ var({v}_rel) -m found }}
+    http-response add-header Set-Cookie "{COOKIE_NAME}=%[var({v}_bucket)]; {COOKIE_ATTRS}" if {{ var({v}_setck) -m found }}
+
+backend {none}
+    http-request return status 503 content-type text/plain string "no release has a ready instance" hdr X-Nonstop-Error no-target
+{backends}"""
+
+
+def _ms(seconds: float) -> str:
+    return f"{max(1, int(round(seconds * 1000)))}ms"
+
+
+def initial_maps(routing: Routing | None) -> dict[str, str]:
+    """Map files as written before start: empty routing, sticky on."""
+    return {"bucket": "", "match": "", "release": "", "settings": f"sticky {1 if (routing is None or routing.sticky) else 0}\n"}

@@ -1,0 +1,204 @@
+"""Per-release and per-target stats from a JSON access log (nginx's, or HAProxy's in managed mode).
+
+Two small parts:
+
+- ``LogTail`` follows a file by offset: each ``read()`` returns the complete
+  new lines since the last call. It keeps the file open, so a rotation by
+  rename (logrotate's default) loses nothing: the rest of the old file is read
+  to its end, then the new file from its start. A file truncated in place
+  (``copytruncate``) is read again from 0.
+- ``StatsBook`` folds records (``release``, ``target``, ``status``,
+  ``seconds``, ``proxy_error``) into cumulative counters in the
+  ``StatsSnapshot`` shape of docs/internals.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+__all__ = ["LogTail", "StatsBook", "LATENCY_BUCKETS", "nginx_record"]
+
+# Upper bounds in seconds; counts has one more slot for everything slower.
+LATENCY_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class LogTail:
+    """Complete new lines of a growing file, across rotation. Not thread-safe; one reader."""
+
+    def __init__(self, path: str, *, from_end: bool = False, max_read: int = 8 << 20) -> None:
+        self.path = path
+        self._f: Any = None
+        self._ino: int | None = None
+        self._partial = b""
+        self._from_end = from_end
+        self._max_read = max_read
+
+    def _open(self, at_end: bool) -> bool:
+        try:
+            f = open(self.path, "rb")
+        except FileNotFoundError:
+            return False
+        st = os.fstat(f.fileno())
+        self._f, self._ino = f, st.st_ino
+        if at_end:
+            f.seek(0, os.SEEK_END)
+        return True
+
+    def read(self) -> list[bytes]:
+        """New complete lines (without the newline); at most ``max_read`` bytes per call."""
+        if self._f is None:
+            if not self._open(self._from_end):
+                return []
+            self._from_end = False
+        lines: list[bytes] = []
+        budget = self._max_read
+        while budget > 0:
+            chunk = self._f.read(min(budget, 1 << 20))
+            if chunk:
+                budget -= len(chunk)
+                lines.extend(self._split(chunk))
+                continue
+            # At EOF of the open file: rotated (other inode) or truncated?
+            try:
+                st = os.stat(self.path)
+            except FileNotFoundError:
+                break
+            if st.st_ino != self._ino:
+                self._f.close()
+                self._f, self._partial = None, b""
+                if not self._open(False):
+                    break
+                continue
+            if st.st_size < self._f.tell():
+                self._f.seek(0)
+                self._partial = b""
+                continue
+            break
+        return lines
+
+    def _split(self, chunk: bytes) -> list[bytes]:
+        data = self._partial + chunk
+        parts = data.split(b"\n")
+        self._partial = parts.pop()
+        return [p for p in parts if p]
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+@dataclass
+class _Counter:
+    requests: int = 0
+    by_class: dict[str, int] = field(default_factory=lambda: {c: 0 for c in ("1xx", "2xx", "3xx", "4xx", "5xx")})
+    proxy_errors: int = 0
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    total_seconds: float = 0.0
+
+    def add(self, status: int, seconds: float, proxy_error: bool) -> None:
+        self.requests += 1
+        cls = f"{status // 100}xx"
+        if cls in self.by_class:
+            self.by_class[cls] += 1
+        if proxy_error:
+            self.proxy_errors += 1
+        self.total_seconds += seconds
+        for i, le in enumerate(LATENCY_BUCKETS):
+            if seconds <= le:
+                self.counts[i] += 1
+                break
+        else:
+            self.counts[-1] += 1
+
+    def quantile(self, q: float) -> float | None:
+        n = sum(self.counts)
+        if n == 0:
+            return None
+        rank = q * n
+        seen = 0
+        for i, c in enumerate(self.counts):
+            if c and seen + c >= rank:
+                lo = LATENCY_BUCKETS[i - 1] if i > 0 else 0.0
+                hi = LATENCY_BUCKETS[i] if i < len(LATENCY_BUCKETS) else LATENCY_BUCKETS[-1] * 2
+                return round(lo + (hi - lo) * (rank - seen) / c, 6)
+            seen += c
+        return LATENCY_BUCKETS[-1]
+
+    def snapshot(self, in_flight: int = 0) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "by_class": dict(self.by_class),
+            "proxy_errors": self.proxy_errors,
+            "in_flight": in_flight,
+            "latency": {
+                "buckets": list(LATENCY_BUCKETS),
+                "counts": list(self.counts),
+                "sum": round(self.total_seconds, 6),
+                "count": sum(self.counts),
+            },
+            "p50": self.quantile(0.50),
+            "p90": self.quantile(0.90),
+            "p99": self.quantile(0.99),
+        }
+
+
+class StatsBook:
+    """Cumulative counters per release and per target, from access-log records."""
+
+    def __init__(self) -> None:
+        self.releases: dict[str, _Counter] = {}
+        self.targets: dict[str, _Counter] = {}
+        self.malformed = 0
+
+    def add(self, release: str | None, target: str | None, status: int, seconds: float, proxy_error: bool) -> None:
+        if release:
+            self.releases.setdefault(release, _Counter()).add(status, seconds, proxy_error)
+        if target:
+            self.targets.setdefault(target, _Counter()).add(status, seconds, proxy_error)
+
+    def add_all(self, records: Iterable[dict[str, Any] | None]) -> None:
+        for rec in records:
+            if rec is None:
+                self.malformed += 1
+                continue
+            self.add(rec.get("release"), rec.get("target"), rec["status"], rec["seconds"], rec["proxy_error"])
+
+    def snapshot(self, in_flight: dict[str, int] | None = None) -> dict[str, Any]:
+        in_flight = in_flight or {}
+        return {
+            "releases": {k: c.snapshot() for k, c in self.releases.items()},
+            "targets": {k: c.snapshot(in_flight.get(k, 0)) for k, c in self.targets.items()},
+        }
+
+
+def _last(field_value: str) -> str:
+    """The last entry of an nginx multi-upstream field (``a, b : c``): the attempt that answered."""
+    return field_value.replace(" : ", ", ").split(", ")[-1].strip()
+
+
+def nginx_record(line: bytes, app: str | None = None) -> dict[str, Any] | None:
+    """One nonstop JSON access-log line → a stats record, or None when malformed (or another app's)."""
+    try:
+        d = json.loads(line)
+        if app is not None and d.get("app") not in (None, app):
+            return None
+        status = int(d["status"])
+        seconds = float(d.get("request_time") or 0.0)
+    except (ValueError, KeyError, TypeError):
+        return None
+    addr = _last(str(d.get("upstream_addr") or ""))
+    target = addr if addr and ":" in addr and not addr.startswith("unix:") else None
+    received = _last(str(d.get("upstream_bytes_received") or ""))
+    # nginx's own 502/503/504: no byte came back from the upstream that answered last (or none was tried).
+    proxy_error = status in (502, 503, 504) and received in ("", "-", "0")
+    return {
+        "release": d.get("release") or None,
+        "target": target,
+        "status": status,
+        "seconds": seconds,
+        "proxy_error": proxy_error,
+    }
