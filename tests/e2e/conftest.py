@@ -107,8 +107,9 @@ class Stack:
 
 
 def _merge(base: dict, over: dict) -> None:
+    """Deep merge, except that a new ``strategy`` or ``router`` block replaces the old one whole."""
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
+        if isinstance(v, dict) and isinstance(base.get(k), dict) and k not in ("strategy", "router"):
             _merge(base[k], v)
         else:
             base[k] = v

@@ -178,11 +178,15 @@ def test_agent_killed_mid_deployment_traffic_flows_and_restart_rolls_back(stack_
 
 
 def test_instance_killed_after_go_live_is_replaced_without_failed_requests(stack_factory, arts):
+    """kill -9 of a live instance: every request sent after the kill succeeds (the proxy retries
+    refused connections on the sibling); only a request the dead process had already received
+    can fail — nothing may replay it, since it was sent (DESIGN §5)."""
     st = bg(stack_factory, n_ports=4, run={"instances": 2})
     st.deploy("v1", "--artifact", str(arts["good"]))
     with LoadClient(st.url, **LOAD) as load:
         load.wait_served(50, timeout=20)
         victim = next(i for i in st.status()["instances"] if i["routed"])
+        t_kill = time.monotonic()
         os.kill(victim["pid"], signal.SIGKILL)
         # taken out of rotation, restarted, back in
         wait_for(
@@ -191,7 +195,10 @@ def test_instance_killed_after_go_live_is_replaced_without_failed_requests(stack
             timeout=30, what="the killed instance to be restarted and routed again",
         )
         load.wait_served(load.served + 50, timeout=20)
-    assert load.result.failed == 0, load.result.format()
+    res = load.result
+    in_flight_at_kill = [f for f in res.failures if f.start < t_kill]
+    assert len(res.failures) == len(in_flight_at_kill), res.format()
+    assert len(in_flight_at_kill) <= 2, res.format()  # at most the one slow request + one other on the victim
     restarted = next(i for i in st.status()["instances"] if i["id"] == victim["id"])
     assert restarted["restarts"] == 1
 
