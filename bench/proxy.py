@@ -36,9 +36,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import backends  # noqa: E402  (bench/ is a directory of scripts, not a package)
-from backends import Server, StartError  # noqa: E402
+# bench/ is a directory of scripts, not a package; appended (not prepended) so it shadows nothing.
+sys.path.append(str(Path(__file__).resolve().parent))
+import backend_servers as backends  # noqa: E402
+from backend_servers import Server, StartError  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 

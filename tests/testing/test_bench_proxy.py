@@ -12,13 +12,19 @@ import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench"))
-import backends  # noqa: E402
 
-_spec = importlib.util.spec_from_file_location("bench_proxy", ROOT / "bench" / "proxy.py")
-bench = importlib.util.module_from_spec(_spec)
-sys.modules["bench_proxy"] = bench  # dataclasses look their module up while the class is built
-_spec.loader.exec_module(bench)  # type: ignore[union-attr]
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+# bench/ is scripts, not a package: load by path (tests/proxy has a `backends` module of its own)
+backends = _load("backend_servers", ROOT / "bench" / "backend_servers.py")
+bench = _load("bench_proxy", ROOT / "bench" / "proxy.py")
 
 
 def test_generated_nginx_and_haproxy_configs_are_valid(tmp_path):
