@@ -118,11 +118,11 @@ class ClientConnection(asyncio.Protocol):
     def eof_received(self):
         if self.tunnel is not None:
             return False
-        if self.queue and not self.lingering:
-            # half-close: let the current response go out, then close
+        if self.queue and not self.lingering and self.reading is None:
+            # half-close after a whole request: let the response go out, then close
             self.queue[-1].client_eof = True
             return True
-        return False
+        return False  # mid-request (or idle): the request can never complete
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -233,10 +233,15 @@ class ClientConnection(asyncio.Protocol):
         if self.closed or self.lingering:
             return
         self.state.rejected += 1
+        ex = self.reading
         self.reading = None
         if self.queue:
-            # something already in progress: cannot answer out of order
-            self.abort()
+            if ex is self.queue[0] and ex.resp is None:
+                # a bad body: the upstream got a partial request; cut it, answer the client
+                ex.fail(status, reason)
+            else:
+                # answers already under way: one cannot be sent out of order
+                self.abort()
             return
         self.transport.write(error_response(status, reason, close=True))
         self.linger()

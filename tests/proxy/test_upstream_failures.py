@@ -1,0 +1,306 @@
+"""Upstream failures: retries (only where allowed), timeouts, broken responses, hold, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from backends import App, Raw, closed_port, read_head
+from nonstop.proxy.routes import RouteTable
+from util import Client, get, proxy, raw, run
+
+
+def table(*releases, revision=0, sticky=False):
+    """releases: (name, weight, [addr or (addr, draining)])."""
+    rels = []
+    for name, weight, targets in releases:
+        ts = [{"addr": t, "draining": False} if isinstance(t, str) else {"addr": t[0], "draining": t[1]}
+              for t in targets]
+        rels.append({"name": name, "weight": weight, "targets": ts})
+    return RouteTable.from_dict({"revision": revision, "sticky": sticky, "releases": rels})
+
+
+def test_connect_refused_goes_to_another_target_of_the_same_release_first():
+    async def main():
+        app, other = await App("same").start(), await App("other").start()
+        dead = closed_port()
+        async with proxy() as srv:
+            # dead is listed first and has least in-flight: it is tried first
+            srv.state.apply(table(("v1", 100, [dead, app.addr]), ("v2", 0, [other.addr])))
+            for _ in range(4):
+                r = await get(srv.listen_addr, "/")
+                assert r.status == 200 and r.json()["app"] == "same"
+            assert srv.state.pairs[("v1", dead)].proxy_errors >= 1
+            assert srv.state.targets[dead].in_flight == 0
+        await app.stop()
+        await other.stop()
+
+    run(main())
+
+
+def test_connect_refused_everywhere_is_502_after_trying_each_target_once():
+    async def main():
+        dead1, dead2 = closed_port(), closed_port()
+        async with proxy(dead1, dead2) as srv:
+            r = await get(srv.listen_addr, "/")
+            assert r.status == 502 and r.headers["x-nonstop-error"] == "upstream-connect"
+            errs = srv.state.pairs[("static", dead1)].proxy_errors + srv.state.pairs[("static", dead2)].proxy_errors
+            assert errs == 2
+            assert srv.state.targets[dead1].in_flight == 0 and srv.state.targets[dead2].in_flight == 0
+
+    run(main())
+
+
+def test_connect_timeout_is_502():
+    async def main():
+        # a listener that never accepts, its one-slot backlog already full: SYNs are dropped
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen(0)
+        filler = socket.socket()
+        filler.connect(s.getsockname())
+        addr = "127.0.0.1:%d" % s.getsockname()[1]
+        try:
+            async with proxy(addr, connect_timeout=0.3) as srv:
+                loop = asyncio.get_running_loop()
+                t0 = loop.time()
+                r = await get(srv.listen_addr, "/")
+                assert r.status == 502 and r.headers["x-nonstop-error"] == "upstream-connect"
+                assert 0.25 < loop.time() - t0 < 3
+        finally:
+            filler.close()
+            s.close()
+
+    run(main())
+
+
+def test_pooled_connection_closed_by_upstream_while_idle_is_replaced():
+    async def main():
+        app = await App().start()
+        async with proxy(app.addr) as srv:
+            c = Client(srv.listen_addr)
+            assert (await c.request("GET", "/1")).status == 200
+            app.close_idle()  # the upstream's keep-alive timeout fires
+            await asyncio.sleep(0.05)
+            assert (await c.request("GET", "/2")).status == 200
+            assert app.connections == 2
+            assert srv.state.pairs[("static", app.addr)].proxy_errors == 0
+            await c.close()
+        await app.stop()
+
+    run(main())
+
+
+def test_pool_check_sees_an_upstream_close_the_loop_has_not_delivered():
+    from nonstop.proxy.upstream import UpstreamConnection
+
+    class FakeTransport:
+        def __init__(self, sock):
+            self.sock = sock
+
+        def is_closing(self):
+            return False
+
+        def get_extra_info(self, name):
+            return self.sock
+
+        def close(self):
+            pass
+
+    a, b = socket.socketpair()
+    try:
+        conn = UpstreamConnection(target=None)
+        conn.transport = FakeTransport(a)
+        conn.idle_since = 0.0
+        assert conn.alive(now=10.0)  # idle long enough to be polled: nothing waiting
+        b.close()  # the upstream closes; no event loop has seen it
+        assert not conn.alive(now=10.0)
+        assert conn.alive(now=0.1) is True  # recently used connections are not polled (hot path)
+    finally:
+        a.close()
+
+
+def test_upstream_closing_after_the_request_was_sent_is_not_retried():
+    async def main():
+        async def close_after_reading(reader, writer):
+            await read_head(reader)
+            writer.close()
+
+        bad = await Raw(close_after_reading).start()
+        good = await App().start()
+        async with proxy() as srv:
+            srv.state.apply(table(("v1", 100, [bad.addr, good.addr])))
+            srv.state.routes[0]._rr = 0
+            r = await get(srv.listen_addr, "/", method="POST", body=b"pay once")
+            assert r.status == 502 and r.headers["x-nonstop-error"] == "upstream-closed"
+            assert bad.requests == 1 and good.requests == 0  # not replayed elsewhere
+        await bad.stop()
+        await good.stop()
+
+    run(main())
+
+
+def test_response_header_timeout_is_504():
+    async def main():
+        async def never_answer(reader, writer):
+            await read_head(reader)
+            await asyncio.sleep(10)
+
+        slow = await Raw(never_answer).start()
+        async with proxy(slow.addr, read_timeout=0.5) as srv:
+            r = await get(srv.listen_addr, "/")
+            assert r.status == 504 and r.headers["x-nonstop-error"] == "upstream-timeout"
+            assert srv.state.targets[slow.addr].in_flight == 0
+        await slow.stop()
+
+    run(main())
+
+
+def test_garbage_from_upstream_is_502():
+    async def main():
+        async def garbage(reader, writer):
+            await read_head(reader)
+            writer.write(b"SMTP ready\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(1)
+
+        bad = await Raw(garbage).start()
+        async with proxy(bad.addr) as srv:
+            r = await get(srv.listen_addr, "/")
+            assert r.status == 502 and r.headers["x-nonstop-error"] == "upstream-bad-response"
+        await bad.stop()
+
+    run(main())
+
+
+def test_upstream_dying_mid_body_cuts_the_client_connection():
+    async def main():
+        async def short(reader, writer):
+            await read_head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+            await writer.drain()
+            writer.close()
+
+        bad = await Raw(short).start()
+        async with proxy(bad.addr) as srv:
+            out = await raw(srv.listen_addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            head, _, body = out.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200") and body == b"x" * 10  # truncated, then closed
+            assert srv.state.targets[bad.addr].in_flight == 0
+            assert srv.state.pairs[("static", bad.addr)].proxy_errors == 1
+        await bad.stop()
+
+    run(main())
+
+
+def test_until_close_response_is_forwarded_and_connection_closed():
+    async def main():
+        async def eof_framed(reader, writer):
+            await read_head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it")
+            await writer.drain()
+            writer.close()
+
+        up = await Raw(eof_framed).start()
+        async with proxy(up.addr) as srv:
+            out = await raw(srv.listen_addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            head, _, body = out.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" in head and body == b"all of it"
+        await up.stop()
+
+    run(main())
+
+
+def test_no_target_holds_until_a_table_arrives():
+    async def main():
+        app = await App().start()
+        async with proxy(hold_timeout=5) as srv:
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            loop.call_later(0.3, srv.state.apply, table(("v1", 100, [app.addr])))
+            r = await get(srv.listen_addr, "/held")
+            assert r.status == 200 and r.json()["path"] == "/held"
+            assert 0.25 < loop.time() - t0 < 3
+        await app.stop()
+
+    run(main())
+
+
+def test_no_target_after_hold_timeout_is_503():
+    async def main():
+        app = await App().start()
+        async with proxy(hold_timeout=0.4) as srv:
+            # every target draining: nothing usable
+            srv.state.apply(table(("v1", 100, [(app.addr, True)])))
+            r = await get(srv.listen_addr, "/")
+            assert r.status == 503 and r.headers["x-nonstop-error"] == "no-target"
+            assert app.requests == 0
+            assert srv.state.unrouted.by_class[4] == 1
+        await app.stop()
+
+    run(main())
+
+
+def test_drain_waits_for_slow_requests_that_finish_after_the_switch():
+    async def main():
+        from nonstop.proxy.admin import AdminAPI
+
+        v1, v2 = await App("v1").start(), await App("v2").start()
+        async with proxy() as srv:
+            srv.state.apply(table(("v1", 100, [v1.addr])))
+            slow = [asyncio.ensure_future(get(srv.listen_addr, "/sleep?s=2")) for _ in range(3)]
+            await asyncio.sleep(0.3)
+            assert srv.state.in_flight(v1.addr) == (3, 0)
+            srv.state.apply(table(("v2", 100, [v2.addr]), ("v1", 0, [(v1.addr, True)])))
+            r = await get(srv.listen_addr, "/new")
+            assert r.json()["app"] == "v2"  # switched: new requests go to v2
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            res = await AdminAPI(srv).drain({"targets": [v1.addr], "timeout": 10})
+            assert res == {"drained": True, "in_flight": {v1.addr: 0}}
+            assert 1.0 < loop.time() - t0 < 3.5
+            for f in slow:
+                resp = await f
+                assert resp.status == 200 and resp.json()["app"] == "v1"  # finished on the old one
+        await v1.stop()
+        await v2.stop()
+
+    run(main())
+
+
+def test_drain_times_out_with_counts_left():
+    async def main():
+        from nonstop.proxy.admin import AdminAPI
+
+        v1 = await App("v1").start()
+        async with proxy(v1.addr) as srv:
+            slow = asyncio.ensure_future(get(srv.listen_addr, "/sleep?s=1.5"))
+            await asyncio.sleep(0.2)
+            res = await AdminAPI(srv).drain({"targets": [v1.addr], "timeout": 0.3})
+            assert res == {"drained": False, "in_flight": {v1.addr: 1}}
+            assert (await slow).status == 200
+        await v1.stop()
+
+    run(main())
+
+
+def test_removed_target_is_implicitly_draining_and_forgotten_when_idle():
+    async def main():
+        v1, v2 = await App("v1").start(), await App("v2").start()
+        async with proxy() as srv:
+            srv.state.apply(table(("v1", 100, [v1.addr])))
+            slow = asyncio.ensure_future(get(srv.listen_addr, "/sleep?s=0.6"))
+            await asyncio.sleep(0.2)
+            srv.state.apply(table(("v2", 100, [v2.addr])))
+            assert v1.addr in srv.state.targets  # still in flight: kept, stats readable
+            assert (await get(srv.listen_addr, "/")).json()["app"] == "v2"
+            assert (await slow).json()["app"] == "v1"
+            for _ in range(100):
+                if v1.addr not in srv.state.targets:
+                    break
+                await asyncio.sleep(0.05)
+            assert v1.addr not in srv.state.targets
+        await v1.stop()
+        await v2.stop()
+
+    run(main())
