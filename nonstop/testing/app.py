@@ -96,7 +96,6 @@ class _Connection:
         self.building: _Request | None = None  # between message-begin and headers-complete
         self.last: _Request | None = None  # the request whose body is arriving
         self.url = b""
-        self.header_name = b""
         self.eof = False
         self.error: Exception | None = None  # a parse error, raised once the requests before it are answered
         self.response_started = False  # some byte of the current response was written

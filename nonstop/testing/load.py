@@ -237,7 +237,6 @@ class _Connection(asyncio.Protocol):
         self.peer_closed = False
         self.resp: _Response | None = None
         self.waiter: asyncio.Future[_Response] | None = None
-        self._header_name = ""
 
     # -- asyncio.Protocol --
 
@@ -252,8 +251,10 @@ class _Connection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as e:
-            self._fail(f"bad response: {e}")
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
+            self._fail(f"bad response: {type(e).__name__}: {e}")
+            self.peer_closed = True
+            self.close()
 
     def eof_received(self) -> bool | None:
         self.peer_closed = True

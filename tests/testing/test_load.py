@@ -157,3 +157,14 @@ def test_cli_prints_json_and_exit_code(app):
     bad = subprocess.run([sys.executable, "-m", "nonstop.testing.load", "http://127.0.0.1:9/", "--duration", "0.2",
                           "--rate", "20"], capture_output=True, text=True, timeout=30)
     assert bad.returncode == 1 and "connect failed" in bad.stdout
+
+
+def test_unparseable_response_is_a_failure(tcp_server):
+    def garbage(sock: socket.socket) -> None:
+        read_request(sock)
+        sock.sendall(b"HTTP/1.1 2x0 What\r\n\r\n")
+
+    port = tcp_server(garbage)
+    r = LoadClient(f"http://127.0.0.1:{port}/", rate=None, keepalive=1, new=0, post=0, slow=0,
+                   max_requests=2).start().wait()
+    assert r.failed == 2 and all(x.error.startswith("bad response") for x in r.failures), r.format()
