@@ -18,10 +18,11 @@ from routerkit import get, load, wait_serving
 from nonstop.agent.routers.base import ReleaseRoute, Routing, Target
 from nonstop.errors import RouterError
 
-# nginx reload under keep-alive load: failures a naive client may see per reload
-# (idle keep-alive connections closed by the old workers as the client reuses them).
-# Measured on this machine (docs/routers.md): 0-3 per reload with 20 clients; the bound leaves room.
-NGINX_NAIVE_FAILURES_PER_RELOAD = 12
+# nginx reload under keep-alive load: an old worker closes its idle keep-alive connections at
+# once, so a naive client that reuses one at that moment gets no response. Each connection can
+# lose at most its one next request, so the bound is one per client per reload; measured:
+# about 14 of 20 busy clients (docs/routers.md). A retrying client, or no client keep-alive, loses none.
+CLIENTS = 20
 
 
 def one(name: str, addr: str, weight: int = 100, **kw) -> ReleaseRoute:
@@ -53,15 +54,34 @@ def test_apply_routes_traffic_and_current_reads_it_back(kind, tmp_path):
     run(go())
 
 
-@pytest.mark.parametrize("kind", kinds())
-def test_switch_under_load(kind, tmp_path):
-    """v1 → v2 while 20 keep-alive clients send requests: HAProxy loses none; nginx within the measured bound."""
+def _switch_cases():
+    cases = []
+    for p in kinds():
+        kind = p.values[0]
+        clients = ["naive"] if kind.startswith("haproxy") else ["naive", "retrying"]
+        if kind == "nginx-managed":
+            clients.append("no-keepalive")
+        cases += [pytest.param(kind, c, marks=p.marks, id=f"{kind}-{c}") for c in clients]
+    return cases
+
+
+@pytest.mark.parametrize("kind,client", _switch_cases())
+def test_switch_under_load(kind, client, tmp_path):
+    """v1 → v2 while 20 keep-alive clients send requests back to back.
+
+    HAProxy (no reload): zero failures. nginx: a naive client loses at most one request per
+    connection per reload (asserted), a retrying client none, and no client keep-alive none.
+    """
 
     async def go():
         async with routed(kind, tmp_path) as (router, cfg, (b1, b2)):
+            if client == "no-keepalive":
+                router.client_keepalive_timeout = 0
+                await router.stop()
+                await router.start()
             await router.apply(Routing((one("v1", b1.addr),)))
             await wait_serving(cfg.listen)
-            task = asyncio.create_task(load(cfg.listen, 3.0, clients=20))
+            task = asyncio.create_task(load(cfg.listen, 3.0, clients=CLIENTS, retry=client == "retrying"))
             await asyncio.sleep(1.0)
             t0 = time.monotonic()
             await router.apply(Routing((one("v2", b2.addr),)))
@@ -72,11 +92,13 @@ def test_switch_under_load(kind, tmp_path):
             assert version(after) == "v2"
             assert res.ok > 100, res
             assert res.by_release, res
-            if kind.startswith("haproxy"):
+            if kind.startswith("haproxy") or client != "naive":
                 assert res.failed == 0, res
             else:
-                assert res.failed <= NGINX_NAIVE_FAILURES_PER_RELOAD, res
-            print(f"{kind}: {res.total} requests, {res.failed} failed, switch {switched * 1000:.0f} ms")
+                assert res.failed <= CLIENTS, res
+                assert set(res.errors) <= {"ClosedBeforeResponse"}, res  # never a half answer: retry-safe
+            print(f"{kind}/{client}: {res.total} requests, {res.failed} failed, {res.retried} retried, "
+                  f"switch {switched * 1000:.0f} ms")
 
     run(go())
 
