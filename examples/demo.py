@@ -76,6 +76,7 @@ def main() -> int:
     v3 = build_jar("v3", "app.health=DOWN")  # a build whose health never turns UP
     listen = free_port(8080)
     blue, green = free_pair(8081)
+    dash = free_port(9900)
     work = Path(tempfile.mkdtemp(prefix="nonstop-demo-"))
     (work / "nonstop.yml").write_text(textwrap.dedent(f"""\
         app: roomescape
@@ -88,18 +89,24 @@ def main() -> int:
           path: /actuator/health
           expect_body: UP
           interval: 200ms
-          startup_timeout: 15s
+          startup_timeout: 8s
         strategy:
           type: blue-green
           keep_previous: 10m
         drain_timeout: 30s
         hold_timeout: 10s
+        dashboard:
+          listen: 127.0.0.1:{dash}
+          enabled: {os.environ.get("NONSTOP_DEMO_DASHBOARD", "true")}
         """))
     print(f"work dir: {work}\n{(work / 'nonstop.yml').read_text()}")
     load = None
     try:
         banner("nonstop up")
         nonstop(work, "up", "--detach")
+        token_file = work / ".nonstop" / "token"
+        if token_file.exists():
+            print(f"dashboard: http://127.0.0.1:{dash}/#token={token_file.read_text().strip()}")
         banner("deploy v1")
         nonstop(work, "deploy", "--version", "v1", "--artifact", str(v1))
         banner(f"load: ~100 req/s at http://127.0.0.1:{listen}/ (keep-alive, new connections, POSTs, 1 s requests)")
@@ -108,9 +115,10 @@ def main() -> int:
         banner("deploy v2 (blue-green) under load")
         nonstop(work, "deploy", "--version", "v2", "--artifact", str(v2))
         banner("deploy v3: its health never says UP, so nonstop refuses it (exit 1) and traffic stays on v2")
+        print("(with two ports, v3 takes the port of the warm v1, so the rollback below starts v1 again)")
         code = nonstop(work, "deploy", "--version", "v3", "--artifact", str(v3), check=False)
         print(f"(exit {code})")
-        banner("rollback (v2 → v1; v1 is still warm, so it is an instant switch)")
+        banner("rollback: back to the release before v2 (v1)")
         nonstop(work, "rollback")
         time.sleep(1.5)
         banner("status and history")

@@ -97,11 +97,27 @@ class Run:
         return [r for r in self.fleet.running(self.stable.id) if Fleet.addr(r) in routed]
 
     async def start_new(self, n: int, ports: list[int] | None = None) -> list[InstanceRecord]:
+        if ports is None:
+            await self.make_room(n)
         artifact = self.deployer.releases.artifact_path(self.release)
         recs = await self.fleet.start(self.release, n, str(artifact) if artifact else None, self.dep.id, ports=ports)
         self.new.extend(recs)
         self.deployer.store.update_deployment(self.dep.id, data={"new_instances": [r.id for r in self.new]})
         return recs
+
+    async def make_room(self, n: int) -> None:
+        """Stop instances kept warm for rollback (oldest first) when the new ones need their ports."""
+        short = n - self.fleet.free_port_count()
+        if short <= 0:
+            return
+        routed = self.traffic.split.routed_addrs
+        warm = sorted(
+            (r for r in self.fleet.running() if (r.data or {}).get("retire_at") and Fleet.addr(r) not in routed),
+            key=lambda r: r.data["retire_at"],
+        )[:short]
+        if warm:
+            await self.emit("evicting", f"stopping warm {', '.join(r.id for r in warm)} to free its port for {self.release.id}")
+            await self.fleet.stop(warm, self.dep.id, reason="port needed")
 
     async def retire(self, recs: list[InstanceRecord], *, keep_warm: float = 0.0, reason: str = "") -> None:
         """Drain instances that are out of the split, then stop them (or keep them warm)."""

@@ -61,6 +61,10 @@ class Fleet:
     def running(self, release: str | None = None) -> list[InstanceRecord]:
         return [r for r in self.store.instances(release) if r.state in RUNNING]
 
+    def free_port_count(self) -> int:
+        used = {r.port for r in self.running()}
+        return sum(1 for p in self.cfg.run.port_list if p not in used)
+
     def free_ports(self, n: int) -> list[int]:
         used = {r.port for r in self.running()}
         free = [p for p in self.cfg.run.port_list if p not in used]
