@@ -31,6 +31,11 @@ if [[ -n "$version" && ! "$version" =~ ^[A-Za-z0-9._-]+$ ]]; then
     exit 2
 fi
 
+mkdir -p "$out"
+# Builds started at the same time (parallel tests) take turns instead of compiling over each other.
+exec 9>"$out/.lock"
+flock 9
+
 mkdir -p "$classes"
 stamp="$classes/.stamp"
 if [[ ! -f "$stamp" ]] || [[ -n "$(find "$here/src" -name '*.java' -newer "$stamp" -print -quit)" ]]; then
