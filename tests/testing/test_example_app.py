@@ -122,3 +122,20 @@ def test_sigterm_drains_in_flight_then_exits_0(run_java):
 def test_missing_port_is_a_usage_error(jar):
     out = subprocess.run(["java", "-jar", str(jar)], capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "--server.port" in out.stderr
+
+
+def test_baked_properties_are_defaults_that_arguments_override(run_java):
+    out = subprocess.run([str(BUILD), "v8", "app.health=DOWN", "app.boot-seconds=0"], capture_output=True,
+                         text=True, timeout=120, check=True)
+    jar8 = Path(out.stdout.strip().splitlines()[-1])
+    down = JavaApp(jar8)
+    up = JavaApp(jar8, "--app.health=UP")
+    try:
+        for app in (down, up):
+            assert app.started.wait(30) and app.port, app.lines
+        assert httpx.get(down.url + "/health", timeout=5).status_code == 503
+        assert httpx.get(up.url + "/health", timeout=5).status_code == 200
+        assert httpx.get(up.url + "/version", timeout=5).text == "v8"
+    finally:
+        down.close()
+        up.close()
