@@ -1,0 +1,185 @@
+"""Helpers for the canary and rolling end-to-end tests.
+
+- ``StickyUsers``: simulated users, each keeping its ``nonstop_bucket`` cookie
+  (the LoadClient keeps no cookies, and every loopback client hashes to the
+  same bucket, so distinct users must bring their own bucket, as distinct
+  client addresses would).
+- ``nth_start_fails_artifact``: an artifact whose Nth start never turns healthy.
+- ``StatusSampler``: polls ``nonstop status --json`` in a thread.
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.e2e.conftest import Stack
+
+
+@dataclass
+class Seen:
+    t: float
+    user: int
+    bucket: int
+    status: int | None
+    version: str | None
+    error: str | None = None
+
+
+class StickyUsers:
+    """``users`` users (buckets spread over 0..99) sending ``rate`` requests/s in total, each over its own keep-alive connection."""
+
+    def __init__(self, host: str, port: int, *, users: int = 20, rate: float = 40.0, headers: dict | None = None) -> None:
+        self.host, self.port = host, port
+        self.buckets = [round(i * 100 / users) for i in range(users)]
+        self.rate = rate
+        self.headers = headers or {}
+        self.seen: list[Seen] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conns: dict[int, http.client.HTTPConnection] = {}
+
+    def __enter__(self) -> "StickyUsers":
+        self._thread = threading.Thread(target=self._run, daemon=True, name="sticky-users")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=30)
+        for c in self._conns.values():
+            c.close()
+
+    def _one(self, user: int) -> Seen:
+        bucket = self.buckets[user]
+        t = time.monotonic()
+        for attempt in (1, 2):
+            conn = self._conns.get(user)
+            if conn is None:
+                conn = self._conns[user] = http.client.HTTPConnection(self.host, self.port, timeout=15)
+            try:
+                conn.request("GET", "/", headers={"Cookie": f"nonstop_bucket={bucket}", **self.headers})
+                resp = conn.getresponse()
+                resp.read()
+                if resp.getheader("Connection", "").lower() == "close":
+                    conn.close()
+                    self._conns.pop(user, None)
+                return Seen(t, user, bucket, resp.status, resp.getheader("X-App-Version"))
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
+                # a kept-alive connection closed while idle: reconnect once (what browsers do)
+                conn.close()
+                self._conns.pop(user, None)
+                if attempt == 2:
+                    return Seen(t, user, bucket, None, None, repr(e))
+            except OSError as e:
+                conn.close()
+                self._conns.pop(user, None)
+                return Seen(t, user, bucket, None, None, repr(e))
+        raise AssertionError("unreachable")
+
+    def _run(self) -> None:
+        interval = 1.0 / self.rate
+        nxt = time.monotonic()
+        i = 0
+        while not self._stop.is_set():
+            self.seen.append(self._one(i % len(self.buckets)))
+            i += 1
+            nxt += interval
+            delay = nxt - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                nxt = time.monotonic()
+
+    # -- figures ----------------------------------------------------------------
+    @property
+    def failures(self) -> list[Seen]:
+        return [s for s in self.seen if s.error or s.status is None or s.status >= 500]
+
+    def versions_by_user(self) -> dict[int, list[str]]:
+        out: dict[int, list[str]] = {}
+        for s in self.seen:
+            if s.version:
+                out.setdefault(s.user, []).append(s.version)
+        return out
+
+    def flips(self) -> dict[int, list[str]]:
+        """Per user, the versions in the order they changed (``[v1, v2]`` is one move)."""
+        out = {}
+        for user, vs in self.versions_by_user().items():
+            seq = [vs[0]]
+            for v in vs[1:]:
+                if v != seq[-1]:
+                    seq.append(v)
+            out[user] = seq
+        return out
+
+
+_NTH_TEMPLATE = """\
+import fcntl, os, runpy, sys
+counter = {counter!r}
+with open(counter, "a+") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    f.seek(0)
+    n = len(f.read().split()) + 1
+    f.write("x\\n")
+extra = ["--health", "DOWN"] if n in {fail_on!r} else []
+sys.argv = [sys.argv[0], *sys.argv[1:], *{extra!r}, *extra]
+runpy.run_module("nonstop.testing.app", run_name="__main__", alter_sys=True)
+"""
+
+
+def nth_start_fails_artifact(dir: Path, name: str, fail_on: tuple[int, ...], *extra: str) -> Path:
+    """An artifact running the test app whose ``fail_on``-th starts (1-based, counted across all instances) report DOWN."""
+    dir.mkdir(parents=True, exist_ok=True)
+    p = dir / f"{name}.py"
+    p.write_text(_NTH_TEMPLATE.format(counter=str(dir / f"{name}.starts"), fail_on=set(fail_on), extra=list(extra)))
+    return p
+
+
+@dataclass
+class StatusSampler:
+    """Polls ``nonstop status --json`` every ``interval`` seconds in a thread."""
+
+    stack: Stack
+    interval: float = 0.25
+    samples: list[tuple[float, dict]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="status-sampler")
+
+    def __enter__(self) -> "StatusSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            r = self.stack.cli("status", "--json", timeout=30)
+            if r.code == 0:
+                self.samples.append((time.monotonic(), r.json))
+            else:
+                self.errors.append(r.err[-300:])
+            self._stop.wait(self.interval)
+
+
+def serving(status: dict) -> int:
+    """Healthy, alive, routed instances in a status picture."""
+    return sum(1 for i in status.get("instances", []) if i["state"] == "healthy" and i["alive"] and i["routed"])
+
+
+def canary_of(status: dict) -> dict | None:
+    d = status.get("deployment") or {}
+    return d.get("canary")
