@@ -27,6 +27,7 @@ from nonstop.agent.api import make_app
 from nonstop.agent.deployer import LIVE, Deployer
 from nonstop.agent.events import EventBus
 from nonstop.agent.fleet import Fleet
+from nonstop.agent.notify import Notifier
 from nonstop.agent.releases import Releases
 from nonstop.agent.routers import make_router
 from nonstop.agent.store import Store
@@ -56,6 +57,10 @@ class Agent:
         self.stopping = asyncio.Event()
         self.down_requested = False
         self.token = _token(self.state / "token")
+        # Webhooks: the listener only queues; delivery runs in tasks started by serve().
+        self.notifier = Notifier(cfg.notify, cfg.app, self.store.get_deployment)
+        if self.notifier:
+            self.events.listen(self.notifier)
         self._tasks: list[asyncio.Task] = []
 
     # -- start -------------------------------------------------------------------
@@ -261,6 +266,10 @@ class _Server(uvicorn.Server):
 
 async def serve(cfg: Config, *, down_on_signal: bool = False) -> int:
     """Run the agent until SIGTERM/SIGINT (or ``down``). Returns an exit code."""
+    from nonstop.agent import dashboard as dashmod
+
+    if cfg.dashboard.enabled:  # a non-loopback address fails here, before anything starts
+        dashmod.check_listen(cfg.dashboard.listen, dashmod.allow_remote(cfg))
     agent = Agent(cfg)
     pid_file = agent.state / "agent.pid"
     sock_path = agent.state / "agent.sock"
@@ -279,7 +288,9 @@ async def serve(cfg: Config, *, down_on_signal: bool = False) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     try:
+        agent.notifier.start()
         await agent.start()
+        dash = await dashmod.start_dashboard(agent, notifier=agent.notifier) if cfg.dashboard.enabled else None
         app = make_app(agent, on_down=exit_now.set)
         server = _Server(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2))
         sock = bind_unix(sock_path)
@@ -290,7 +301,10 @@ async def serve(cfg: Config, *, down_on_signal: bool = False) -> int:
         server.should_exit = True
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(srv_task, 5)
+        if dash is not None:
+            await dash.stop()
         await agent.stop()
+        await agent.notifier.close(timeout=2.0)
         return 0
     finally:
         with contextlib.suppress(FileNotFoundError):
