@@ -207,9 +207,8 @@ class _Connection:
                    close: bool = False) -> None:
         await self.discard_body(req)  # so the connection can carry the next request
         headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
-        self.writer.write(self.head(req, status, headers, close))
-        if req.method != "HEAD":
-            self.writer.write(body)
+        head = self.head(req, status, headers, close)
+        self.writer.write(head if req.method == "HEAD" else head + body)  # one segment, not two
         await self.writer.drain()
 
     def close(self) -> None:
