@@ -1,0 +1,300 @@
+"""Decisions without I/O: route table validation, the split, stats, head inspection, drain plan, pool."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from nonstop.errors import ProxyError
+from nonstop.proxy import http, routes, split, stats
+from nonstop.proxy.drain import Action, DrainPlan
+from nonstop.proxy.pool import Pool
+from nonstop.proxy.routes import InvalidRoutes, RouteTable, StaleRevision
+from nonstop.proxy.state import ProxyState
+
+EXAMPLE = {
+    "revision": 7,
+    "sticky": True,
+    "releases": [
+        {"name": "v2", "weight": 10, "match": {"headers": {"X-Canary": "1"}, "cookies": {"canary": "always"}},
+         "targets": [{"addr": "127.0.0.1:8082", "draining": False}]},
+        {"name": "v1", "weight": 90, "targets": [{"addr": "127.0.0.1:8081", "draining": False}]},
+    ],
+}
+
+
+# -- routes -----------------------------------------------------------------
+
+def test_route_table_json_round_trip_matches_the_documented_example():
+    t = RouteTable.from_dict(EXAMPLE)
+    assert t.revision == 7 and t.sticky
+    assert [r.name for r in t.releases] == ["v2", "v1"]
+    assert t.releases[0].match_headers == (("x-canary", "1"),)
+    back = t.to_dict()
+    assert back["releases"][1] == EXAMPLE["releases"][1]
+    assert RouteTable.from_json(t.to_json()) == t
+
+
+@pytest.mark.parametrize(
+    "mutate,field",
+    [
+        (lambda d: d.update(revision=-1), "revision"),
+        (lambda d: d.update(sticky="yes"), "sticky"),
+        (lambda d: d.update(extra=1), "extra"),
+        (lambda d: d["releases"][0].update(weight=101), "releases[0].weight"),
+        (lambda d: d["releases"][0].update(weight=True), "releases[0].weight"),
+        (lambda d: d["releases"][1].update(name="v2"), "releases[1].name"),
+        (lambda d: d["releases"][1].update(name=""), "releases[1].name"),
+        (lambda d: d["releases"][0]["targets"][0].update(addr="nohost"), "releases[0].targets[0].addr"),
+        (lambda d: d["releases"][0]["targets"][0].update(addr="h:99999"), "releases[0].targets[0].addr"),
+        (lambda d: d["releases"][0]["targets"][0].update(draining="no"), "releases[0].targets[0].draining"),
+        (lambda d: d["releases"][0]["targets"].append({"addr": "127.0.0.1:8082"}), "releases[0].targets[1].addr"),
+        (lambda d: d["releases"][0]["match"].update(query={}), "releases[0].match.query"),
+        (lambda d: d["releases"][0]["match"]["headers"].update({"X-B": 1}), "releases[0].match.headers.X-B"),
+    ],
+)
+def test_invalid_tables_name_the_field(mutate, field):
+    d = json.loads(json.dumps(EXAMPLE))
+    mutate(d)
+    with pytest.raises(InvalidRoutes) as e:
+        RouteTable.from_dict(d)
+    assert e.value.field == field
+    assert isinstance(e.value, ProxyError)
+
+
+def test_save_is_atomic_and_load_restores(tmp_path):
+    path = str(tmp_path / "routes.json")
+    assert routes.load(path) == RouteTable()  # missing file: empty table
+    t = RouteTable.from_dict(EXAMPLE)
+    routes.save(t, path)
+    assert routes.load(path) == t
+    assert [p for p in os.listdir(tmp_path) if p != "routes.json"] == []  # no temp file left
+
+
+def test_state_refuses_stale_revisions_and_assigns_next_when_absent():
+    s = ProxyState()
+    s.apply(RouteTable.from_dict(EXAMPLE))
+    with pytest.raises(StaleRevision):
+        s.apply(RouteTable.from_dict({**EXAMPLE, "revision": 7}))
+    d = dict(EXAMPLE)
+    d.pop("revision")
+    assert s.apply(RouteTable.from_dict(d)).revision == 8
+
+
+# -- split ------------------------------------------------------------------
+
+def _split(weights, sticky=True, draining=()):
+    rels = [{"name": f"r{i}", "weight": w, "targets": [{"addr": f"127.0.0.1:{9000 + i}", "draining": i in draining}]}
+            for i, w in enumerate(weights)]
+    return split.Split(RouteTable.from_dict({"revision": 1, "sticky": sticky, "releases": rels}))
+
+
+def test_buckets_follow_list_order_and_raising_the_canary_only_adds_users():
+    before, after = _split([10, 90]), _split([25, 75])
+    for b in range(100):
+        cookie = b"nonstop_bucket=%d" % b
+        d1 = before.choose([], cookie, "1.2.3.4", lambda: 0)
+        d2 = after.choose([], cookie, "1.2.3.4", lambda: 0)
+        assert d1.release == (0 if b < 10 else 1)
+        assert d2.release == (0 if b < 25 else 1)
+        if d1.release == 0:
+            assert d2.release == 0  # nobody moves back from the canary
+        assert d1.set_cookie is None  # a valid cookie is not re-set
+
+
+def test_no_cookie_uses_a_stable_client_hash_and_sets_the_cookie():
+    s = _split([50, 50])
+    d = s.choose([], None, "10.1.2.3", lambda: 0)
+    b = split.bucket_from_client("10.1.2.3")
+    assert d.set_cookie == b and d.release == (0 if b < 50 else 1)
+    assert s.choose([], b"a=1; nonstop_bucket=xx", "10.1.2.3", lambda: 0).set_cookie == b  # invalid cookie
+    assert split.set_cookie_header(7) == (
+        b"Set-Cookie: nonstop_bucket=7; Path=/; Max-Age=86400; HttpOnly; SameSite=Lax\r\n"
+    )
+
+
+def test_not_sticky_draws_a_fresh_bucket_and_sets_no_cookie():
+    s = _split([50, 50], sticky=False)
+    seen = {s.choose([], b"nonstop_bucket=1", "x", lambda v=v: v).release for v in (3, 60, 99)}
+    assert seen == {0, 1}
+    assert s.choose([], None, "x", lambda: 3).set_cookie is None
+
+
+def test_match_rules_beat_buckets_and_need_every_entry():
+    s = split.Split(RouteTable.from_dict(EXAMPLE))
+    canary_b = b"nonstop_bucket=50"
+    assert s.choose([(b"x-canary", b"1")], canary_b + b"; canary=always", "x", lambda: 0).release == 0
+    # header alone is not enough: the cookie rule is listed too
+    assert s.choose([(b"X-Canary", b"1")], canary_b, "x", lambda: 0).release == 1
+    assert s.choose([(b"X-Canary", b"2")], canary_b + b"; canary=always", "x", lambda: 0).release == 1
+
+
+def test_draining_releases_leave_the_split_and_weights_are_normalised():
+    s = _split([10, 90], draining={1})
+    assert all(s.choose([], b"nonstop_bucket=%d" % b, "x", lambda: 0).release == 0 for b in range(100))
+    assert split.normalise([30, 30]) == [50, 50]
+    assert split.normalise([1, 1, 1]) == [34, 33, 33]
+    assert split.normalise([0, 0]) == [50, 50]
+    assert split.normalise([10, 90]) == [10, 90]
+    assert _split([], sticky=True).choose([], None, "x", lambda: 0) is None
+
+
+def test_single_release_is_the_fast_path_without_cookie():
+    s = _split([100])
+    assert s.single is not None
+    assert s.choose([], None, "x", lambda: 0) == split.Decision(0, None)
+
+
+@pytest.mark.parametrize(
+    "header,bucket",
+    [(b"nonstop_bucket=42", 42), (b"a=b; nonstop_bucket=7", 7), (b"xnonstop_bucket=5", None),
+     (b"nonstop_bucket=100", None), (b"nonstop_bucket=-1", None), (b"nonstop_bucket=", None), (None, None),
+     (b"nonstop_bucket = 3", 3)],
+)
+def test_bucket_cookie_parsing(header, bucket):
+    assert split.bucket_from_cookie(header) == bucket
+
+
+def test_least_in_flight_then_round_robin_within_a_release():
+    s = ProxyState()
+    s.apply(RouteTable.static(["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]))
+    route = s.routes[0]
+    picks = [route.pick().target.addr for _ in range(6)]
+    assert sorted(set(picks)) == ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]  # ties: round robin
+    s.targets["127.0.0.1:1"].in_flight = 5
+    s.targets["127.0.0.1:2"].in_flight = 5
+    assert all(route.pick().target.addr == "127.0.0.1:3" for _ in range(5))
+    assert route.pick(exclude=(s.targets["127.0.0.1:3"],)).target.addr in ("127.0.0.1:1", "127.0.0.1:2")
+
+
+# -- stats ------------------------------------------------------------------
+
+def test_histogram_quantiles_and_classes():
+    c = stats.Counters()
+    for _ in range(90):
+        c.record(200, 0.004)  # bucket (0.0025, 0.005]
+    for _ in range(9):
+        c.record(500, 0.2)  # (0.1, 0.25]
+    c.record(404, 100.0)  # +Inf
+    d = stats.to_dict(c)
+    assert d["requests"] == 100 and d["by_class"] == {"1xx": 0, "2xx": 90, "3xx": 0, "4xx": 1, "5xx": 9}
+    assert 0.0025 < d["p50"] <= 0.005
+    assert 0.0025 < d["p90"] <= 0.005
+    assert 0.1 < d["p99"] <= 0.25
+    assert d["latency"]["count"] == 100 and d["latency"]["counts"][-1] == 1
+    assert stats.quantile([0] * 17, 0.5) is None
+
+
+def test_prometheus_text_parses():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    c = stats.Counters()
+    c.record(200, 0.01)
+    c.proxy_errors = 2
+    text = stats.prometheus([("v1", "127.0.0.1:8081", c)])
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    assert set(fams) >= {"nonstop_proxy_requests", "nonstop_proxy_errors", "nonstop_proxy_in_flight",
+                         "nonstop_proxy_request_duration_seconds"}
+    samples = {(s.name, s.labels.get("code_class"), s.labels.get("le")): s.value
+               for f in fams.values() for s in f.samples}
+    assert samples[("nonstop_proxy_requests_total", "2xx", None)] == 1
+    assert samples[("nonstop_proxy_errors_total", None, None)] == 2
+    assert samples[("nonstop_proxy_request_duration_seconds_bucket", None, "+Inf")] == 1
+
+
+# -- http heads ---------------------------------------------------------------
+
+def _req(headers, method=b"GET", url=b"/", version="1.1", upgrade=False, max_body=None):
+    return http.inspect_request(method, url, version, headers, b"9.9.9.9", upgrade, max_body)
+
+
+def test_request_head_rewrites():
+    h = _req([(b"Host", b"a.test"), (b"Connection", b"keep-alive, X-Drop"), (b"X-Drop", b"1"), (b"X-Keep", b"2"),
+              (b"X-Forwarded-For", b"1.1.1.1"), (b"X-Forwarded-Host", b"evil")])
+    head = h.upstream_head
+    assert head.startswith(b"GET / HTTP/1.1\r\nHost: a.test\r\n")
+    assert b"X-Drop" not in head and b"X-Keep: 2\r\n" in head and b"evil" not in head
+    assert b"X-Forwarded-For: 1.1.1.1, 9.9.9.9\r\n" in head
+    assert b"X-Forwarded-Host: a.test\r\n" in head and head.endswith(b"\r\n\r\n")
+    assert h.keep_alive
+
+
+@pytest.mark.parametrize(
+    "kw,status",
+    [
+        (dict(headers=[(b"Host", b"a"), (b"Transfer-Encoding", b"gzip, chunked")]), 400),
+        (dict(headers=[(b"Host", b"a"), (b"Transfer-Encoding", b"chunked")], version="1.0"), 400),
+        (dict(headers=[]), 400),
+        (dict(headers=[(b"Host", b"a"), (b"Content-Length", b"11")], max_body=10), 413),
+        (dict(headers=[(b"Host", b"a")], version="2.0"), 505),
+        (dict(headers=[(b"Host", b"a")], method=b"CONNECT"), 405),
+    ],
+)
+def test_request_rejections(kw, status):
+    r = _req(**kw)
+    assert isinstance(r, http.Reject) and r.status == status
+
+
+def test_keep_alive_rules():
+    assert not _req([(b"Host", b"a"), (b"Connection", b"close")]).keep_alive
+    assert not _req([], version="1.0").keep_alive
+    assert _req([(b"Connection", b"Keep-Alive")], version="1.0").keep_alive
+
+
+def test_response_framing_decisions():
+    req = _req([(b"Host", b"a")])
+    r = http.inspect_response(200, b"OK", [(b"Transfer-Encoding", b"chunked")], True, req, False, False, b"X: 1\r\n")
+    assert r.body == "chunked" and r.chunked_out and b"Transfer-Encoding: chunked\r\n" in r.head
+    r = http.inspect_response(200, b"OK", [(b"Transfer-Encoding", b"chunked")], True, req, True, False, b"")
+    assert r.close and not r.chunked_out and b"Transfer-Encoding" not in r.head
+    r = http.inspect_response(200, b"OK", [], True, req, False, False, b"")
+    assert r.body == "eof" and r.close and not r.upstream_reusable
+    r = http.inspect_response(304, b"Not Modified", [(b"Content-Length", b"5")], True, req, False, False, b"")
+    assert r.body == "none" and not r.close
+    r = http.inspect_response(200, b"OK", [(b"Transfer-Encoding", b"gzip, chunked")], True, req, False, False, b"")
+    assert isinstance(r, http.Reject) and r.status == 502
+    r = http.inspect_response(101, b"Switching", [(b"Upgrade", b"websocket")], True, req, False, False, b"")
+    assert isinstance(r, http.Reject)  # 101 without an upgrade request
+    r = http.inspect_response(100, b"Continue", [], True, req, False, False, b"")
+    assert r.interim and r.head == b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+# -- drain, pool --------------------------------------------------------------
+
+def test_drain_plan():
+    p = DrainPlan(started=0.0, timeout=10.0, upgraded_timeout=60.0)
+    assert p.next(1.0, 2, 1) == (Action.WAIT, False)
+    assert p.next(1.0, 0, 0) == (Action.DONE, True)
+    assert p.next(11.0, 2, 1) == (Action.DONE, False)  # requests timed out
+    assert p.next(11.0, 0, 1) == (Action.WAIT, False)  # tunnels have longer
+    assert p.next(60.0, 0, 1) == (Action.CLOSE_TUNNELS, False)
+    q = DrainPlan(started=0.0, timeout=5.0)
+    assert q.next(5.0, 0, 2) == (Action.CLOSE_TUNNELS, False)  # default: same timeout
+
+
+class _Conn:
+    def __init__(self, ok=True):
+        self.ok = ok
+        self.closed = False
+        self.idle_since = 0.0
+
+    def alive(self, now):
+        return self.ok and not self.closed
+
+    def close(self):
+        self.closed = True
+
+
+def test_pool_newest_first_skips_dead_and_expires_old():
+    p = Pool(max_idle=2)
+    a, b, c = _Conn(), _Conn(), _Conn(ok=False)
+    p.put(a, 1.0)
+    p.put(b, 2.0)
+    p.put(c, 3.0)  # over max_idle: the oldest (a) is closed
+    assert a.closed and len(p) == 2
+    assert p.get(3.0) is b  # c is dead: closed and skipped
+    assert c.closed
+    p.put(b, 4.0)
+    assert p.expire(10.0, 5.0) == 1 and b.closed and len(p) == 0
