@@ -146,10 +146,13 @@ def nth_start_fails_artifact(dir: Path, name: str, fail_on: tuple[int, ...], *ex
 
 @dataclass
 class StatusSampler:
-    """Polls ``nonstop status --json`` every ``interval`` seconds in a thread."""
+    """Polls the agent's ``GET /status`` (the document ``nonstop status --json`` prints) every ``interval`` seconds.
+
+    In-process through the CLI's own ``AgentClient``: spawning the CLI costs about a second on
+    a busy machine, too slow to catch a short dip in capacity."""
 
     stack: Stack
-    interval: float = 0.25
+    interval: float = 0.1
     samples: list[tuple[float, dict]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -166,12 +169,15 @@ class StatusSampler:
         self._thread.join(timeout=60)
 
     def _run(self) -> None:
+        from nonstop.cli.client import AgentClient
+        from nonstop.errors import NonstopError
+
+        client = AgentClient(self.stack.state / "agent.sock", timeout=30)
         while not self._stop.is_set():
-            r = self.stack.cli("status", "--json", timeout=30)
-            if r.code == 0:
-                self.samples.append((time.monotonic(), r.json))
-            else:
-                self.errors.append(r.err[-300:])
+            try:
+                self.samples.append((time.monotonic(), client.get("/status")))
+            except NonstopError as e:
+                self.errors.append(e.message)
             self._stop.wait(self.interval)
 
 
