@@ -33,7 +33,7 @@ from nonstop.agent.routers import make_router
 from nonstop.agent.store import Store
 from nonstop.agent.traffic import Side, Traffic
 from nonstop.config import Config
-from nonstop.errors import NonstopError, RouterError
+from nonstop.errors import ConfigError, NonstopError, RouterError
 
 log = logging.getLogger("nonstop.agent")
 
@@ -53,6 +53,7 @@ class Agent:
         self.traffic = Traffic(self.router, self.store)
         self.releases = Releases(self.state, self.store)
         self.deployer = Deployer(cfg, self.store, self.events, self.fleet, self.traffic, self.releases, self.router)
+        self.deployer.reload = self.reload_config
         self.started_at = time.time()
         self.stopping = asyncio.Event()
         self.down_requested = False
@@ -62,6 +63,21 @@ class Agent:
         if self.notifier:
             self.events.listen(self.notifier)
         self._tasks: list[asyncio.Task] = []
+
+    def reload_config(self) -> Config:
+        """Read nonstop.yml again (before a deploy). Settings that shape running processes need a restart."""
+        from nonstop import config as configmod
+
+        new = configmod.load(self.cfg.source) if self.cfg.source else self.cfg
+        for name in ("app", "listen", "state_dir", "router", "dashboard"):
+            if getattr(new, name) != getattr(self.cfg, name):
+                raise ConfigError(
+                    "changed since `nonstop up`; it takes effect after `nonstop down` and `nonstop up`",
+                    file=self.cfg.source,
+                    field=name,
+                )
+        self.cfg = self.fleet.cfg = self.deployer.cfg = new
+        return new
 
     # -- start -------------------------------------------------------------------
     async def start(self) -> None:

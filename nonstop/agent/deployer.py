@@ -168,6 +168,10 @@ class Deployer:
         self.router = router
         self.current: Run | None = None
         self.task: asyncio.Task | None = None
+        # Re-reads nonstop.yml before each deploy (set by the agent): config
+        # changes take effect on the next deployment, and a broken file is
+        # refused (exit 2) before anything changes.
+        self.reload: Callable[[], None] | None = None
 
     # -- what is live -----------------------------------------------------------
     def live(self) -> Release | None:
@@ -195,6 +199,8 @@ class Deployer:
 
     # -- entry points (return once the deployment is recorded and started) -------
     async def deploy(self, version: str | None, artifact: str | None, strategy: str | None) -> int:
+        if self.reload is not None and self.current is None:
+            self.reload()
         strategy = strategy or self.cfg.strategy.type
         if strategy not in ("recreate", "blue-green", "canary", "rolling"):
             raise UsageError(f"--strategy: unknown strategy {strategy!r} (recreate, blue-green, canary, rolling)")

@@ -1,18 +1,22 @@
-"""The CLI's client of the agent's control API (HTTP over ``agent.sock``).
+"""The CLI's client of the agent's control API (HTTP/1.1 over ``agent.sock``).
 
-Foreign exceptions (httpx) become nonstop's own here, at one boundary:
-an agent that does not answer is ``AgentUnreachable`` (exit 3); an error
-answer is re-raised as the ``NonstopError`` subclass with the agent's exit code.
+Standard library only (``http.client`` on a Unix socket): a command like
+``nonstop rollback`` must reach the agent in milliseconds, and importing an
+HTTP library costs more than the whole round trip. Failures become nonstop's
+own errors here, at one boundary: an agent that does not answer is
+``AgentUnreachable`` (exit 3); an error answer is re-raised with the agent's
+exit code.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import httpx
+from urllib.parse import urlencode
 
 from nonstop.errors import AgentUnreachable, NonstopError
 
@@ -25,61 +29,86 @@ class RemoteError(NonstopError):
         self.exit_code = exit_code
 
 
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float | None) -> None:
+        super().__init__("agent", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(self._path)
+        self.sock = s
+
+
 class AgentClient:
     """One typed request per verb to the agent at ``socket``."""
 
-    def __init__(self, socket: Path, timeout: float = 10.0) -> None:
-        self.socket = socket
-        self._client = httpx.Client(
-            transport=httpx.HTTPTransport(uds=str(socket)),
-            base_url="http://agent",
-            trust_env=False,
-            timeout=httpx.Timeout(timeout, connect=2.0),
-        )
+    def __init__(self, socket_path: Path, timeout: float = 30.0) -> None:
+        self.socket = socket_path
+        self.timeout = timeout
 
-    def _raise_for(self, r: httpx.Response) -> None:
-        if r.status_code < 400:
-            return
-        try:
-            body = r.json()
-        except ValueError:
-            raise RemoteError(f"agent answered {r.status_code}: {r.text[:200]}", 1) from None
-        detail = {k: v for k, v in body.items() if k not in ("error", "message", "exit_code")}
-        raise RemoteError(body.get("message", "error"), int(body.get("exit_code", 1)), detail)
-
-    def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+    def _open(self, method: str, path: str, body: dict | None, timeout: float | None) -> http.client.HTTPResponse:
         if not self.socket.exists():
             raise AgentUnreachable(f"the agent is not running (no socket at {self.socket}); start it with `nonstop up`")
+        conn = _UnixConnection(str(self.socket), timeout)
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else {}
         try:
-            r = self._client.request(method, path, **kw)
-        except httpx.TransportError as e:
-            raise AgentUnreachable(f"the agent does not answer on {self.socket}: {e}") from None
-        self._raise_for(r)
+            conn.request(method, path, body=data, headers=headers)
+            r = conn.getresponse()
+        except (OSError, http.client.HTTPException) as e:
+            conn.close()
+            raise AgentUnreachable(f"the agent does not answer on {self.socket}: {e}; start it with `nonstop up`") from None
+        if r.status >= 400:
+            raw = r.read()
+            conn.close()
+            try:
+                err = json.loads(raw)
+            except ValueError:
+                raise RemoteError(f"agent answered {r.status}: {raw[:200]!r}", 1) from None
+            detail = {k: v for k, v in err.items() if k not in ("error", "message", "exit_code")}
+            raise RemoteError(err.get("message", "error"), int(err.get("exit_code", 1)), detail)
         return r
 
+    def _read(self, method: str, path: str, body: dict | None = None) -> bytes:
+        r = self._open(method, path, body, self.timeout)
+        try:
+            return r.read()
+        except (OSError, http.client.HTTPException) as e:
+            raise AgentUnreachable(f"lost the agent on {self.socket}: {e}") from None
+        finally:
+            r.close()
+
+    @staticmethod
+    def _path(path: str, params: dict[str, Any]) -> str:
+        q = {k: v for k, v in params.items() if v is not None}
+        return f"{path}?{urlencode(q)}" if q else path
+
     def get(self, path: str, **params: Any) -> Any:
-        return self._call("GET", path, params={k: v for k, v in params.items() if v is not None}).json()
+        return json.loads(self._read("GET", self._path(path, params)))
 
     def text(self, path: str, **params: Any) -> str:
-        return self._call("GET", path, params={k: v for k, v in params.items() if v is not None}).text
+        return self._read("GET", self._path(path, params)).decode("utf-8", "replace")
 
     def post(self, path: str, body: dict | None = None) -> Any:
-        return self._call("POST", path, json=body or {}).json()
+        return json.loads(self._read("POST", path, body or {}))
 
     def stream(self, path: str, body: dict) -> Iterator[dict]:
-        """POST and yield NDJSON events until the ``result`` event."""
-        if not self.socket.exists():
-            raise AgentUnreachable(f"the agent is not running (no socket at {self.socket}); start it with `nonstop up`")
+        """POST and yield NDJSON events until the stream ends (the ``result`` event is last)."""
+        r = self._open("POST", path, body, None)
         try:
-            with self._client.stream("POST", path, json=body, timeout=httpx.Timeout(None, connect=2.0)) as r:
-                if r.status_code >= 400:
-                    r.read()
-                    self._raise_for(r)
-                for line in r.iter_lines():
-                    if line.strip():
-                        yield json.loads(line)
-        except httpx.TransportError as e:
-            raise AgentUnreachable(f"lost the agent on {self.socket}: {e}") from None
+            while True:
+                try:
+                    line = r.readline()
+                except (OSError, http.client.HTTPException) as e:
+                    raise AgentUnreachable(f"lost the agent on {self.socket}: {e}") from None
+                if not line:
+                    return
+                if line.strip():
+                    yield json.loads(line)
+        finally:
+            r.close()
 
     def alive(self) -> bool:
         try:

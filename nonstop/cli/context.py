@@ -1,17 +1,17 @@
-"""What every verb needs: the config (loaded once, lazily), the agent client, the output mode."""
+"""What every verb needs: where the agent is, the output mode, and (for ``up``) the validated config."""
 
 from __future__ import annotations
 
 import json as jsonlib
 import os
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 
-from nonstop import config as configmod
 from nonstop.cli.client import AgentClient
+from nonstop.cli.locate import find_config, state_dir
 
 
 class Ctx:
@@ -20,23 +20,42 @@ class Ctx:
         self.json = False
 
     @cached_property
-    def cfg(self) -> configmod.Config:
-        return configmod.load(self.config_path)
+    def config_file(self) -> Path:
+        return find_config(self.config_path)
+
+    @cached_property
+    def state(self) -> Path:
+        return state_dir(self.config_file)
+
+    @cached_property
+    def cfg(self):
+        """The fully validated config (pydantic; only `up` needs it)."""
+        from nonstop import config as configmod
+
+        return configmod.load(self.config_file)
 
     @cached_property
     def client(self) -> AgentClient:
-        return AgentClient(self.cfg.state_path / "agent.sock")
+        return AgentClient(self.state / "agent.sock")
 
     @cached_property
-    def console(self) -> Console:
+    def console(self):
+        from rich.console import Console
+
         return Console(no_color=bool(os.environ.get("NO_COLOR")), highlight=False)
 
     @cached_property
-    def err(self) -> Console:
+    def err(self):
+        from rich.console import Console
+
         return Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")), highlight=False)
 
     def print_json(self, data: Any) -> None:
         click.echo(jsonlib.dumps(data, indent=2, default=str))
+
+    def say(self, text: str) -> None:
+        """A one-line human result, without loading rich (fast paths)."""
+        click.echo(text)
 
 
 pass_ctx = click.make_pass_decorator(Ctx)

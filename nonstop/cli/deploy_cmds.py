@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from nonstop.cli.context import Ctx, json_option, pass_ctx
-from nonstop.cli.render import Progress
 from nonstop.errors import DeploymentFailed
 
 
@@ -13,7 +12,12 @@ def _follow(c: Ctx, path: str, body: dict) -> None:
     """Stream a deployment's events; exit 0 when it went live, 1 otherwise."""
     events = []
     result = None
-    progress = None if c.json else Progress(c.err)
+    if c.json:
+        progress = None
+    else:
+        from nonstop.cli.render import Progress
+
+        progress = Progress(c.err)
     try:
         for ev in c.client.stream(path, body):
             events.append(ev)
@@ -53,7 +57,7 @@ def deploy(c: Ctx, version: str | None, artifact: str | None, strategy: str | No
     body = {"version": version, "artifact": os.path.abspath(artifact) if artifact else None, "strategy": strategy}
     if detach:
         res = c.client.post("/deploy", {**body, "follow": False})
-        c.print_json(res) if c.json else c.console.print(f"deployment #{res['deployment']} started")
+        c.print_json(res) if c.json else c.say(f"deployment #{res['deployment']} started")
         return
     _follow(c, "/deploy", body)
 
@@ -77,7 +81,7 @@ def _steer(action: str, help_text: str):
         if c.json:
             c.print_json(res)
         else:
-            c.console.print(f"[green]✓[/] {act.replace('_', ' ')} sent to deployment #{res['deployment']}")
+            c.say(f"✓ {act.replace('_', ' ')} sent to deployment #{res['deployment']}")
 
     if action == "promote":
         cmd = click.option("--full", is_flag=True, help="skip the remaining steps: 100% now")(cmd)

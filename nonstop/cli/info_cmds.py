@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from nonstop.cli import render
 from nonstop.cli.context import Ctx, json_option, pass_ctx
 
 
@@ -14,7 +13,11 @@ from nonstop.cli.context import Ctx, json_option, pass_ctx
 def status(c: Ctx) -> None:
     """Live release, traffic split, instances and their health, deployment in progress."""
     st = c.client.get("/status")
-    c.print_json(st) if c.json else render.status(c.console, st)
+    if c.json:
+        return c.print_json(st)
+    from nonstop.cli import render
+
+    render.status(c.console, st)
 
 
 @click.command()
@@ -24,7 +27,11 @@ def status(c: Ctx) -> None:
 def history(c: Ctx, limit: int) -> None:
     """Releases and deployments with outcome and timings."""
     h = c.client.get("/history", limit=limit)
-    c.print_json(h) if c.json else render.history(c.console, h)
+    if c.json:
+        return c.print_json(h)
+    from nonstop.cli import render
+
+    render.history(c.console, h)
 
 
 @click.command()

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import click
 
-from nonstop import config as configmod
 from nonstop.cli.context import Ctx, json_option, pass_ctx
 from nonstop.errors import AgentUnreachable, ConfigError, NonstopError
 
@@ -21,6 +20,8 @@ from nonstop.errors import AgentUnreachable, ConfigError, NonstopError
 @pass_ctx
 def init(c: Ctx, app: str | None, force: bool) -> None:
     """Write a commented nonstop.yml in this folder."""
+    from nonstop import config as configmod
+
     path = Path(c.config_path or configmod.CONFIG_NAME)
     if path.exists() and not force:
         raise ConfigError("already exists (use --force to overwrite)", file=str(path))
@@ -78,7 +79,7 @@ def _report_up(c: Ctx, st: dict, *, already: bool) -> None:
 @pass_ctx
 def down(c: Ctx) -> None:
     """Drain and stop the instances, the proxy and the agent."""
-    pid_file = c.cfg.state_path / "agent.pid"
+    pid_file = c.state / "agent.pid"
     try:
         pid = int(pid_file.read_text().strip())
     except (OSError, ValueError):

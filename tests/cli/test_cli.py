@@ -27,7 +27,7 @@ def test_init_writes_a_config_that_loads(tmp_path):
 
 def test_config_error_exits_2_naming_field_and_file(tmp_path):
     (tmp_path / "nonstop.yml").write_text("app: shop\nrun:\n  command: java -jar app.jar\n")
-    code, out, err = run(tmp_path, "status")
+    code, out, err = run(tmp_path, "up", "--detach")
     assert code == 2
     assert "nonstop.yml" in err and "run.command" in err and "{port}" in err
     assert "Traceback" not in err
@@ -35,10 +35,17 @@ def test_config_error_exits_2_naming_field_and_file(tmp_path):
 
 def test_config_error_as_json(tmp_path):
     (tmp_path / "nonstop.yml").write_text("app: shop\nrun:\n  command: x {port}\nhealth: {interval: soon}\n")
-    code, out, err = run(tmp_path, "status", "--json")
+    code, out, err = run(tmp_path, "up", "--json")
     assert code == 2
     body = json.loads(out)
     assert body["field"] == "health.interval" and body["exit_code"] == 2
+
+
+def test_broken_yaml_is_exit_2_for_every_verb(tmp_path):
+    (tmp_path / "nonstop.yml").write_text("app: shop\nrun: [unclosed\n")
+    for verb in (["status"], ["deploy"], ["rollback"], ["down"]):
+        code, out, err = run(tmp_path, *verb)
+        assert code == 2 and "nonstop.yml" in err and "line" in err, (verb, err)
 
 
 def test_agent_not_running_exits_3(tmp_path):
