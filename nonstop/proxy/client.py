@@ -6,7 +6,8 @@ Every failure (socket missing, refused, timeout, 4xx/5xx answer) becomes a
 
 from __future__ import annotations
 
-import httpx
+import asyncio
+import json as jsonlib
 
 from nonstop.errors import ProxyError
 from nonstop.proxy.routes import RouteTable
@@ -21,27 +22,54 @@ class AdminClient:
 
     async def _call(self, method: str, path: str, *, json=None, timeout: float | None = None):
         t = self.timeout if timeout is None else timeout
-        transport = httpx.AsyncHTTPTransport(uds=self.socket_path)
         try:
-            async with httpx.AsyncClient(transport=transport, base_url="http://proxy", timeout=t) as c:
-                r = await c.request(method, path, json=json)
-        except httpx.HTTPError as e:
+            status, ctype, body = await asyncio.wait_for(self._exchange(method, path, json), t)
+        except (OSError, asyncio.TimeoutError, ValueError) as e:
             raise ProxyError(
                 f"proxy admin socket {self.socket_path}: {type(e).__name__}: {e}",
                 detail={"socket": self.socket_path},
             ) from e
-        if r.status_code >= 400:
+        is_json = ctype.startswith("application/json")
+        if status >= 400:
             try:
-                body = r.json()
+                answer = jsonlib.loads(body)
             except ValueError:
-                body = {"message": r.text}
+                answer = {"message": body.decode("utf-8", "replace")}
             raise ProxyError(
-                f"proxy refused {method} {path} ({r.status_code}): {body.get('message', body)}",
-                detail={"status": r.status_code, "answer": body},
+                f"proxy refused {method} {path} ({status}): {answer.get('message', answer)}",
+                detail={"status": status, "answer": answer},
             )
-        if r.headers.get("content-type", "").startswith("application/json"):
-            return r.json()
-        return r.text
+        return jsonlib.loads(body) if is_json else body.decode("utf-8", "replace")
+
+    async def _exchange(self, method: str, path: str, json) -> tuple[int, str, bytes]:
+        """One HTTP/1.1 request on a fresh Unix-socket connection (``Connection: close``).
+
+        Hand-written rather than httpx: building an httpx client costs tens of
+        milliseconds (an SSL context), and a traffic switch must not wait for that."""
+        payload = b"" if json is None else jsonlib.dumps(json).encode()
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+        ).encode()
+        reader, writer = await asyncio.open_unix_connection(self.socket_path)
+        try:
+            writer.write(head + payload)
+            await writer.drain()
+            raw = await reader.read()
+        finally:
+            writer.close()
+        head_end = raw.find(b"\r\n\r\n")
+        if head_end < 0:
+            raise ValueError("incomplete answer from the proxy")
+        lines = raw[:head_end].decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+        body = raw[head_end + 4:]
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            body = _dechunk(body)
+        elif "content-length" in headers:
+            body = body[: int(headers["content-length"])]
+        return status, headers.get("content-type", ""), body
 
     async def health(self) -> dict:
         return await self._call("GET", "/health")
@@ -69,3 +97,14 @@ class AdminClient:
 
     async def metrics(self) -> str:
         return await self._call("GET", "/metrics")
+
+
+def _dechunk(data: bytes) -> bytes:
+    out, i = [], 0
+    while True:
+        j = data.index(b"\r\n", i)
+        size = int(data[i:j].split(b";")[0], 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(data[j + 2 : j + 2 + size])
+        i = j + 2 + size + 2
