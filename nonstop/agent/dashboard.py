@@ -438,6 +438,9 @@ async def start_dashboard(agent, *, notifier=None) -> Running | None:
     """
     cfg = agent.cfg
     remote = allow_remote(cfg)
+    httpx_log = logging.getLogger("httpx")
+    if httpx_log.level == logging.NOTSET:  # the sampler's once-a-second stats call would fill the agent log
+        httpx_log.setLevel(logging.WARNING)
     host, port = check_listen(cfg.dashboard.listen, remote)
     dash = Dashboard(agent, notifier=notifier)
     agent.events.listen(dash.on_event)

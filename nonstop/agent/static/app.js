@@ -8,7 +8,7 @@
   const ICONS = {
     start: "▶", step: "›", release: "✓", instance_starting: "…", instance_healthy: "✓", switched: "⇄",
     weight: "⇄", draining: "…", drained: "✓", kept_warm: "✓", instance_stopped: "■", smoke_passed: "✓",
-    analysis: "≈", analysis_failed: "✗", waiting: "⏸", control: "☛", control_ignored: "·", error: "✗",
+    analysis: "≈", analysis_failed: "✗", waiting: "‖", control: "☛", control_ignored: "·", error: "✗",
     recover: "↻", result: "●",
   };
 
@@ -60,8 +60,8 @@
     return new Date(ts * 1000).toLocaleDateString();
   };
   const fmtClock = (ts) => new Date(ts * 1000).toLocaleTimeString([], { hour12: false });
-  const fmtMs = (s) => (s === null || s === undefined ? "–" : s < 1 ? `${(s * 1000).toFixed(s < 0.01 ? 1 : 0)} ms` : `${s.toFixed(2)} s`);
-  const fmtPct = (r) => (r === null || r === undefined ? "–" : `${(r * 100).toFixed(r < 0.01 && r > 0 ? 2 : 1)}%`);
+  const fmtMs = (s) => (s === null || s === undefined ? "–" : s === 0 ? "0" : s < 1 ? `${(s * 1000).toFixed(s < 0.01 ? 1 : 0)} ms` : `${s.toFixed(2)} s`);
+  const fmtPct = (r) => (r === null || r === undefined ? "–" : r === 0 ? "0%" : `${(r * 100).toFixed(r < 0.01 && r > 0 ? 2 : 1)}%`);
   const fmtRps = (v) => (v === null || v === undefined ? "–" : v >= 100 ? v.toFixed(0) : v.toFixed(1));
 
   function color(release) {
@@ -217,6 +217,7 @@
     pending = true;
     requestAnimationFrame(() => {
       pending = false;
+      releasesInView(); // assigns colours in name order before anything draws
       renderHeader();
       renderSplit();
       renderCharts();
@@ -293,7 +294,8 @@
     const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, role: "img" });
     const tsAll = S.samples.map((x) => x.ts);
     const tEnd = tsAll.length ? tsAll[tsAll.length - 1] : Date.now() / 1000;
-    const span = Math.max(60, MAX_SAMPLES * S.interval);
+    // The axis grows with the data: a minute at least, the ring buffer's length at most.
+    const span = Math.min(MAX_SAMPLES * S.interval, Math.max(60, tsAll.length ? tEnd - tsAll[0] : 0));
     const tStart = tEnd - span;
     let yMax = opt.yMax;
     if (yMax === undefined) {
@@ -308,9 +310,11 @@
       svg.append(s("line", { class: "gridline", x1: pad.l, x2: W - pad.r, y1: Y(v), y2: Y(v) }));
       svg.append(s("text", { class: "axis", x: pad.l - 6, y: Y(v) + 3.5, "text-anchor": "end" }, opt.fmt(v)));
     }
-    for (let m = 0; m <= span / 60; m++) {
-      const t = tEnd - m * 60;
-      svg.append(s("text", { class: "axis", x: X(t), y: H - 3, "text-anchor": m === 0 ? "end" : "middle" }, m === 0 ? "now" : `-${m}m`));
+    const step = span <= 120 ? 15 : 60;
+    for (let k = 0; k * step <= span; k++) {
+      const ago = k * step;
+      const label = ago === 0 ? "now" : ago % 60 === 0 ? `-${ago / 60}m` : `-${ago}s`;
+      svg.append(s("text", { class: "axis", x: X(tEnd - ago), y: H - 3, "text-anchor": ago === 0 ? "end" : "middle" }, label));
     }
     const hasData = series.some((se) => se.points.some(([, v]) => v !== null && v !== undefined));
     if (!hasData) {
@@ -429,7 +433,7 @@
 
   function renderTimeline() {
     const list = $("#timeline");
-    const evs = S.timeline.events || [];
+    const evs = collapse(S.timeline.events || []);
     const t0 = evs.length ? evs[0].ts : 0;
     const atBottom = list.scrollTop + list.clientHeight >= list.scrollHeight - 8;
     list.replaceChildren(...evs.map((ev) => {
@@ -450,11 +454,23 @@
         h("span", { class: "icon" }, ICONS[ev.type] || "·"),
         h("div", { class: "msg" },
           ev.verdict ? h("span", { class: `badge ${ev.verdict}` }, ev.verdict) : null, ev.verdict ? " " : null,
-          ev.message,
+          ev.message, ev.repeat > 1 ? h("span", { class: "repeat", title: `${ev.repeat} times in a row` }, ` ×${ev.repeat}`) : null,
           extra.length ? h("div", { class: "data" }, extra.join("\n")) : null));
     }));
     if (!evs.length) list.append(h("li", { class: "muted" }, h("span"), h("span"), h("span", {}, "no events yet")));
     if (atBottom) list.scrollTop = list.scrollHeight;
+  }
+
+  // Analyses that keep saying the same (an inconclusive window filling up) show as one line: the latest, ×N.
+  function collapse(evs) {
+    const out = [];
+    for (const ev of evs) {
+      const prev = out[out.length - 1];
+      if (prev && ev.type === "analysis" && prev.type === "analysis" && prev.verdict === ev.verdict) {
+        out[out.length - 1] = { ...ev, repeat: (prev.repeat || 1) + 1, ts: prev.ts };
+      } else out.push(ev);
+    }
+    return out;
   }
 
   function renderInstances() {
@@ -492,7 +508,9 @@
         type: "button", class: "ghost small", disabled: busy, "data-testid": `rollback-${r.id}`,
         onclick: () => rollback(r.id),
       }, "Roll back to")))));
-    $("#deployments tbody").replaceChildren(...h_.deployments.map((d) => h("tr", {},
+    const live = S.status && S.status.deployment; // fresher than the history for the running one
+    const deps = h_.deployments.map((d) => (live && live.id === d.id ? { ...d, ...live } : d));
+    $("#deployments tbody").replaceChildren(...deps.map((d) => h("tr", { "data-deployment": d.id },
       h("td", { class: "mono" }, d.id),
       h("td", { class: "mono" }, d.release),
       h("td", {}, d.strategy),
