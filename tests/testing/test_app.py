@@ -46,18 +46,14 @@ def test_keep_alive_and_pipelining(app):
         # two requests in one write, the second with a chunked body: answered in order, same socket
         s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
                   b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n")
-        head, _ = read_response_chunked(s)
-        assert head.startswith(b"HTTP/1.1 200")
-        _, body = read_response(s)
-        assert body == b"v1"
-
-
-def read_response_chunked(s: socket.socket) -> tuple[bytes, bytes]:
-    buf = b""
-    while not buf.endswith(b"0\r\n\r\n"):
-        buf += s.recv(65536)
-    head, _, body = buf.partition(b"\r\n\r\n")
-    return head, body
+        buf = b""
+        while not buf.endswith(b"\r\n\r\nv1"):  # both answers, in however many reads they come
+            chunk = s.recv(65536)
+            assert chunk, buf
+            buf += chunk
+        first, second = buf.split(b"0\r\n\r\n")
+        assert first.startswith(b"HTTP/1.1 200") and first.endswith(b"\r\n\r\n3\r\nabc\r\n")
+        assert second.startswith(b"HTTP/1.1 200") and b"Content-Length: 2" in second
 
 
 def test_connection_close_and_http10_are_honoured(app):
@@ -119,16 +115,16 @@ def test_sigterm_finishes_in_flight_closes_idle_refuses_new_and_exits_0():
         results: dict = {}
 
         def slow() -> None:
-            r = httpx.get(app.url + "slow?ms=800", timeout=5)
+            r = httpx.get(app.url + "slow?ms=1500", timeout=5)
             results["slow"] = (r.status_code, r.headers.get("connection"), time.monotonic())
 
         t = threading.Thread(target=slow)
         t.start()
-        time.sleep(0.3)  # the slow request is in flight
+        time.sleep(0.4)  # the slow request is in flight
         sent_term = time.monotonic()
         app.terminate()
         assert idle.recv(100) == b""  # the idle connection is closed at once, not after the drain
-        assert time.monotonic() - sent_term < 0.5
+        assert time.monotonic() - sent_term < 0.8
         _wait_until(lambda: any("draining" in line for line in app.lines))
         with pytest.raises(httpx.ConnectError):
             httpx.get(app.url, timeout=2)  # no longer listening
@@ -136,7 +132,7 @@ def test_sigterm_finishes_in_flight_closes_idle_refuses_new_and_exits_0():
         status, connection, done_at = results["slow"]
         assert (status, connection) == (200, "close")  # finished, and told not to reuse the connection
         assert app.wait(5) == 0
-        assert done_at - sent_term >= 0.4
+        assert done_at - sent_term >= 0.8
         assert "stopped gracefully" in app.lines[-1]
         idle.close()
     finally:

@@ -103,12 +103,12 @@ def test_sigterm_drains_in_flight_then_exits_0(run_java):
     result: dict = {}
 
     def slow() -> None:
-        r = httpx.get(app.url + "/slow?ms=800", timeout=10)
+        r = httpx.get(app.url + "/slow?ms=1500", timeout=10)
         result["r"] = (r.status_code, r.headers.get("connection"))
 
     t = threading.Thread(target=slow)
     t.start()
-    time.sleep(0.3)
+    time.sleep(0.5)
     app.proc.terminate()
     time.sleep(0.1)
     with pytest.raises(httpx.ConnectError):
