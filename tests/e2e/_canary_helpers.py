@@ -32,9 +32,10 @@ class Seen:
 class StickyUsers:
     """``users`` users (buckets spread over 0..99) sending ``rate`` requests/s in total, each over its own keep-alive connection."""
 
-    def __init__(self, host: str, port: int, *, users: int = 20, rate: float = 40.0, headers: dict | None = None) -> None:
+    def __init__(self, host: str, port: int, *, users: int = 20, rate: float = 40.0, headers: dict | None = None,
+                 buckets: list[int] | None = None) -> None:
         self.host, self.port = host, port
-        self.buckets = [round(i * 100 / users) for i in range(users)]
+        self.buckets = list(buckets) if buckets is not None else [round(i * 100 / users) for i in range(users)]
         self.rate = rate
         self.headers = headers or {}
         self.seen: list[Seen] = []

@@ -140,6 +140,7 @@ def test_faulty_canary_is_rolled_back_with_bounded_failures(stack_factory, arts)
         f"({canary_served} answered by v2 incl. 500s); bound {bound:.0f}; rolled back after {took:.1f}s"
     )
     assert 0 < len(failures) <= bound, result.format()
+    assert canary_served <= bound  # the bound is on what the canary could receive at all
     # every failure is the faulty version's own 500, none a proxy or connection error
     assert all(r.status == 500 and r.version == "v2" for r in failures), result.format()
     # and none after the rollback
@@ -241,3 +242,46 @@ def test_steering_pause_resume_promote_full(stack_factory, arts):
     assert result.failed == 0, result.format()
     st_json = st.status()
     assert st_json["live_release"] == "v2" and [r["release"] for r in st_json["routes"]] == ["v2"]
+
+
+def test_too_little_traffic_waits_instead_of_promoting(stack_factory, arts):
+    """Inconclusive is not a pass: past its pause the step waits, saying for how many requests."""
+    st = canary_stack(
+        stack_factory,
+        steps=[{"weight": 10, "pause": "1s"}],
+        sticky=True,
+        analysis={"interval": "1s", "min_requests": 10},
+    )
+    st.deploy("v1", "--artifact", str(arts["good"]), "--strategy", "blue-green")
+    # All loopback clients without a cookie hash to one bucket (32): at 10% none reaches the canary.
+    with LoadClient(st.url, **LOAD) as load:
+        load.wait_served(50, timeout=30)
+        proc = st.cli_async("deploy", "--version", "v2", "--artifact", str(arts["good"]), "--json")
+        try:
+            def waiting():
+                cn = canary_of(st.status())
+                return cn if cn and cn["phase"] == "waiting_analysis" and "more requests" in cn["waiting_for"] else None
+
+            cn = wait_for(waiting, timeout=60, interval=0.3, what="waiting for requests")
+            assert "waiting for 10 more requests to the canary" in cn["waiting_for"], cn
+            assert cn["analysis"][-1]["verdict"] == "inconclusive"
+            time.sleep(3.0)
+            assert proc.poll() is None and canary_of(st.status())["phase"] == "waiting_analysis"
+            # users in buckets 0..9 arrive: the analysis passes, the rollout goes on
+            with StickyUsers("127.0.0.1", st.listen, rate=20, buckets=[1, 4, 7]) as early:
+                out, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        load.wait_served(load.served + 30, timeout=30)
+    assert proc.returncode == 0, (out[-2000:], err[-2000:])
+    import json
+
+    res = json.loads(out)
+    msgs = [e["message"] for e in res["events"]]
+    assert any(e["type"] == "waiting" and "more requests" in e["message"] for e in res["events"]), msgs
+    verdicts = [e.get("verdict") for e in res["events"] if e["type"] == "analysis"]
+    assert "inconclusive" in verdicts and verdicts[-1] == "pass", verdicts
+    assert {s.version for s in early.seen} >= {"v2"} and not early.failures
+    assert load.result.failed == 0, load.result.format()

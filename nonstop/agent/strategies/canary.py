@@ -254,6 +254,16 @@ class CanaryDriver:
         await r.retire(old, reason="replaced by the canary")
 
 
+def _only_abort(why: str):
+    """A ``check_control`` for stretches where only ``abort`` makes sense (it interrupts them)."""
+
+    def check(action: str) -> None:
+        if action != "abort":
+            raise UsageError(f"{why}: only `nonstop abort` is possible now")
+
+    return check
+
+
 def _event_data(rec: dict) -> dict[str, Any]:
     return {k: v for k, v in rec.items() if k not in ("type", "message")}
 
@@ -264,6 +274,7 @@ async def run(r: Run) -> None:
         raise UsageError("strategy: canary needs a strategy block of type canary")
     n = r.cfg.run.instances
     old = r.stable_instances()
+    r.check_control = _only_abort("the canary instances are starting")
     await r.step("starting", f"starting {n} canary instance(s) of {r.release.id} beside {r.stable.id if r.stable else 'nothing'}")
     new = await r.start_new(n)
     new_addrs = tuple(Fleet.addr(x) for x in new)

@@ -29,6 +29,7 @@ from nonstop.agent.store import InstanceRecord
 from nonstop.agent.strategies import plan as planner
 from nonstop.agent.traffic import Side, Split
 from nonstop.config import RollingStrategy
+from nonstop.errors import UsageError
 
 log = logging.getLogger("nonstop.agent")
 
@@ -57,6 +58,11 @@ def _split(r: Run, old_release: str | None, old: list[InstanceRecord], new_relea
         canary_weight=weight,
         sticky=sticky,
     )
+
+
+def _only_abort(action: str) -> None:
+    if action != "abort":
+        raise UsageError("a rolling update cannot be paused or promoted: `nonstop abort` rolls it back")
 
 
 class _Progress:
@@ -96,6 +102,7 @@ async def run(r: Run) -> None:
     prog = _Progress(n, surge, unavailable, batches)
     prog.old = len(old)
     r.status_hook = prog.status
+    r.check_control = _only_abort
     new: list[InstanceRecord] = []
     prog_start_old = len(old)
     await r.emit(
