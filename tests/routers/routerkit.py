@@ -3,10 +3,15 @@
 The load client speaks raw HTTP/1.1 over keep-alive connections so the test
 controls exactly what happens when a proxy closes an idle connection:
 
-- ``naive``: a request that gets no response is a failure, full stop.
-- ``retrying``: a request sent on a *reused* connection that was closed
-  before any response byte arrived is sent again once on a new connection
-  (what browsers and httpx do for idempotent requests). Counted in ``retried``.
+- ``naive``: reuses a connection blindly; a request that gets no response is
+  a failure, full stop.
+- ``check``: before reusing an idle connection, looks whether the server
+  already closed it (EOF pending) and opens a new one if so, as urllib3 and
+  httpcore do; no retry.
+- ``retry``: ``check``, and a request sent on a *reused* connection that was
+  closed before any response byte arrived is sent again once on a new
+  connection (what browsers and httpx do for idempotent requests). Counted in
+  ``retried``.
 """
 
 from __future__ import annotations
@@ -170,6 +175,7 @@ async def load(
     *,
     clients: int = 20,
     retry: bool = False,
+    check: bool = False,
     path: str = "/",
     headers: dict[str, str] | None = None,
     pause: float = 0.0,
@@ -183,6 +189,8 @@ async def load(
     async def one() -> None:
         c = Conn(host, int(port))
         while time.monotonic() < end and not (stop and stop.is_set()):
+            if (check or retry) and c.w is not None and c.r.at_eof():
+                c.close()  # the server closed it while idle: do not reuse
             reused = c.w is not None and c.used > 0
             try:
                 try:
