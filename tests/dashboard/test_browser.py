@@ -17,8 +17,6 @@ from playwright.sync_api import expect
 from nonstop.testing.load import LoadClient
 from tests.dashboard.stack import ROOT, AgentStack, save_screenshot, state_json, wait_for
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
 DOC_SCREENSHOT = ROOT / "docs" / "img" / "dashboard-canary.png"
 
 
