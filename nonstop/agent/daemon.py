@@ -26,7 +26,7 @@ import uvicorn
 from nonstop.agent.api import make_app
 from nonstop.agent.deployer import LIVE, Deployer
 from nonstop.agent.events import EventBus
-from nonstop.agent.fleet import Fleet
+from nonstop.agent.fleet import Fleet, in_crash_loop
 from nonstop.agent.notify import Notifier
 from nonstop.agent.releases import Releases
 from nonstop.agent.routers import make_router
@@ -204,6 +204,7 @@ class Agent:
                     "routed": Fleet.addr(r) in routed,
                     "uptime": round(now - r.started_at, 1),
                     "restarts": r.restarts,
+                    "crash_loop": in_crash_loop(r, now),
                     "warm_until": retire_at,
                 }
             )

@@ -31,6 +31,12 @@ CRASH_LOOP_WINDOW = 120.0
 CRASH_LOOP_RESTARTS = 5
 
 
+def in_crash_loop(rec: InstanceRecord, now: float) -> bool:
+    """Restarted ``CRASH_LOOP_RESTARTS`` times within ``CRASH_LOOP_WINDOW`` seconds."""
+    times = (rec.data or {}).get("restart_times", [])
+    return sum(1 for t in times if now - t < CRASH_LOOP_WINDOW) >= CRASH_LOOP_RESTARTS
+
+
 def _state(s: object) -> str:
     return str(getattr(s, "value", s))
 
@@ -301,14 +307,16 @@ class Fleet:
             while True:
                 now = time.time()
                 history = [t for t in history if now - t < CRASH_LOOP_WINDOW]
-                if len(history) >= CRASH_LOOP_RESTARTS:
+                if len(history) >= CRASH_LOOP_RESTARTS and attempt == 0:
                     await self.events.emit(
                         None,
                         "crash_loop",
                         f"{rec.id} restarted {len(history)} times in {CRASH_LOOP_WINDOW:.0f}s: crash loop",
                         instance=rec.id,
                     )
-                delay = min(2.0**attempt, 30.0) if attempt or len(history) >= 2 else 0.0
+                # First restart at once; then back off, longer the more it crashed lately.
+                recent = len(history)
+                delay = 0.0 if attempt == 0 and recent < 2 else min(2.0 ** max(attempt, recent - 2), 30.0)
                 await asyncio.sleep(delay)
                 h = self.handle(rec)
                 if h is not None and self.runtime.alive(h):

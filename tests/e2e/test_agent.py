@@ -1,0 +1,166 @@
+"""The agent's own duties, against real processes: adoption, builds, smoke tests, crash loops, logs, supervision of the proxy."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+import psutil
+
+from nonstop.testing.load import LoadClient
+from tests.e2e.artifacts import RUN_COMMAND, make_artifact
+from tests.e2e.helpers import wait_for
+
+LOAD = dict(rate=60, keepalive=3, new=2, post=1, slow=0, timeout=15)
+
+
+def stack_with(stack_factory, tmp_path, **kw):
+    kw.setdefault("run", {})
+    kw["run"] = {"command": RUN_COMMAND, **kw["run"]}
+    return stack_factory(**kw)
+
+
+def test_agent_restart_re_adopts_instances_and_traffic_never_stops(stack_factory, tmp_path):
+    good = make_artifact(tmp_path / "a", "good", "--boot-seconds", "0.3")
+    st = stack_with(stack_factory, tmp_path)
+    st.deploy("v1", "--artifact", str(good))
+    before = {i["id"]: i["pid"] for i in st.status()["instances"]}
+    proxy_pid = st.pid("proxy")
+    with LoadClient(st.url, **LOAD) as load:
+        load.wait_served(30, timeout=20)
+        agent = psutil.Process(st.pid("agent"))
+        agent.terminate()  # SIGTERM: the agent exits, instances and proxy stay
+        agent.wait(20)
+        load.wait_served(load.served + 60, timeout=20)
+        st.cli("up", "--detach", "--timeout", "60", check=True)
+        load.wait_served(load.served + 30, timeout=20)
+    assert load.result.failed == 0, load.result.format()
+    s = st.status()
+    assert {i["id"]: i["pid"] for i in s["instances"]} == before, "instances were restarted instead of adopted"
+    assert st.pid("proxy") == proxy_pid
+    assert s["live_release"] == "v1"
+
+
+def test_failed_build_changes_nothing(stack_factory, tmp_path):
+    good = make_artifact(tmp_path / "a", "good", "--boot-seconds", "0.3")
+    st = stack_with(stack_factory, tmp_path)
+    st.deploy("v1", "--artifact", str(good))
+    st.write_config(build={"commands": [[sys.executable, "-c", "import sys; print('compiling...'); sys.exit('error: cannot find symbol')"]]})
+    res = st.deploy("v2", expect=1)
+    assert "build" in res["reason"].lower()
+    assert "cannot find symbol" in str(res["detail"]) or "cannot find symbol" in res["reason"]
+    s = st.status()
+    assert s["live_release"] == "v1" and [i["release"] for i in s["instances"]] == ["v1"]
+    releases = [r["id"] for r in st.cli("history", "--json", check=True).json["releases"]]
+    assert releases == ["v1"]
+    assert not (st.state / "releases" / "v2").exists()
+
+
+def test_build_commands_run_and_their_artifact_is_deployed(stack_factory, tmp_path):
+    src = make_artifact(tmp_path / "src", "app", "--boot-seconds", "0.2")
+    st = stack_with(stack_factory, tmp_path)
+    out = tmp_path / "out"
+    st.write_config(build={
+        "workdir": str(tmp_path),
+        "commands": [["mkdir", "-p", str(out)], ["cp", str(src), str(out / "app.py")]],
+        "artifact": str(out / "app.py"),
+    })
+    res = st.deploy("v1")
+    assert res["ok"], res
+    assert (st.state / "releases" / "v1" / "app.py").exists()
+    # the release is a copy: a later build never touches what runs
+    (out / "app.py").write_text("raise SystemExit('broken build output')\n")
+    assert "runpy" in (st.state / "releases" / "v1" / "app.py").read_text()
+
+
+def test_keep_releases_prunes_old_ones_but_never_live_or_previous(stack_factory, tmp_path):
+    good = make_artifact(tmp_path / "a", "good", "--boot-seconds", "0.2")
+    st = stack_with(stack_factory, tmp_path, keep_releases=2, strategy={"type": "blue-green", "keep_previous": "0s"})
+    for v in ("v1", "v2", "v3", "v4"):
+        st.deploy(v, "--artifact", str(good))
+    kept = sorted(p.name for p in (st.state / "releases").iterdir() if not p.name.startswith("."))
+    assert kept == ["v3", "v4"]
+    r = st.cli("rollback", "--json")
+    assert r.code == 0 and st.status()["live_release"] == "v3"
+
+
+def test_smoke_test_failure_aborts_before_the_switch(stack_factory, tmp_path):
+    good = make_artifact(tmp_path / "a", "good", "--boot-seconds", "0.2")
+    smoke = tmp_path / "smoke.py"
+    smoke.write_text(
+        "import sys, urllib.request\n"
+        "body = urllib.request.urlopen(sys.argv[1] + '/version').read().decode()\n"
+        "print('smoke got', body)\n"
+        "sys.exit(0 if 'v2' not in body else 'v2 fails the smoke test')\n"
+    )
+    st = stack_with(stack_factory, tmp_path, strategy={"type": "blue-green", "smoke": [sys.executable, str(smoke), "{url}"]})
+    st.deploy("v1", "--artifact", str(good))
+    with LoadClient(st.url, **LOAD) as load:
+        load.wait_served(30, timeout=20)
+        res = st.deploy("v2", "--artifact", str(good), expect=1)
+        load.wait_served(load.served + 30, timeout=20)
+    assert "smoke" in res["reason"]
+    assert "v2 fails the smoke test" in res["detail"]["smoke_output"]
+    assert load.result.failed == 0 and set(load.result.by_version()) == {"v1"}
+    assert st.status()["live_release"] == "v1"
+
+
+def test_crash_loop_is_reported(stack_factory, tmp_path):
+    flaky = make_artifact(tmp_path / "a", "flaky", "--boot-seconds", "0.1", "--die-after-seconds", "1.2")
+    st = stack_with(stack_factory, tmp_path, health={"interval": "100ms", "healthy_threshold": 1})
+    st.deploy("v1", "--artifact", str(flaky))
+    wait_for(lambda: _events(st, "crash_loop"), timeout=90, interval=0.5, what="a crash_loop event")
+    inst = st.status()["instances"][0]
+    assert inst["crash_loop"] and inst["restarts"] >= 5
+
+
+def _events(st, type_):
+    import json
+    import sqlite3
+
+    con = sqlite3.connect(st.state / "nonstop.db")
+    try:
+        return [json.loads(d or "{}") for (d,) in con.execute("SELECT data FROM events WHERE type = ?", (type_,))]
+    finally:
+        con.close()
+
+
+def test_logs_show_the_instance_output(stack_factory, tmp_path):
+    good = make_artifact(tmp_path / "a", "good", "--boot-seconds", "0.2")
+    st = stack_with(stack_factory, tmp_path)
+    st.deploy("v1", "--artifact", str(good))
+    r = st.cli("logs")
+    assert r.code == 0 and "listening on" in r.out and "v1-" in r.out
+    r = st.cli("logs", "nope")
+    assert r.code == 2 and "unknown release" in r.err
+
+
+def test_the_proxy_killed_is_restarted_with_its_routes(stack_factory, tmp_path):
+    good = make_artifact(tmp_path / "a", "good", "--boot-seconds", "0.2")
+    st = stack_with(stack_factory, tmp_path)
+    st.deploy("v1", "--artifact", str(good))
+    old = st.pid("proxy")
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: st.pid("proxy") not in (None, old) and psutil.pid_exists(st.pid("proxy")), timeout=20, what="a new proxy")
+    with LoadClient(st.url, **LOAD) as load:
+        load.wait_served(50, timeout=20)
+    assert load.result.failed == 0, load.result.format()
+    assert set(load.result.by_version()) == {"v1"}
+
+
+def test_down_then_up_brings_the_live_release_back(stack_factory, tmp_path):
+    good = make_artifact(tmp_path / "a", "good", "--boot-seconds", "0.2")
+    st = stack_with(stack_factory, tmp_path)
+    st.deploy("v1", "--artifact", str(good))
+    pids = [i["pid"] for i in st.status()["instances"]] + [st.pid("proxy"), st.pid("agent")]
+    r = st.cli("down", "--json")
+    assert r.code == 0
+    time.sleep(0.5)
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+    assert st.cli("status").code == 3
+    st.cli("up", "--detach", "--timeout", "60", check=True)
+    with LoadClient(st.url, **LOAD) as load:
+        load.wait_served(30, timeout=20)
+    assert load.result.failed == 0 and set(load.result.by_version()) == {"v1"}
