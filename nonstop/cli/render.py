@@ -99,6 +99,8 @@ def status(console: Console, st: dict) -> None:
         t.add_column(col)
     for i in st.get("instances", []):
         state = i["state"] if i["alive"] else f"{i['state']} (dead)"
+        if i.get("crash_loop"):
+            state += ", CRASH LOOP"
         if i.get("warm_until"):
             state += f", warm {max(0, i['warm_until'] - time.time()):.0f}s"
         t.add_row(i["id"], i["release"], str(i["pid"]), state, "yes" if i["routed"] else "no", _dur(i["uptime"]), str(i["restarts"]))
