@@ -218,7 +218,7 @@ class HaproxyRouter(Router):
                         srv = server_name(t.addr)
                         have = state.get(slots[r.name], {}).get(srv)
                         if have is None:
-                            await self.api.command(f"add server {be}/{srv} {resolved[t.addr]}")
+                            await self.api.command(f"add server {be}/{srv} {resolved[t.addr]}", expect="New server registered")
                             added.append((be, srv))
                             await self.api.command(f"enable server {be}/{srv}")
                         else:
@@ -275,7 +275,9 @@ class HaproxyRouter(Router):
                 for t in r.live_targets:
                     srv = server_name(t.addr)
                     if srv not in current:
-                        await self.api.command(f"add server {be}/{srv} {resolved[t.addr]} weight {live[srv]}")
+                        await self.api.command(
+                            f"add server {be}/{srv} {resolved[t.addr]} weight {live[srv]}", expect="New server registered"
+                        )
                         added.append((be, srv))
         except RouterError:
             await self._forget(added)
@@ -315,7 +317,7 @@ class HaproxyRouter(Router):
         for be, srv in added:
             try:
                 await self.api.command(f"set server {be}/{srv} state maint")
-                await self.api.command(f"del server {be}/{srv}")
+                await self.api.command(f"del server {be}/{srv}", expect="Server deleted")
             except RouterError as e:
                 log.warning("haproxy: could not remove %s/%s after a failed apply: %s", be, srv, e)
 
@@ -412,7 +414,7 @@ class HaproxyRouter(Router):
         for s in servers:
             try:
                 await self.api.command(f"set server {s.backend}/{s.name} state maint")
-                await self.api.command(f"del server {s.backend}/{s.name}")
+                await self.api.command(f"del server {s.backend}/{s.name}", expect="Server deleted")
                 if self.mode == "external":
                     prev = self._retired.get(s.addr)
                     self._retired[s.addr] = _sum_stat(prev, self._last_seen.get((s.backend, s.name), s))

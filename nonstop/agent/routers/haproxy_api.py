@@ -36,6 +36,7 @@ _FAILURE_MARKS = (
     "is still",
     "out of memory",
     "missing",
+    "must",
 )
 
 
@@ -95,11 +96,18 @@ class HaproxyApi:
         finally:
             writer.close()
 
-    async def command(self, line: str, payload: str | None = None) -> str:
-        """Like ``raw`` but raises ``RouterError`` when HAProxy's answer says it did not do it."""
+    async def command(self, line: str, payload: str | None = None, *, expect: str | None = None) -> str:
+        """Like ``raw`` but raises ``RouterError`` when HAProxy's answer says it did not do it.
+
+        ``expect``: a fragment the answer must contain (``add server`` answers "New server registered.").
+        """
         out = await self.raw(line, payload)
         low = out.strip().lower()
-        if low and any(m in low for m in _FAILURE_MARKS) and not low.startswith("new server registered"):
+        if expect is not None:
+            if expect.lower() not in low:
+                raise RouterError(f"HAProxy refused {line!r}: {out.strip()}", detail={"command": line})
+            return out
+        if low and any(m in low for m in _FAILURE_MARKS):
             raise RouterError(f"HAProxy refused {line!r}: {out.strip()}", detail={"command": line})
         return out
 
