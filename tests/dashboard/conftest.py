@@ -48,7 +48,9 @@ def agent_stack(module_dir) -> Iterator[AgentStack]:
 # -- the browser ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an event loop running in the main
+# thread while it is started, and later tests that call asyncio.run() would fail.
+@pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing: scripts/setup.sh --test installs Debian's chromium")
