@@ -19,11 +19,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from bisect import bisect_left
 
 import httptools
 
-from nonstop.proxy.http import Reject, error_response, inspect_request, inspect_response
+from nonstop.proxy.http import (
+    Reject, error_response, inspect_raw_response, inspect_request, inspect_response, parse_head_lines,
+)
 from nonstop.proxy.split import set_cookie_header
+from nonstop.proxy.stats import LATENCY_BUCKETS
 from nonstop.proxy.upstream import connect
 
 log = logging.getLogger("nonstop.proxy")
@@ -48,8 +52,8 @@ class ClientConnection(asyncio.Protocol):
 
     __slots__ = (
         "server", "state", "cfg", "transport", "parser", "client_ip", "client_ip_b", "url", "headers",
-        "head_size", "raw_head", "phase", "queue", "reading", "paused", "write_paused", "deadline",
-        "closed", "lingering", "tunnel", "upgrade_rest", "wbuf",
+        "raw_head", "phase", "queue", "reading", "paused", "write_paused", "deadline",
+        "closed", "lingering", "tunnel", "upgrade_rest", "wbuf", "special",
     )
 
     def __init__(self, server) -> None:
@@ -62,7 +66,6 @@ class ClientConnection(asyncio.Protocol):
         self.client_ip_b = b""
         self.url = b""
         self.headers: list = []
-        self.head_size = 0
         self.raw_head = 0
         self.phase = _IDLE
         self.queue: list[Exchange] = []
@@ -75,6 +78,7 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel: Exchange | None = None
         self.upgrade_rest: list | None = None  # client bytes after an upgrade request, before the 101
         self.wbuf: list | None = None
+        self.special = False  # any of tunnel / lingering / closed / upgrade_rest: off the fast path
 
     # -- asyncio -------------------------------------------------------------
 
@@ -88,21 +92,23 @@ class ClientConnection(asyncio.Protocol):
         self.deadline = now + (self.cfg.idle_grace if self.server.closing else self.cfg.header_timeout)
 
     def data_received(self, data: bytes) -> None:
-        if self.tunnel is not None:
-            self.tunnel.tunnel_from_client(data)
-            return
-        if self.lingering or self.closed:
-            return
-        if self.upgrade_rest is not None:
-            self.upgrade_rest.append(data)
-            self._pause(_P_BUFFER)
-            return
-        if self.phase != _ACTIVE or self.reading is None:
+        if self.special:
+            if self.tunnel is not None:
+                self.tunnel.tunnel_from_client(data)
+                return
+            if self.lingering or self.closed:
+                return
+            if self.upgrade_rest is not None:
+                self.upgrade_rest.append(data)
+                self._pause(_P_BUFFER)
+                return
+        if self.reading is None:
             self.raw_head += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
             self.upgrade_rest = [data[e.args[0]:]] if e.args and e.args[0] < len(data) else []
+            self.special = True
             return
         except httptools.HttpParserCallbackError as e:
             if not isinstance(e.__context__, _Stop):
@@ -126,6 +132,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.closed = True
+        self.special = True
         self.server.connections.discard(self)
         queue, self.queue = self.queue, []
         for ex in queue:
@@ -163,38 +170,39 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.url = b""
         self.headers = []
-        self.head_size = 0
         if self.phase == _IDLE:
             self.phase = _HEAD
             self.deadline = self.server.now + self.cfg.header_timeout
 
     def on_url(self, url: bytes) -> None:
-        self.url += url
-        self.head_size += len(url)
+        self.url = self.url + url if self.url else url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
-        self.head_size += len(name) + len(value) + 4
 
     def on_headers_complete(self) -> None:
-        raw = self.raw_head
+        cfg = self.cfg
+        # raw_head (bytes received since the head began) bounds the head's size:
+        # only when it is over the limit is the exact size worth computing
+        if self.raw_head > cfg.max_header_bytes:
+            size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+            if size > cfg.max_header_bytes:
+                self.reject(431, "header-too-large")
+                raise _Stop
         self.raw_head = 0
-        if self.head_size > self.cfg.max_header_bytes:
-            self.reject(431, "header-too-large")
-            raise _Stop
         p = self.parser
         head = inspect_request(
             p.get_method(), self.url, p.get_http_version(), self.headers, self.client_ip_b,
-            p.should_upgrade(), self.cfg.max_body,
+            p.should_upgrade(), cfg.max_body,
         )
         if type(head) is Reject:
             self.reject(head.status, head.reason)
             raise _Stop
-        del raw
         ex = Exchange(self, head, self.headers)
         self.reading = ex
-        self.queue.append(ex)
-        if len(self.queue) == 1:
+        queue = self.queue
+        queue.append(ex)
+        if len(queue) == 1:
             self.phase = _ACTIVE
             self.deadline = 0.0
             ex.start()
@@ -249,6 +257,7 @@ class ClientConnection(asyncio.Protocol):
     def linger(self) -> None:
         """Stop answering; half-close and drop whatever the client still sends, then close."""
         self.lingering = True
+        self.special = True
         self.paused = 0
         if self.closed:
             return
@@ -268,9 +277,11 @@ class ClientConnection(asyncio.Protocol):
 
     def exchange_done(self, ex: "Exchange", close: bool) -> None:
         """The response of the first queued exchange is complete."""
-        if self.queue and self.queue[0] is ex:
-            self.queue.pop(0)
-        self._resume(_P_UPSTREAM)
+        queue = self.queue
+        if queue and queue[0] is ex:
+            queue.pop(0)
+        if self.paused:
+            self._resume(_P_UPSTREAM)
         if self.closed:
             return
         if close or ex.client_eof:
@@ -318,52 +329,58 @@ class ClientConnection(asyncio.Protocol):
 class Exchange:
     """One request, from its head to the last byte of its response (or its tunnel's end)."""
 
-    __slots__ = (
-        "conn", "head", "headers", "entry", "upstream", "tried", "buf", "buf_size", "body_len", "req_done",
-        "resp", "status", "started", "cookie", "finished", "task", "counted", "client_eof",
-    )
+    # defaults as class attributes: a new exchange sets only what differs
+    entry = None
+    upstream = None
+    tried: tuple = ()
+    buf: list | None = None
+    buf_size = 0
+    body_len = 0
+    req_done = False
+    resp = None
+    status = 0
+    cookie: int | None = None
+    finished = False
+    task = None
+    counted = False  # in_flight incremented on self.entry
+    client_eof = False
 
     def __init__(self, conn: ClientConnection, head, headers) -> None:
         self.conn = conn
         self.head = head
         self.headers = headers
-        self.entry = None
-        self.upstream = None
-        self.tried: tuple = ()
-        self.buf: list | None = None
-        self.buf_size = 0
-        self.body_len = 0
-        self.req_done = False
-        self.resp = None
-        self.status = 0
         self.started = _perf()
-        self.cookie: int | None = None
-        self.finished = False
-        self.task = None
-        self.counted = False  # in_flight incremented on self.entry
-        self.client_eof = False
 
     # -- routing -------------------------------------------------------------
 
     def start(self) -> None:
         conn = self.conn
-        entry, cookie = conn.state.choose(self.headers, self.head.cookie, conn.client_ip)
+        state = conn.state
+        entry = state.fast
         if entry is None:
-            self.task = asyncio.ensure_future(self._hold())
-            return
-        self.cookie = cookie
+            entry, cookie = state.choose(self.headers, self.head.cookie, conn.client_ip)
+            if entry is None:
+                self.task = asyncio.ensure_future(self._hold())
+                return
+            self.cookie = cookie
         self._attach(entry)
 
     def _attach(self, entry) -> None:
         self.entry = entry
-        entry.target.in_flight += 1
+        t = entry.target
+        t.in_flight += 1
         entry.counters.in_flight += 1
         self.counted = True
-        up = entry.target.pool.get(self.conn.server.now)
-        if up is not None:
-            self._bind(up)
-        else:
-            self.task = asyncio.ensure_future(self._connect())
+        idle = t.pool._idle
+        if idle:
+            now = self.conn.server.now
+            while idle:
+                up = idle.pop()
+                if up.alive(now):
+                    self._bind(up)
+                    return
+                up.close()
+        self.task = asyncio.ensure_future(self._connect())
 
     def _uncount(self) -> None:
         if self.counted:
@@ -429,10 +446,10 @@ class Exchange:
         if buf:
             self.buf = None
             self.buf_size = 0
-            up.send(self, self.head.upstream_head + b"".join(buf))
+            up.bind(self, self.head.upstream_head + b"".join(buf))
             conn._resume(_P_BUFFER)
         else:
-            up.send(self, self.head.upstream_head)
+            up.bind(self, self.head.upstream_head)
         if conn.write_paused:
             up.pause_reading()
         conn.deadline = conn.server.now + conn.cfg.read_timeout
@@ -492,24 +509,30 @@ class Exchange:
 
     # -- response ------------------------------------------------------------
 
-    def on_response_head(self, up, status: int, reason: bytes, headers, keep_alive: bool) -> None:
+    def on_interim(self, raw: bytes) -> None:
+        """A 1xx (not 101) head: relayed to HTTP/1.1 clients, then we keep waiting."""
+        if self.head.http10 or self.resp is not None:
+            return
+        reason, headers = parse_head_lines(raw)
+        r = inspect_response(int(raw[9:12]), reason, headers, True, self.head, False, False, b"")
+        if type(r) is not Reject:
+            self.conn.write(r.head)
+
+    def on_response_head(self, up, status: int, raw: bytes, keep_alive: bool) -> None:
         conn = self.conn
         extra = self.entry.release.header
         if self.cookie is not None:
             extra += set_cookie_header(self.cookie)
-        close = (
-            not self.head.keep_alive or conn.server.closing or not self.req_done or self.client_eof
-        )
-        r = inspect_response(status, reason, headers, keep_alive, self.head, self.head.http10, close, extra)
+        close = not self.head.keep_alive or conn.server.closing or not self.req_done or self.client_eof
+        r = inspect_raw_response(status, raw, keep_alive, self.head, self.head.http10, close, extra)
         if type(r) is Reject:
             self.upstream_broken(up, r.reason)
             return
-        if r.interim:
-            if not self.head.http10:
-                conn.write(r.head)
-            return
         self.resp = r
         self.status = status
+        if r.splice:
+            up.splice = True
+            up.left = r.length
         conn.write(r.head)
         if r.tunnel:
             self._open_tunnel(up)
@@ -527,20 +550,33 @@ class Exchange:
             conn.write(data)
 
     def on_response_done(self, up) -> None:
-        if self.finished or self.resp is None or self.resp.tunnel:
+        r = self.resp
+        if self.finished or r is None or r.tunnel:
             return
         conn = self.conn
-        r = self.resp
         if r.chunked_out:
             conn.write(b"0\r\n\r\n")
         self.upstream = None
         up.exchange = None
-        if r.upstream_reusable and self.req_done and not up.closed:
-            up.resume_reading()
-            self.entry.target.pool.put(up, conn.server.now)
+        entry = self.entry
+        if r.upstream_reusable and self.req_done and not up.closed and not up.dirty:
+            if up.read_paused:
+                up.resume_reading()
+            entry.target.pool.put(up, conn.server.now)
         else:
             up.close()
-        self._finish(self.status, r.close)
+        # _finish, inlined for the hot path
+        self.finished = True
+        c = entry.counters
+        dt = _perf() - self.started
+        c.requests += 1
+        c.by_class[self.status // 100 - 1] += 1
+        c.counts[bisect_left(LATENCY_BUCKETS, dt)] += 1
+        c.sum += dt
+        c.in_flight -= 1
+        entry.target.in_flight -= 1
+        self.counted = False
+        conn.exchange_done(self, r.close)
 
     def _finish(self, status: int, close: bool) -> None:
         self.finished = True
@@ -658,6 +694,7 @@ class Exchange:
         conn = self.conn
         up.tunnel = True
         conn.tunnel = self
+        conn.special = True
         conn.deadline = 0.0
         self.entry.counters.record(101, _perf() - self.started)
         self.entry.target.tunnels.add(self)

@@ -11,6 +11,7 @@ an upgrade request with a body.
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple, Sequence
 
 # Headers that describe one connection, never forwarded as they came
@@ -61,23 +62,20 @@ class Reject(NamedTuple):
 
 
 class RequestHead:
-    """What the proxy needs to know about one client request, and its head as sent upstream."""
+    """What the proxy needs to know about one client request, and its head as sent upstream.
 
-    __slots__ = (
-        "method", "keep_alive", "chunked", "content_length", "upgrade", "cookie", "upstream_head", "no_body",
-        "http10",
-    )
+    Defaults live on the class: a new head sets only what differs (hot path).
+    """
 
-    def __init__(self) -> None:
-        self.method = b""
-        self.keep_alive = True
-        self.chunked = False
-        self.content_length: int | None = None
-        self.upgrade = False
-        self.cookie: bytes | None = None
-        self.upstream_head = b""
-        self.no_body = True
-        self.http10 = False
+    method = b""
+    keep_alive = True
+    chunked = False
+    content_length: int | None = None
+    upgrade = False
+    cookie: bytes | None = None
+    upstream_head = b""
+    no_body = True
+    http10 = False
 
 
 def _tokens(value: bytes) -> list[bytes]:
@@ -114,7 +112,8 @@ def inspect_request(
 
     h = RequestHead()
     h.method = method
-    h.http10 = http10
+    if http10:
+        h.http10 = True
     out = [method, b" ", url, b" HTTP/1.1\r\n"]
     host: bytes | None = None
     hosts = 0
@@ -158,12 +157,14 @@ def inspect_request(
         if http10 or te.strip().lower() != b"chunked":
             return Reject(400, "bad-transfer-encoding")
         h.chunked = True
-    h.no_body = not h.chunked and not h.content_length
+    if h.chunked or h.content_length:
+        h.no_body = False
     if max_body is not None and h.content_length is not None and h.content_length > max_body:
         return Reject(413, "body-too-large")
 
     if conn_tokens is None:
-        h.keep_alive = not http10
+        if http10:
+            h.keep_alive = False
     elif b"close" in conn_tokens:
         h.keep_alive = False
     else:
@@ -203,19 +204,21 @@ def _drop_named(out: list[bytes], names: set[bytes]) -> list[bytes]:
 
 
 class ResponseHead:
-    """The client-bound head of one upstream response and how to frame its body."""
+    """The client-bound head of one upstream response and how to frame its body.
 
-    __slots__ = ("head", "body", "chunked_out", "close", "upstream_reusable", "tunnel", "interim")
+    ``body``: "none", "length", "chunked" (decoded by llhttp) or "eof" (until
+    the upstream closes). Defaults live on the class (hot path).
+    """
 
-    # body: "none" (no body), "length", "chunked" (decoded by llhttp), "eof" (until upstream closes)
-    def __init__(self) -> None:
-        self.head = b""
-        self.body = "none"
-        self.chunked_out = False
-        self.close = False
-        self.upstream_reusable = True
-        self.tunnel = False
-        self.interim = False
+    head = b""
+    body = "none"
+    chunked_out = False
+    close = False
+    upstream_reusable = True
+    tunnel = False
+    interim = False
+    splice = False  # forward the body's raw bytes (``length`` of them) instead of decoding it
+    length = 0
 
 
 _status_lines: dict[tuple[int, bytes], bytes] = {}
@@ -335,3 +338,73 @@ def error_response(status: int, reason: str, *, close: bool, extra: bytes = b"")
             body,
         )
     )
+
+
+# hop-by-hop (or framing) header names at the start of a line of a lower-cased head
+_SLOW_RESPONSE = re.compile(
+    rb"\n(?:connection|keep-alive|proxy-connection|proxy-authenticate|proxy-authorization|te|trailer"
+    rb"|transfer-encoding|upgrade):"
+)
+_EOF_LENGTH = 1 << 62
+
+
+def parse_head_lines(raw: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """(reason, [(name, value)]) of a raw response head that llhttp has already validated."""
+    lines = raw.split(b"\r\n")
+    reason = lines[0].split(b" ", 2)[2] if lines[0].count(b" ") >= 2 else b""
+    headers = []
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(b":")
+            headers.append((name, value.strip(b" \t")))
+    return reason, headers
+
+
+def inspect_raw_response(
+    status: int,
+    raw: bytes,
+    upstream_keep_alive: bool,
+    request: RequestHead,
+    client_http10: bool,
+    close: bool,
+    extra: bytes,
+) -> ResponseHead | Reject:
+    """The client-bound head for a raw upstream head (status line to the blank line).
+
+    Fast path: a final response without hop-by-hop headers (the common
+    Content-Length case) keeps its head bytes as they came, plus ``extra``
+    and our connection header, and its body is spliced. Anything else goes
+    through :func:`inspect_response`.
+    """
+    low = raw.lower()
+    if status >= 200 and _SLOW_RESPONSE.search(low) is None:
+        r = ResponseHead()
+        if not upstream_keep_alive:
+            r.upstream_reusable = False
+        if request.method == b"HEAD" or status == 204 or status == 304:
+            r.body = "none"
+            if request.method == b"HEAD":
+                r.upstream_reusable = False  # llhttp would wait for a body after a HEAD response
+        else:
+            i = low.find(b"\ncontent-length:")
+            if i >= 0:
+                r.body = "length"
+                r.length = int(raw[i + 16 : raw.index(b"\r", i)])
+            else:
+                r.body = "eof"
+                r.length = _EOF_LENGTH
+                r.upstream_reusable = False
+                close = True
+        r.splice = True
+        if close:
+            r.close = True
+        head = raw[:-2] if raw[:9] == b"HTTP/1.1 " else b"HTTP/1.1" + raw[8:-2]
+        if close:
+            r.head = head + extra + b"Connection: close\r\n\r\n"
+        elif client_http10:
+            r.head = head + extra + b"Connection: keep-alive\r\n\r\n"
+        else:
+            r.head = head + extra + b"\r\n"
+        return r
+    reason, headers = parse_head_lines(raw)
+    return inspect_response(status, reason, headers, upstream_keep_alive, request, client_http10, close, extra)

@@ -93,6 +93,9 @@ class ProxyState:
         self.started_at = time.time()
         self._changed: asyncio.Future | None = None
         self.rand = random.Random().getrandbits
+        # the hot path's shortcut: set when every request goes to one target
+        # (one usable release, one non-draining target, no match rules)
+        self.fast: Entry | None = None
 
     # -- table ---------------------------------------------------------------
 
@@ -128,7 +131,13 @@ class ProxyState:
                 # draining everywhere or removed: its idle connections will not be used again
                 ts.pool.close_all()
         # one assignment each; the loop is single-threaded, so no request sees half a swap
-        self.table, self.split, self.routes = table, Split(table), routes
+        sp = Split(table)
+        fast = None
+        if sp.single is not None:
+            live = [e for e in routes[sp.single.release].entries if not e.draining]
+            if len(live) == 1:
+                fast = live[0]
+        self.table, self.split, self.routes, self.fast = table, sp, routes, fast
         self.forget_unlisted()
         changed, self._changed = self._changed, None
         if changed is not None and not changed.done():

@@ -22,11 +22,16 @@ _POLL_AFTER_IDLE = 0.5
 
 
 class UpstreamConnection(asyncio.Protocol):
-    """A keep-alive HTTP/1.1 connection to one target."""
+    """A keep-alive HTTP/1.1 connection to one target.
+
+    Response heads are taken from the raw bytes (no per-header callbacks);
+    the exchange decides whether the body is *spliced* (raw bytes forwarded,
+    bounded by Content-Length) or decoded by llhttp and re-framed.
+    """
 
     __slots__ = (
-        "target", "transport", "parser", "exchange", "idle_since", "closed", "got_bytes", "uses",
-        "status", "reason", "headers", "tunnel", "_poll", "_fd", "read_paused",
+        "target", "transport", "parser", "exchange", "idle_since", "closed", "status", "tunnel", "_poll",
+        "read_paused", "hbuf", "hstart", "base", "body_from", "left", "splice", "dirty", "chunk",
     )
 
     def __init__(self, target) -> None:
@@ -36,31 +41,31 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange = None
         self.idle_since = 0.0
         self.closed = False
-        self.got_bytes = False  # any byte of the current response
-        self.uses = 0  # requests sent on this connection
         self.status = 0
-        self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
         self.tunnel = False
         self._poll = None
-        self._fd = -1
         self.read_paused = False
+        self.hbuf: bytes | None = None  # response head bytes so far (None once the head is complete)
+        self.hstart = 0  # where the current head starts in hbuf (after interim 1xx heads)
+        self.base = 0  # offset of the current chunk in hbuf
+        self.body_from = -1  # offset in the current chunk where unforwarded body bytes start
+        self.left = 0  # body bytes still to splice
+        self.splice = False
+        self.dirty = False  # the upstream sent bytes past the end of a response: never reuse
+        self.chunk = b""
 
     # -- pool side -------------------------------------------------------------
 
     def alive(self, now: float) -> bool:
         """Still usable for a new request: not closed, and (after a while idle) no EOF or stray byte waiting."""
-        if self.closed or self.transport is None or self.transport.is_closing():
+        if self.closed or self.transport.is_closing():
             return False
-        if now - self.idle_since >= _POLL_AFTER_IDLE:
-            if self._poll is None:
-                self._poll = select.poll()
-                sock = self.transport.get_extra_info("socket")
-                self._fd = sock.fileno()
-                self._poll.register(self._fd, _POLL_FLAGS)
-            if self._poll.poll(0):
-                return False
-        return True
+        if now - self.idle_since < _POLL_AFTER_IDLE:
+            return True
+        if self._poll is None:
+            self._poll = select.poll()
+            self._poll.register(self.transport.get_extra_info("socket").fileno(), _POLL_FLAGS)
+        return not self._poll.poll(0)
 
     def close(self) -> None:
         self.closed = True
@@ -72,11 +77,12 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def send(self, exchange, data: bytes) -> None:
+    def bind(self, exchange, data: bytes) -> None:
+        """Serve ``exchange``: reset per-response state and write its request head (and any body so far)."""
         self.exchange = exchange
-        self.got_bytes = False
-        self.uses += 1
-        self.headers = []
+        self.hbuf = b""
+        self.hstart = 0
+        self.splice = False
         self.transport.write(data)
 
     def pause_reading(self) -> None:
@@ -105,7 +111,18 @@ class UpstreamConnection(asyncio.Protocol):
             # bytes while idle: the stream is out of step; never reuse it
             self.close()
             return
-        self.got_bytes = True
+        hbuf = self.hbuf
+        if hbuf is not None:
+            if hbuf:
+                self.base = len(hbuf)
+                self.hbuf = hbuf + data
+            else:
+                self.base = 0
+                self.hbuf = data
+            self.body_from = -1
+        else:
+            self.body_from = 0
+        self.chunk = data
         conn = ex.conn
         conn.wbuf = []
         try:
@@ -120,10 +137,27 @@ class UpstreamConnection(asyncio.Protocol):
             if self.exchange is not None:
                 self.exchange.upstream_broken(self, "upstream-bad-response")
         finally:
+            if self.body_from >= 0 and self.splice and self.exchange is ex:
+                self._splice(data, conn)
             buf = conn.wbuf
             conn.wbuf = None
             if buf and not conn.closed:
                 conn.transport.write(buf[0] if len(buf) == 1 else b"".join(buf))
+
+    def _splice(self, data: bytes, conn) -> None:
+        start = self.body_from
+        self.body_from = -1
+        n = len(data) - start
+        if n <= 0:
+            return
+        left = self.left
+        if n > left:
+            self.dirty = True  # bytes past the response's end: drop them, never reuse
+            n = left
+            if not n:
+                return
+        self.left = left - n
+        conn.write(data if n == len(data) else data[start : start + n])
 
     def eof_received(self):
         return False  # close the transport; connection_lost follows
@@ -136,8 +170,7 @@ class UpstreamConnection(asyncio.Protocol):
             ex.upstream_lost(self, exc)
         else:
             self.target.pool.discard(self)
-        if self._poll is not None:
-            self._poll = None
+        self._poll = None
 
     def pause_writing(self) -> None:
         if self.exchange is not None:
@@ -149,29 +182,40 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks -----------------------------------------------
 
-    def on_status(self, reason: bytes) -> None:
-        self.reason = reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-
     def on_headers_complete(self) -> None:
         p = self.parser
-        self.status = p.get_status_code()
-        if self.exchange is None:
+        status = self.status = p.get_status_code()
+        ex = self.exchange
+        if ex is None:
             return
-        self.exchange.on_response_head(self, self.status, self.reason, self.headers, p.should_keep_alive())
-        self.headers = []
+        hbuf = self.hbuf
+        start = self.hstart
+        end = hbuf.find(b"\r\n\r\n", start) + 4
+        raw = hbuf[start:end] if start or end != len(hbuf) else hbuf
+        if status < 200 and status != 101:
+            self.hstart = end
+            ex.on_interim(raw)
+            return
+        self.hbuf = None
+        self.body_from = end - self.base
+        ex.on_response_head(self, status, raw, p.should_keep_alive())
 
     def on_body(self, data: bytes) -> None:
-        ex = self.exchange
-        if ex is not None:
-            ex.on_response_body(data)
+        if not self.splice:
+            ex = self.exchange
+            if ex is not None:
+                ex.on_response_body(data)
 
     def on_message_complete(self) -> None:
         ex = self.exchange
-        if ex is not None and (self.status >= 200 or self.status == 101):
-            ex.on_response_done(self)
+        if ex is None:
+            return
+        status = self.status
+        if status < 200 and status != 101:
+            return
+        if self.splice and self.body_from >= 0:
+            self._splice(self.chunk, ex.conn)
+        ex.on_response_done(self)
 
 
 async def connect(loop: asyncio.AbstractEventLoop, target, timeout: float) -> UpstreamConnection:
