@@ -182,6 +182,21 @@ class StatusSampler:
             self._stop.wait(self.interval)
 
 
+def warm(load, n: int = 50, timeout: float = 30.0, stack: Stack | None = None) -> None:
+    """``load.wait_served(served + n)``; on a timeout, fail with why the requests failed (and the proxy log tail)."""
+    try:
+        load.wait_served(load.served + n, timeout=timeout)
+    except TimeoutError as e:
+        snap = load.snapshot()
+        tail = ""
+        if stack is not None:
+            try:
+                tail = (stack.state / "logs" / "proxy.log").read_text()[-1500:]
+            except OSError:
+                pass
+        raise AssertionError(f"{e}\n{snap.format()}\nproxy log tail:\n{tail}") from None
+
+
 def serving(status: dict) -> int:
     """Healthy, alive, routed instances in a status picture."""
     return sum(1 for i in status.get("instances", []) if i["state"] == "healthy" and i["alive"] and i["routed"])

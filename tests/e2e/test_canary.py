@@ -15,7 +15,7 @@ import time
 import pytest
 
 from nonstop.testing.load import LoadClient
-from tests.e2e._canary_helpers import StickyUsers, canary_of
+from tests.e2e._canary_helpers import StickyUsers, canary_of, warm
 from tests.e2e.artifacts import RUN_COMMAND, make_artifact
 from tests.e2e.helpers import wait_for
 
@@ -62,11 +62,11 @@ def test_good_canary_through_all_steps_with_sticky_users(stack_factory, arts):
     st.deploy("v1", "--artifact", str(arts["good"]), "--strategy", "blue-green")
     host, port = "127.0.0.1", st.listen
     with LoadClient(st.url, **LOAD) as load, StickyUsers(host, port, users=20, rate=40) as users:
-        load.wait_served(50, timeout=30)
+        warm(load, 50, stack=st)
         t0 = time.monotonic()
         res = st.deploy("v2", "--artifact", str(arts["good"]))
         took = time.monotonic() - t0
-        load.wait_served(load.served + 50, timeout=30)
+        warm(load, 50, stack=st)
         time.sleep(1.0)
     result = load.result
     assert res["ok"] and res["state"] == "promoted", res
@@ -121,12 +121,12 @@ def test_faulty_canary_is_rolled_back_with_bounded_failures(stack_factory, arts)
     st.deploy("v1", "--artifact", str(arts["good"]), "--strategy", "blue-green")
     load_cfg = dict(rate=rate, keepalive=4, new=2, post=0, slow=0, timeout=15)
     with LoadClient(st.url, **load_cfg) as load:
-        load.wait_served(60, timeout=30)
+        warm(load, 60, stack=st)
         t0 = time.monotonic()
         res = st.deploy("v2", "--artifact", str(arts["faulty"]), expect=1)
         took = time.monotonic() - t0
         after = load.served
-        load.wait_served(after + 120, timeout=30)  # ~2s more on the stable release only
+        warm(load, 120, stack=st)  # ~2s more on the stable release only
     result = load.result
     assert res["state"] == "rolled_back", res
     assert "analysis failed 2 time(s)" in res["reason"] and "canary 5xx rate" in res["reason"], res["reason"]
@@ -163,7 +163,7 @@ def test_header_match_reaches_the_canary_at_zero_then_abort(stack_factory, arts)
     )
     st.deploy("v1", "--artifact", str(arts["good"]), "--strategy", "blue-green")
     with LoadClient(st.url, **LOAD) as load:
-        load.wait_served(50, timeout=30)
+        warm(load, 50, stack=st)
         proc = st.cli_async("deploy", "--version", "v2", "--artifact", str(arts["good"]), "--json")
         try:
             cn = wait_for(lambda: canary_of(st.status()) if (canary_of(st.status()) or {}).get("phase") == "paused_manual" else None,
@@ -185,7 +185,7 @@ def test_header_match_reaches_the_canary_at_zero_then_abort(stack_factory, arts)
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
-        load.wait_served(load.served + 50, timeout=30)
+        warm(load, 50, stack=st)
     assert proc.returncode == 1, (out[-2000:], err[-2000:])
     import json
 
@@ -207,7 +207,7 @@ def test_steering_pause_resume_promote_full(stack_factory, arts):
     )
     st.deploy("v1", "--artifact", str(arts["good"]), "--strategy", "blue-green")
     with LoadClient(st.url, **LOAD) as load:
-        load.wait_served(50, timeout=30)
+        warm(load, 50, stack=st)
         proc = st.cli_async("deploy", "--version", "v2", "--artifact", str(arts["good"]), "--json")
         try:
             def at(phase, weight):
@@ -236,7 +236,7 @@ def test_steering_pause_resume_promote_full(stack_factory, arts):
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
-        load.wait_served(load.served + 50, timeout=30)
+        warm(load, 50, stack=st)
     assert proc.returncode == 0, (out[-2000:], err[-2000:])
     result = load.result
     assert result.failed == 0, result.format()
@@ -255,7 +255,7 @@ def test_too_little_traffic_waits_instead_of_promoting(stack_factory, arts):
     st.deploy("v1", "--artifact", str(arts["good"]), "--strategy", "blue-green")
     # All loopback clients without a cookie hash to one bucket (32): at 10% none reaches the canary.
     with LoadClient(st.url, **LOAD) as load:
-        load.wait_served(50, timeout=30)
+        warm(load, 50, stack=st)
         proc = st.cli_async("deploy", "--version", "v2", "--artifact", str(arts["good"]), "--json")
         try:
             def waiting():
@@ -274,7 +274,7 @@ def test_too_little_traffic_waits_instead_of_promoting(stack_factory, arts):
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
-        load.wait_served(load.served + 30, timeout=30)
+        warm(load, 30, stack=st)
     assert proc.returncode == 0, (out[-2000:], err[-2000:])
     import json
 

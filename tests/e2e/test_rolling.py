@@ -14,7 +14,7 @@ import time
 import pytest
 
 from nonstop.testing.load import LoadClient
-from tests.e2e._canary_helpers import StatusSampler, nth_start_fails_artifact, serving
+from tests.e2e._canary_helpers import StatusSampler, nth_start_fails_artifact, serving, warm
 from tests.e2e.artifacts import RUN_COMMAND, make_artifact
 
 LOAD = dict(rate=60, keepalive=3, new=2, post=1, slow=1, slow_ms=500, timeout=15)
@@ -47,11 +47,11 @@ def test_rolling_over_three_instances(stack_factory, arts, surge, unavailable):
     s0 = st.status()
     assert serving(s0) == n, s0["instances"]
     with LoadClient(st.url, **LOAD) as load, StatusSampler(st) as sampler:
-        load.wait_served(60, timeout=30)
+        warm(load, 60, stack=st)
         t0 = time.monotonic()
         res = st.deploy("v2", "--artifact", str(arts["good"]))
         took = time.monotonic() - t0
-        load.wait_served(load.served + 60, timeout=30)
+        warm(load, 60, stack=st)
     result = load.result
     assert res["ok"] and res["state"] == "promoted", res
     assert result.failed == 0, result.format()
@@ -80,11 +80,11 @@ def test_rolling_third_instance_fails_health_is_rolled_back(stack_factory, arts,
     st.deploy("v1", "--artifact", str(arts["good"]))
     bad = nth_start_fails_artifact(tmp_path / "artifacts", "third-fails", (3,), "--boot-seconds", "0.3")
     with LoadClient(st.url, **LOAD) as load, StatusSampler(st) as sampler:
-        load.wait_served(60, timeout=30)
+        warm(load, 60, stack=st)
         t0 = time.monotonic()
         res = st.deploy("v2", "--artifact", str(bad), expect=1)
         took = time.monotonic() - t0
-        load.wait_served(load.served + 60, timeout=30)
+        warm(load, 60, stack=st)
     result = load.result
     assert res["state"] == "rolled_back", res
     assert "did not become healthy" in res["reason"], res["reason"]
@@ -110,9 +110,9 @@ def test_blue_green_with_two_instances(stack_factory, arts):
     st = stack_factory(n_ports=4, run={"command": RUN_COMMAND, "instances": 2})
     st.deploy("v1", "--artifact", str(arts["good"]))
     with LoadClient(st.url, **LOAD) as load:
-        load.wait_served(60, timeout=30)
+        warm(load, 60, stack=st)
         res = st.deploy("v2", "--artifact", str(arts["good"]))
-        load.wait_served(load.served + 60, timeout=30)
+        warm(load, 60, stack=st)
     assert res["ok"], res
     result = load.result
     assert result.failed == 0, result.format()

@@ -164,13 +164,21 @@ class CanaryDriver:
         else:
             msg = f"step {self.state.step + 1}/{n}: {weight}% of traffic to {r.release.id}"
         await r.step("canary", msg, weight=weight, canary_step=self.state.step + 1, canary_steps=n)
-        await r.traffic.set(self._split(weight))
-        await r.emit("weight", msg, weight=weight, release=r.release.id)
+        split = self._split(weight)
+        await r.traffic.set(split)
+        await r.emit(
+            "weight", f"{r.release.id} {weight}%, {r.stable.id} {100 - weight}%"
+            + (f" (+ requests matching {self._match_words()})" if self.plan.has_match else ""),
+            weight=weight, release=r.release.id,
+        )
         # A new window starts with the new weight.
         self.window_snap = await self._stats()
         self.window_t = time.monotonic()
         self.next_analysis = self.window_t + self.s.analysis.interval
         self.last = None
+
+    def _match_words(self) -> str:
+        return ", ".join([f"header {k}: {v}" for k, v in self.match_headers] + [f"cookie {k}={v}" for k, v in self.match_cookies])
 
     def _split(self, weight: int) -> Split:
         r = self.r

@@ -45,7 +45,18 @@ def _limits(r: Run) -> tuple[int, int, int]:
 
 
 def _split(r: Run, old_release: str | None, old: list[InstanceRecord], new_release: str, new: list[InstanceRecord], sticky: bool) -> Split:
-    """Both releases routed, weights proportional to their instance counts (new one listed first)."""
+    """Both releases routed, weights proportional to their instance counts (new one listed first).
+
+    An instance that supervision took out of rotation (unhealthy, being restarted) stays out
+    until it is healthy again."""
+    store = r.deployer.store
+
+    def healthy(x: InstanceRecord) -> bool:
+        cur = store.get_instance(x.id)
+        return cur is None or cur.state == "healthy"
+
+    old = [x for x in old if healthy(x)] or old
+    new = [x for x in new if healthy(x)] or new
     new_side = Side(new_release, tuple(Fleet.addr(x) for x in new))
     if not old or old_release is None:
         return Split(stable=new_side, sticky=sticky)
