@@ -251,3 +251,36 @@ def test_large_bodies_stream_both_ways_with_bounded_memory():
         await app.stop()
 
     run(main(), timeout=180)
+
+
+def test_drain_closes_upgraded_connections_after_their_own_timeout():
+    async def main():
+        import base64
+
+        from backends import ws_frame, ws_read
+
+        v1, v2 = await App("v1").start(), await App("v2").start()
+        with run_proxy() as p:
+            admin = AdminClient(p.admin_socket)
+            await admin.put_routes(two_releases(v1.addr, v2.addr, 0))
+            reader, writer = await asyncio.open_connection(*split_addr(p.addr))
+            key = base64.b64encode(os.urandom(16)).decode()
+            writer.write(f"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+            assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 101")
+            slow = asyncio.ensure_future(get(p.addr, "/sleep?s=0.5"))
+            await asyncio.sleep(0.1)
+            await admin.put_routes(two_releases(v1.addr, v2.addr, 100, draining_v1=True))
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            res = await admin.drain([v1.addr], timeout=5, upgraded_timeout=1.5)
+            took = loop.time() - t0
+            assert res == {"drained": True, "in_flight": {v1.addr: 0}}
+            assert 1.3 < took < 4, took  # waited for the tunnel's own timeout, not the request one
+            assert (await slow).status == 200
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # the WebSocket was closed by the drain
+            writer.close()
+        await v1.stop()
+        await v2.stop()
+
+    run(main())

@@ -304,3 +304,101 @@ def test_removed_target_is_implicitly_draining_and_forgotten_when_idle():
         await v2.stop()
 
     run(main())
+
+
+def test_all_targets_of_the_release_dead_falls_back_to_the_next_release():
+    async def main():
+        other = await App("other").start()
+        dead = closed_port()
+        async with proxy() as srv:
+            srv.state.apply(table(("v1", 100, [dead]), ("v2", 0, [other.addr])))
+            r = await get(srv.listen_addr, "/")
+            assert r.status == 200 and r.json()["app"] == "other"
+            assert r.headers["x-nonstop-release"] == "v2"
+        await other.stop()
+
+    run(main())
+
+
+def test_bytes_past_the_end_of_a_response_are_dropped_and_the_connection_not_reused():
+    async def main():
+        async def sloppy(reader, writer):
+            while await read_head(reader):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil")
+                await writer.drain()
+
+        bad = await Raw(sloppy).start()
+        async with proxy(bad.addr) as srv:
+            c = Client(srv.listen_addr)
+            for _ in range(3):
+                r = await c.request("GET", "/")
+                assert r.status == 200 and r.body == b"hi"
+            assert bad.requests == 3  # a fresh upstream connection each time
+            await c.close()
+        await bad.stop()
+
+    run(main())
+
+
+def test_keep_alive_headers_from_a_node_like_upstream_take_the_general_path():
+    async def main():
+        async def node_like(reader, writer):
+            while await read_head(reader):
+                writer.write(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+                await writer.drain()
+
+        up = await Raw(node_like).start()
+        async with proxy(up.addr) as srv:
+            c = Client(srv.listen_addr)
+            for _ in range(3):
+                r = await c.request("GET", "/")
+                assert r.body == b"hello" and "keep-alive" not in r.headers and "connection" not in r.headers
+            assert up.connections == 1  # upstream connection reused
+            await c.close()
+        await up.stop()
+
+    run(main())
+
+
+def test_upstream_connection_close_is_honoured_and_http10_upstream_is_fine():
+    async def main():
+        async def one_shot(reader, writer):
+            await read_head(reader)
+            writer.write(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nold")
+            await writer.drain()
+            writer.close()
+
+        up = await Raw(one_shot).start()
+        async with proxy(up.addr) as srv:
+            c = Client(srv.listen_addr)
+            for _ in range(3):
+                r = await c.request("GET", "/")
+                assert r.status == 200 and r.body == b"old"
+            assert c.connections == 1  # the client keeps its connection
+            assert srv.state.pairs[("static", up.addr)].proxy_errors == 0
+            await c.close()
+        await up.stop()
+
+    run(main())
+
+
+def test_early_hints_are_relayed_before_the_response():
+    async def main():
+        async def hints(reader, writer):
+            await read_head(reader)
+            writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            await asyncio.sleep(1)
+
+        up = await Raw(hints).start()
+        async with proxy(up.addr) as srv:
+            out = await raw(srv.listen_addr, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            assert out.startswith(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\n")
+            assert out.endswith(b"\r\n\r\nok")
+        await up.stop()
+
+    run(main())
