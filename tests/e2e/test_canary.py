@@ -86,9 +86,16 @@ def test_good_canary_through_all_steps_with_sticky_users(stack_factory, arts):
     assert len(flips) == 20
     for user, seq in flips.items():
         assert seq in (["v1"], ["v2"], ["v1", "v2"]), (user, users.buckets[user], seq)
-    # everyone is on v2 at the end; users below 10 were the first canary users
-    last = {s.user: s.version for s in users.seen if s.version}
-    assert set(last.values()) == {"v2"}
+    # everyone started on v1 and is on v2 at the end: each user moved exactly once
+    assert all(seq == ["v1", "v2"] for seq in flips.values()), flips
+    # raising the weight only added users: buckets < 10 moved at 10%, 10..49 at 50%, the rest at 100%
+    first_v2: dict[int, float] = {}
+    for s in users.seen:
+        if s.version == "v2":
+            first_v2.setdefault(s.bucket, s.t)
+    groups = [[t for b, t in first_v2.items() if lo <= b < hi] for lo, hi in ((0, 10), (10, 50), (50, 100))]
+    assert all(groups), groups
+    assert max(groups[0]) < min(groups[1]) and max(groups[1]) < min(groups[2]), groups
     st_json = st.status()
     assert st_json["live_release"] == "v2"
     assert [r["release"] for r in st_json["routes"]] == ["v2"]
