@@ -139,6 +139,9 @@ def test_new_user_gets_a_sticky_cookie_and_keeps_its_release(kind, tmp_path):
                 rr = await get(cfg.listen, headers={"Cookie": bucket})
                 assert version(rr) == first
                 assert "set-cookie" not in rr.headers
+            # one release: nothing to pin, no cookie (as the embedded proxy)
+            await router.apply(Routing((one("v1", b1.addr),)))
+            assert "set-cookie" not in (await get(cfg.listen)).headers
 
     run(go())
 
@@ -301,5 +304,41 @@ def test_restart_keeps_the_routing(kind, tmp_path):
             assert await router.current() == routing
             r = await wait_serving(cfg.listen)
             assert version(r) == "v2"
+
+    run(go())
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_targets_within_a_release_share_and_a_draining_one_gets_nothing_new(kind, tmp_path):
+    async def go():
+        async with routed(kind, tmp_path, versions=("a", "b")) as (router, cfg, (ba, bb)):
+            both = Routing((ReleaseRoute("v1", 100, (Target(ba.addr), Target(bb.addr))),))
+            await router.apply(both)
+            await wait_serving(cfg.listen)
+            res = await load(cfg.listen, 1.0, clients=4, path="/slow?ms=5")
+            seen = collections.Counter()
+            for _ in range(30):
+                seen[version(await get(cfg.listen, "/slow?ms=5"))] += 1
+            assert seen["a"] and seen["b"], (seen, res)
+            one_left = Routing((ReleaseRoute("v1", 100, (Target(ba.addr, draining=True), Target(bb.addr))),))
+            await router.apply(one_left)
+            assert await router.drain([ba.addr], 10)
+            for _ in range(20):
+                assert version(await get(cfg.listen)) == "b"
+            assert await router.current() == one_left
+
+    run(go())
+
+
+@pytest.mark.parametrize("kind", kinds("nginx-managed"))
+def test_nginx_skips_the_reload_when_nginx_would_see_no_change(kind, tmp_path):
+    async def go():
+        async with routed(kind, tmp_path) as (router, cfg, (b1, b2)):
+            await router.apply(Routing((one("v2", b2.addr), ReleaseRoute("v1", 0, (Target(b1.addr, draining=True),)))))
+            master = router._master()
+            workers = {c.pid for c in master.children()}
+            await router.apply(Routing((one("v2", b2.addr),)))  # the draining release left out already
+            assert {c.pid for c in master.children()} == workers  # no reload: same workers
+            assert await router.current() == Routing((one("v2", b2.addr),))
 
     run(go())

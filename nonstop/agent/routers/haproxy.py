@@ -75,6 +75,9 @@ class HaproxyRouter(Router):
         self.rc = rc
         self.app = cfg.app
         self.mode = rc.mode
+        if self.mode == "external":
+            # Only a backend's servers: weights split requests, no user buckets, no match rules.
+            self.capabilities = ROUTER_CAPABILITIES["haproxy"] - {"match", "sticky"}
         self.dir = Path(state_dir) / "haproxy"
         self.paths = HaproxyPaths(str(self.dir))
         socket_path = str(cfg.path(rc.socket)) if rc.socket else self.paths.socket
@@ -229,7 +232,10 @@ class HaproxyRouter(Router):
             # 2. Switch: new releases reachable, then the split, then the old releases unreachable.
             both = {**{n: s for n, s in old_slots.items()}, **slots}
             await self.api.replace_map(self.paths.map("release"), [(n, backend_name(self.app, s)) for n, s in both.items()])
-            await self.api.replace_map(self.paths.map("settings"), [("sticky", "1" if routing.sticky else "0")])
+            splits = len(set(p.by_bucket)) > 1  # the bucket cookie is sent only while buckets matter
+            await self.api.replace_map(
+                self.paths.map("settings"), [("sticky", "1" if routing.sticky else "0"), ("split", "1" if splits else "0")]
+            )
             if not self.key.empty:  # without match names the config never loads match.map
                 await self.api.replace_map(self.paths.map("match"), matches)
             await self.api.replace_map(self.paths.map("bucket"), bucket_entries(p))

@@ -193,7 +193,8 @@ frontend nonstop_{ident(app)}
     # User bucket: the {COOKIE_NAME} cookie when valid, else crc32(client address) % 100 (as the embedded proxy).
     http-request set-var({v}_sticky) str(sticky),map({m['settings']},1)
     http-request set-var({v}_bucket) req.cook({COOKIE_NAME}) if {{ var({v}_sticky) -m str 1 }} {{ req.cook({COOKIE_NAME}) -m reg ^([0-9]|[1-9][0-9])$ }}
-    http-request set-var({v}_setck) str(1) if {{ var({v}_sticky) -m str 1 }} !{{ var({v}_bucket) -m found }}
+    http-request set-var({v}_split) str(split),map({m['settings']},1)
+    http-request set-var({v}_setck) str(1) if {{ var({v}_sticky) -m str 1 }} {{ var({v}_split) -m str 1 }} !{{ var({v}_bucket) -m found }}
     http-request set-var-fmt({v}_ip) "%[src]" if {{ var({v}_sticky) -m str 1 }} !{{ var({v}_bucket) -m found }}
     http-request set-var({v}_bucket) var({v}_ip),crc32,mod({BUCKETS}) if {{ var({v}_sticky) -m str 1 }} !{{ var({v}_bucket) -m found }}
     http-request set-var({v}_bucket) rand({BUCKETS}) if !{{ var({v}_bucket) -m found }}
@@ -216,4 +217,5 @@ def _ms(seconds: float) -> str:
 
 def initial_maps(routing: Routing | None) -> dict[str, str]:
     """Map files as written before start: empty routing, sticky on."""
-    return {"bucket": "", "match": "", "release": "", "settings": f"sticky {1 if (routing is None or routing.sticky) else 0}\n"}
+    sticky = 1 if (routing is None or routing.sticky) else 0
+    return {"bucket": "", "match": "", "release": "", "settings": f"sticky {sticky}\nsplit 0\n"}

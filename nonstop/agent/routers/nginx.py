@@ -139,6 +139,13 @@ class NginxRouter(Router):
         async with self._lock:
             started = time.monotonic()
             old = self._read_or_none(self.upstream_file)
+            if old is not None and _body(old) == _body(text) and (self.mode == "external" or self._master()):
+                # Same config for nginx (e.g. a target marked draining is simply left out, as removing it
+                # would): no reload, so no keep-alive connection is dropped for nothing.
+                self._write(self.upstream_file, text)
+                self._save_sidecar(routing)
+                log.info("nginx apply: nothing changed for nginx; no reload")
+                return
             self._write(self.upstream_file, text)
             try:
                 await self._run_test()
@@ -422,6 +429,11 @@ def _all_workers() -> dict[int, tuple[int, float]]:
         except psutil.Error:
             continue
     return out
+
+
+def _body(text: str) -> str:
+    """The include without nonstop's routing comment: what nginx actually reads."""
+    return "".join(line for line in text.splitlines(keepends=True) if not line.startswith(ROUTING_MARK))
 
 
 async def _wait_stopped_accepting(workers: dict[int, float], timeout: float) -> None:

@@ -194,11 +194,14 @@ def render_upstreams(app: str, routing: Routing, *, keepalive: int = 32, log_for
         out.append(f"    1% {b};\n")
     out.append(f"    * {BUCKETS - 1};\n}}\n")
     if routing.sticky:
+        # The cookie pins a new user's bucket only while buckets matter (more than one release splits).
+        splits = len(set(p.by_bucket)) > 1
+        pin = f'"{COOKIE_NAME}=${v}_hash_bucket; {COOKIE_ATTRS}"' if splits else '""'
         out.append(
             f"\nmap ${v}_cookie_bucket ${v}_bucket {{\n"
             f'    "" ${v}_hash_bucket;\n    default ${v}_cookie_bucket;\n}}\n'
             f"\nmap ${v}_cookie_bucket ${v}_set_cookie {{\n"
-            f'    "" "{COOKIE_NAME}=${v}_hash_bucket; {COOKIE_ATTRS}";\n    default "";\n}}\n'
+            f'    "" {pin};\n    default "";\n}}\n'
         )
     else:
         out.append(
