@@ -120,3 +120,43 @@ def test_blue_green_with_two_instances(stack_factory, arts):
     routed = [i for i in st_json["instances"] if i["routed"]]
     assert len(routed) == 2 and {i["release"] for i in routed} == {"v2"}
     assert [len(r["targets"]) for r in st_json["routes"]] == [2]
+
+
+def test_rolling_abort_mid_rollout_rolls_back(stack_factory, arts, tmp_path):
+    """`nonstop abort` while the second batch boots: the replaced instance comes back, zero failures."""
+    n = 3
+    st = rolling_stack(stack_factory, n, 1, 0)
+    st.deploy("v1", "--artifact", str(arts["good"]))
+    slow = make_artifact(tmp_path / "artifacts", "slowboot", "--boot-seconds", "3")
+    with LoadClient(st.url, **LOAD) as load, StatusSampler(st) as sampler:
+        warm(load, 60, stack=st)
+        proc = st.cli_async("deploy", "--version", "v2", "--artifact", str(slow), "--json")
+        try:
+            def second_batch():
+                d = st.status().get("deployment") or {}
+                return (d.get("rolling") or {}).get("batch") == 2
+            from tests.e2e.helpers import wait_for
+
+            wait_for(second_batch, timeout=60, interval=0.2, what="the second batch")
+            r = st.cli("pause")
+            assert r.code == 2 and "cannot be paused" in (r.out + r.err)
+            assert st.cli("abort").code == 0
+            out, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        warm(load, 60, stack=st)
+    import json
+
+    assert proc.returncode == 1, (out[-2000:], err[-2000:])
+    res = json.loads(out)
+    assert res["state"] == "aborted", res
+    result = load.result
+    assert result.failed == 0, result.format()
+    counts = [serving(s) for _, s in sampler.samples]
+    assert min(counts) >= n, counts
+    st_json = st.status()
+    assert st_json["live_release"] == "v1" and serving(st_json) == n
+    assert {i["release"] for i in st_json["instances"]} == {"v1"}, st_json["instances"]
+    print(f"\nrolling abort: {result.total} requests, 0 failed, serving min {min(counts)} (floor {n})")
