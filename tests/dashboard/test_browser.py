@@ -128,3 +128,22 @@ def test_promote_with_the_token_finishes_the_canary(agent_stack: AgentStack, pag
     assert res.by_version().get("v2", 0) > 0
     wait_for(lambda: all(i["release"] == "v2" for i in state_json(agent_stack)["status"]["instances"]), 20, what="v1 stopped")
     assert page.errors == []
+
+
+def test_rollback_button_goes_back_to_the_previous_release(agent_stack: AgentStack, page):
+    open_dashboard(page, agent_stack, f"#token={agent_stack.token}")
+    expect(page.get_by_test_id("auth-state")).to_have_text("can steer")
+    expect(page.get_by_test_id("live-release")).to_have_text("v2")
+    button = page.get_by_test_id("btn-rollback")
+    expect(button).to_be_enabled()
+    page.once("dialog", lambda d: d.accept())  # "Roll back to v1? …"
+    with page.expect_response(lambda r: r.url.endswith("/api/rollback")) as resp:
+        button.click()
+    assert resp.value.status == 200, resp.value.text()
+    expect(page.get_by_test_id("live-release")).to_have_text("v1", timeout=30_000)
+    expect(page.locator("#deployments tbody tr").first).to_contain_text("rollback")
+    expect(page.locator("#deployments tbody tr").first).to_contain_text("promoted")
+    expect(page.locator("#releases tbody tr[data-release=v2] .badge")).to_have_text("bad")
+    # with v2 marked bad and v1 live, there is nothing left to roll back to
+    expect(button).to_be_disabled()
+    assert page.errors == []
