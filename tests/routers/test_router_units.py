@@ -87,6 +87,9 @@ def test_log_tail_follows_rotation_and_partial_lines(tmp_path):
     os.replace(path, tmp_path / "access.log.1")  # logrotate's rename
     path.write_bytes(b"new-1\n")
     assert tail.read() == [b"two", b"last-of-old", b"new-1"]
+    with open(tmp_path / "access.log.1", "ab") as f:
+        f.write(b"late-in-old\n")  # a writer that has not reopened yet
+    assert tail.read() == [b"late-in-old"]
     path.write_bytes(b"x\n")  # truncated in place (copytruncate)
     assert tail.read() == [b"x"]
     tail.close()

@@ -342,3 +342,29 @@ def test_nginx_skips_the_reload_when_nginx_would_see_no_change(kind, tmp_path):
             assert await router.current() == Routing((one("v2", b2.addr),))
 
     run(go())
+
+
+@pytest.mark.parametrize("kind", kinds("haproxy-managed", "nginx-managed"))
+def test_stats_keep_counting_across_log_rotation(kind, tmp_path, monkeypatch):
+    import nonstop.agent.routers.haproxy as hp
+    import nonstop.agent.routers.nginx as ng
+
+    monkeypatch.setattr(hp, "LOG_TRUNCATE_BYTES", 1)  # truncate (HAProxy) / rotate (nginx) at every read
+    monkeypatch.setattr(ng, "LOG_ROTATE_BYTES", 1)
+
+    async def go():
+        async with routed(kind, tmp_path) as (router, cfg, (b1, b2)):
+            await router.apply(Routing((one("v1", b1.addr),)))
+            await wait_serving(cfg.listen)
+            await asyncio.sleep(0.2)
+            base = (await router.stats())["releases"].get("v1", {}).get("requests", 0)
+            for _ in range(3):
+                for _ in range(10):
+                    await get(cfg.listen)
+                await asyncio.sleep(0.3)
+                await router.stats()
+            await asyncio.sleep(0.3)
+            snap = await router.stats()
+            assert snap["releases"]["v1"]["requests"] - base == 30
+
+    run(go())

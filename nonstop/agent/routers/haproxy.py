@@ -57,6 +57,7 @@ __all__ = ["HaproxyRouter"]
 
 log = logging.getLogger("nonstop.router.haproxy")
 
+LOG_TRUNCATE_BYTES = 64 << 20
 _MAINT = 0x01  # srv_admin_state bit: forced maintenance
 _DRAIN = 0x08  # srv_admin_state bit: forced drain
 
@@ -368,6 +369,7 @@ class HaproxyRouter(Router):
                 if rec and rec["target"] in self._alias:
                     rec["target"] = self._alias[rec["target"]]
             self._book.add_all(records)
+            self._maybe_truncate_log()
             return self._book.snapshot(in_flight)
         return self._external_stats(ours)
 
@@ -490,6 +492,16 @@ class HaproxyRouter(Router):
         if self.mode == "managed" and self._tail is None:
             self._tail = LogTail(self.paths.access_log, from_end=True)
             self._tail.read()
+
+    def _maybe_truncate_log(self) -> None:
+        """HAProxy writes its log to its stdout, which cannot be reopened: past the limit, the file is
+        truncated in place right after being read (opened O_APPEND, so writes continue at 0). Lines
+        written between that read and the truncation are lost from stats (a few at most)."""
+        try:
+            if os.path.getsize(self.paths.access_log) >= LOG_TRUNCATE_BYTES:
+                os.truncate(self.paths.access_log, 0)
+        except OSError as e:
+            log.warning("haproxy managed: cannot truncate %s: %s", self.paths.access_log, e)
 
     def _error_tail(self, lines: int = 5) -> str:
         try:

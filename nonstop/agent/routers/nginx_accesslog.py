@@ -5,7 +5,8 @@ Two small parts:
 - ``LogTail`` follows a file by offset: each ``read()`` returns the complete
   new lines since the last call. It keeps the file open, so a rotation by
   rename (logrotate's default) loses nothing: the rest of the old file is read
-  to its end, then the new file from its start. A file truncated in place
+  to its end, then the new file from its start, and the old one is still read
+  for a few seconds (writers reopen their log a little later). A file truncated in place
   (``copytruncate``) is read again from 0.
 - ``StatsBook`` folds records (``release``, ``target``, ``status``,
   ``seconds``, ``proxy_error``) into cumulative counters in the
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -28,11 +30,16 @@ LATENCY_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 
 class LogTail:
     """Complete new lines of a growing file, across rotation. Not thread-safe; one reader."""
 
+    ROTATED_GRACE = 5.0  # seconds the previous file is still read after a rotation (writers reopen late)
+
     def __init__(self, path: str, *, from_end: bool = False, max_read: int = 8 << 20) -> None:
         self.path = path
         self._f: Any = None
         self._ino: int | None = None
         self._partial = b""
+        self._prev: Any = None  # the file before the last rotation, read until its writers moved on
+        self._prev_partial = b""
+        self._prev_until = 0.0
         self._from_end = from_end
         self._max_read = max_read
 
@@ -48,12 +55,19 @@ class LogTail:
         return True
 
     def read(self) -> list[bytes]:
-        """New complete lines (without the newline); at most ``max_read`` bytes per call."""
+        """New complete lines (without the newline); at most about ``max_read`` bytes per call."""
+        lines: list[bytes] = []
+        if self._prev is not None:
+            data = self._prev.read(self._max_read)
+            if data:
+                lines.extend(self._split_prev(data))
+            elif time.monotonic() > self._prev_until:
+                self._prev.close()
+                self._prev = None
         if self._f is None:
             if not self._open(self._from_end):
-                return []
+                return lines
             self._from_end = False
-        lines: list[bytes] = []
         budget = self._max_read
         while budget > 0:
             chunk = self._f.read(min(budget, 1 << 20))
@@ -65,9 +79,12 @@ class LogTail:
             try:
                 st = os.stat(self.path)
             except FileNotFoundError:
-                break
+                break  # renamed, new one not created yet: keep reading the old one
             if st.st_ino != self._ino:
-                self._f.close()
+                if self._prev is not None:
+                    self._prev.close()
+                self._prev, self._prev_partial = self._f, self._partial
+                self._prev_until = time.monotonic() + self.ROTATED_GRACE
                 self._f, self._partial = None, b""
                 if not self._open(False):
                     break
@@ -80,15 +97,20 @@ class LogTail:
         return lines
 
     def _split(self, chunk: bytes) -> list[bytes]:
-        data = self._partial + chunk
-        parts = data.split(b"\n")
+        parts = (self._partial + chunk).split(b"\n")
         self._partial = parts.pop()
         return [p for p in parts if p]
 
+    def _split_prev(self, chunk: bytes) -> list[bytes]:
+        parts = (self._prev_partial + chunk).split(b"\n")
+        self._prev_partial = parts.pop()
+        return [p for p in parts if p]
+
     def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
+        for f in (self._f, self._prev):
+            if f is not None:
+                f.close()
+        self._f = self._prev = None
 
 
 @dataclass
