@@ -368,3 +368,24 @@ def test_stats_keep_counting_across_log_rotation(kind, tmp_path, monkeypatch):
             assert snap["releases"]["v1"]["requests"] - base == 30
 
     run(go())
+
+
+@pytest.mark.parametrize("kind", kinds("nginx-managed", "haproxy-managed"))
+def test_a_new_router_object_adopts_the_running_server(kind, tmp_path):
+    """The agent restarted: a fresh router object finds the running nginx / HAProxy and keeps serving."""
+
+    async def go():
+        async with routed(kind, tmp_path) as (router, cfg, (b1, b2)):
+            routing = Routing((one("v2", b2.addr, 50), one("v1", b1.addr, 50)))
+            await router.apply(routing)
+            await wait_serving(cfg.listen)
+            pid = router.info().detail["pid"]
+            again = type(router)(cfg, tmp_path / ".nonstop")
+            await again.start()
+            assert again.info().detail["pid"] == pid
+            assert await again.current() == routing
+            await again.apply(Routing((one("v2", b2.addr),)))
+            assert version(await get(cfg.listen, headers={"Cookie": "nonstop_bucket=99"})) == "v2"
+            assert await again.drain([b1.addr], 10)
+
+    run(go())

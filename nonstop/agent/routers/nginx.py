@@ -88,6 +88,10 @@ class NginxRouter(Router):
             return
         if self._master() is not None:
             log.info("nginx managed: adopting running master pid=%s", self._master().pid)
+            conf = self._managed_conf()
+            if self._read_or_none(Path(self.paths.conf)) != conf:
+                # nonstop.yml changed since (listen, timeouts): bring the running nginx up to date.
+                await self._replace_and_reload(Path(self.paths.conf), conf)
             self._open_log()
             return
         routing = await self.current() or Routing()
@@ -146,23 +150,24 @@ class NginxRouter(Router):
                 self._save_sidecar(routing)
                 log.info("nginx apply: nothing changed for nginx; no reload")
                 return
-            self._write(self.upstream_file, text)
-            try:
-                await self._run_test()
-            except RouterError:
-                self._restore(old)
-                raise
-            try:
-                await self._reload()
-            except RouterError:
-                self._restore(old)
-                raise
+            await self._replace_and_reload(self.upstream_file, text)
             self._save_sidecar(routing)
             log.info(
                 "nginx apply done in %.2fs: %s",
                 time.monotonic() - started,
                 ", ".join(f"{r.name}={r.weight}%" for r in routing.releases) or "(nothing)",
             )
+
+    async def _replace_and_reload(self, path: Path, text: str) -> None:
+        """Put ``text`` in ``path``, test, reload; on any failure the old file is back and RouterError raised."""
+        old = self._read_or_none(path)
+        self._write(path, text)
+        try:
+            await self._run_test()
+            await self._reload()
+        except RouterError:
+            self._restore(path, old)
+            raise
 
     async def current(self) -> Routing | None:
         try:
@@ -339,14 +344,14 @@ class NginxRouter(Router):
         except (FileNotFoundError, ValueError, psutil.Error):
             return None
 
-    def _restore(self, old: str | None) -> None:
+    def _restore(self, path: Path, old: str | None) -> None:
         if old is None:
             try:
-                self.upstream_file.unlink()
+                path.unlink()
             except FileNotFoundError:
                 pass
         else:
-            self._write(self.upstream_file, old)
+            self._write(path, old)
 
     @staticmethod
     def _read_or_none(path: Path) -> str | None:
