@@ -457,7 +457,7 @@
           ev.message, ev.repeat > 1 ? h("span", { class: "repeat", title: `${ev.repeat} times in a row` }, ` ×${ev.repeat}`) : null,
           extra.length ? h("div", { class: "data" }, extra.join("\n")) : null));
     }));
-    if (!evs.length) list.append(h("li", { class: "muted" }, h("span"), h("span"), h("span", {}, "no events yet")));
+    if (!evs.length) list.append(h("li", { class: "empty" }, "no events yet"));
     if (atBottom) list.scrollTop = list.scrollHeight;
   }
 
@@ -499,7 +499,9 @@
     const h_ = S.history;
     if (!h_) return;
     const busy = !!(S.status && S.status.deployment);
-    $("#releases tbody").replaceChildren(...h_.releases.map((r) => h("tr", { class: r.live ? "live" : "", "data-release": r.id },
+    const none = (n, text) => [h("tr", {}, h("td", { colspan: n, class: "muted" }, text))];
+    if (!h_.releases.length) $("#releases tbody").replaceChildren(...none(5, "no releases yet"));
+    else $("#releases tbody").replaceChildren(...h_.releases.map((r) => h("tr", { class: r.live ? "live" : "", "data-release": r.id },
       h("td", { class: "mono" }, h("span", { class: "sw-inline", style: { background: color(r.id) } }), r.id),
       h("td", { class: "mono" }, r.version),
       h("td", {}, h("span", { class: `badge ${r.status}` }, r.status)),
@@ -510,7 +512,8 @@
       }, "Roll back to")))));
     const live = S.status && S.status.deployment; // fresher than the history for the running one
     const deps = h_.deployments.map((d) => (live && live.id === d.id ? { ...d, ...live } : d));
-    $("#deployments tbody").replaceChildren(...deps.map((d) => h("tr", { "data-deployment": d.id },
+    if (!deps.length) $("#deployments tbody").replaceChildren(...none(8, "no deployments yet: nonstop deploy"));
+    else $("#deployments tbody").replaceChildren(...deps.map((d) => h("tr", { "data-deployment": d.id },
       h("td", { class: "mono" }, d.id),
       h("td", { class: "mono" }, d.release),
       h("td", {}, d.strategy),
