@@ -28,6 +28,7 @@ from nonstop.proxy.http import (
 )
 from nonstop.proxy.split import set_cookie_header
 from nonstop.proxy.stats import LATENCY_BUCKETS
+from nonstop.proxy.upstream import _POLL_AFTER_IDLE as _FRESH
 from nonstop.proxy.upstream import connect
 
 log = logging.getLogger("nonstop.proxy")
@@ -65,7 +66,7 @@ class ClientConnection(asyncio.Protocol):
         self.client_ip = ""
         self.client_ip_b = b""
         self.url = b""
-        self.headers: list = []
+        self.headers: list | None = None  # None between requests
         self.raw_head = 0
         self.phase = _IDLE
         self.queue: list[Exchange] = []
@@ -104,6 +105,10 @@ class ClientConnection(asyncio.Protocol):
                 return
         if self.reading is None:
             self.raw_head += len(data)
+            if self.phase == _IDLE:
+                # a request has started: the header timeout runs from its first byte
+                self.phase = _HEAD
+                self.deadline = self.server.now + self.cfg.header_timeout
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -151,6 +156,8 @@ class ClientConnection(asyncio.Protocol):
             up = self.queue[0].upstream
             if up is not None:
                 up.resume_reading()
+                if self.deadline:
+                    self.deadline = self.server.now + self.cfg.read_timeout  # the client is reading
 
     # -- reading control -----------------------------------------------------
 
@@ -167,15 +174,12 @@ class ClientConnection(asyncio.Protocol):
 
     # -- httptools callbacks -----------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self.url = b""
-        self.headers = []
-        if self.phase == _IDLE:
-            self.phase = _HEAD
-            self.deadline = self.server.now + self.cfg.header_timeout
-
     def on_url(self, url: bytes) -> None:
-        self.url = self.url + url if self.url else url
+        if self.headers is None:  # the first piece of a new request
+            self.url = url
+            self.headers = []
+        else:
+            self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
@@ -199,15 +203,37 @@ class ClientConnection(asyncio.Protocol):
             self.reject(head.status, head.reason)
             raise _Stop
         ex = Exchange(self, head, self.headers)
+        self.headers = None
         self.reading = ex
         queue = self.queue
         queue.append(ex)
-        if len(queue) == 1:
-            self.phase = _ACTIVE
-            self.deadline = 0.0
-            ex.start()
-        else:
+        if len(queue) != 1:
             self._pause(_P_QUEUE)
+            return
+        self.phase = _ACTIVE
+        # Exchange.start inlined for the commonest case: one target, a
+        # recently used idle connection to it
+        entry = self.state.fast
+        if entry is not None:
+            t = entry.target
+            idle = t.pool._idle
+            if idle:
+                up = idle[-1]
+                now = self.server.now
+                if not up.closed and now - up.idle_since < _FRESH and not up.transport.is_closing():
+                    idle.pop()
+                    ex.entry = entry
+                    t.in_flight += 1
+                    entry.counters.in_flight += 1
+                    ex.counted = True
+                    ex.upstream = up
+                    up.bind(ex, head.upstream_head)
+                    if self.write_paused:
+                        up.pause_reading()
+                    self.deadline = now + cfg.read_timeout
+                    return
+        self.deadline = 0.0
+        ex.start()
 
     def on_body(self, data: bytes) -> None:
         ex = self.reading
@@ -562,7 +588,12 @@ class Exchange:
         if r.upstream_reusable and self.req_done and not up.closed and not up.dirty:
             if up.read_paused:
                 up.resume_reading()
-            entry.target.pool.put(up, conn.server.now)
+            pool = entry.target.pool
+            if len(pool._idle) < pool.max_idle:
+                up.idle_since = conn.server.now
+                pool._idle.append(up)
+            else:
+                pool.put(up, conn.server.now)
         else:
             up.close()
         # _finish, inlined for the hot path

@@ -19,6 +19,7 @@ _POLL_FLAGS = select.POLLIN | select.POLLPRI | getattr(select, "POLLRDHUP", 0)
 # A pooled connection idle for longer than this is polled before reuse, to see
 # an upstream close that the event loop has not delivered yet.
 _POLL_AFTER_IDLE = 0.5
+_MAX_HEAD = 64 * 1024  # an upstream response head larger than this is refused (502)
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -111,9 +112,14 @@ class UpstreamConnection(asyncio.Protocol):
             # bytes while idle: the stream is out of step; never reuse it
             self.close()
             return
+        conn = ex.conn
         hbuf = self.hbuf
         if hbuf is not None:
             if hbuf:
+                if len(hbuf) > _MAX_HEAD:
+                    ex.upstream_broken(self, "upstream-head-too-large")
+                    self.abort()
+                    return
                 self.base = len(hbuf)
                 self.hbuf = hbuf + data
             else:
@@ -122,8 +128,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.body_from = -1
         else:
             self.body_from = 0
+            conn.deadline = conn.server.now + conn.cfg.read_timeout  # the body is moving
         self.chunk = data
-        conn = ex.conn
         conn.wbuf = []
         try:
             self.parser.feed_data(data)
@@ -214,7 +220,19 @@ class UpstreamConnection(asyncio.Protocol):
         if status < 200 and status != 101:
             return
         if self.splice and self.body_from >= 0:
-            self._splice(self.chunk, ex.conn)
+            # _splice, inlined: the rest of this chunk up to Content-Length
+            data = self.chunk
+            start = self.body_from
+            self.body_from = -1
+            n = len(data) - start
+            if n > 0:
+                left = self.left
+                if n > left:
+                    self.dirty = True
+                    n = left
+                if n:
+                    self.left = left - n
+                    ex.conn.write(data if n == len(data) else data[start : start + n])
         ex.on_response_done(self)
 
 

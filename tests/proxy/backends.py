@@ -7,7 +7,7 @@
 - ``/status?code=503``: that status
 - ``/big?bytes=N``: N bytes of body (Content-Length), streamed with back-pressure
 - ``/chunked?n=3``: a chunked response of n chunks
-- ``/drip?bytes=N``: N bytes written slowly in chunks (for read-side back-pressure)
+- ``/drip?bytes=N&every=0.1``: N bytes, 1000 at a time, one piece every ``every`` seconds
 - ``/upload``: reads the request body (any framing) counting bytes; answers the count and a checksum
 - ``/ws``: a WebSocket echo server (handshake and frames by hand)
 - ``/continue``: honours ``Expect: 100-continue`` (sends 100 before reading the body)
@@ -51,6 +51,8 @@ class Backend:
             await self.handle(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
+        except (KeyError, ValueError, IndexError):
+            pass  # garbage from a fuzz test: the test app just hangs up
         finally:
             self.writers.discard(writer)
             writer.close()
@@ -178,6 +180,16 @@ class App(Backend):
                     writer.write(part)
                     left -= len(part)
                     await writer.drain()
+            elif path == "/drip":
+                total, every = int(q["bytes"]), float(q.get("every", "0.1"))
+                writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n".encode())
+                left = total
+                while left:
+                    part = min(left, 1000)
+                    writer.write(b"d" * part)
+                    left -= part
+                    await writer.drain()
+                    await asyncio.sleep(every)
             elif path == "/chunked":
                 writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
                 for i in range(int(q.get("n", "3"))):

@@ -402,3 +402,59 @@ def test_early_hints_are_relayed_before_the_response():
         await up.stop()
 
     run(main())
+
+
+def test_request_body_that_stops_arriving_gets_408():
+    async def main():
+        app = await App().start()
+        async with proxy(app.addr, read_timeout=0.5) as srv:
+            out = await raw(srv.listen_addr, b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc", timeout=4)
+            assert out.startswith(b"HTTP/1.1 408 ") and b"X-Nonstop-Error: body-timeout" in out
+            assert srv.state.targets[app.addr].in_flight == 0
+        await app.stop()
+
+    run(main())
+
+
+def test_response_body_that_stalls_is_cut_but_a_steady_slow_one_is_not():
+    async def main():
+        async def stall(reader, writer):
+            await read_head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart")
+            await writer.drain()
+            await asyncio.sleep(5)
+
+        bad = await Raw(stall).start()
+        app = await App().start()
+        async with proxy(bad.addr, read_timeout=0.5) as srv:
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            out = await raw(srv.listen_addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", timeout=4)
+            assert out.endswith(b"\r\n\r\npart") and loop.time() - t0 < 3  # cut, not left hanging
+            srv.state.apply(RouteTable.static([app.addr]).with_revision(5))
+            # 10 pieces, 0.15 s apart: 1.5 s in all, each gap well under read_timeout
+            r = await get(srv.listen_addr, "/drip?bytes=10000&every=0.15")
+            assert r.status == 200 and len(r.body) == 10000
+        await bad.stop()
+        await app.stop()
+
+    run(main())
+
+
+def test_oversized_upstream_head_is_502():
+    async def main():
+        async def huge(reader, writer):
+            await read_head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\n")
+            for _ in range(200):
+                writer.write(b"X-Filler: " + b"f" * 1000 + b"\r\n")
+                await writer.drain()
+            await asyncio.sleep(2)
+
+        bad = await Raw(huge).start()
+        async with proxy(bad.addr) as srv:
+            r = await get(srv.listen_addr, "/")
+            assert r.status == 502 and r.headers["x-nonstop-error"] == "upstream-head-too-large"
+        await bad.stop()
+
+    run(main())
