@@ -31,7 +31,7 @@ from nonstop.agent.notify import Notifier
 from nonstop.agent.releases import Releases
 from nonstop.agent.routers import make_router
 from nonstop.agent.store import Store
-from nonstop.agent.traffic import Side, Traffic
+from nonstop.agent.traffic import Side, Split, Traffic
 from nonstop.config import Config
 from nonstop.errors import ConfigError, NonstopError, RouterError
 
@@ -103,20 +103,28 @@ class Agent:
         log.info("agent ready")
 
     async def _bring_up_live(self) -> None:
-        """Make sure the live release has its instances running and routed (after `down`, a reboot, a crash)."""
+        """The live release running and routed again (after `down`, a reboot, a crash of the agent)."""
         live_id = self.traffic.live_release or self.store.get_meta(LIVE)
-        if not live_id:
-            await self.traffic.reapply()
-            return
-        release = self.store.get_release(live_id)
-        running = [r for r in self.fleet.running(live_id) if self.fleet.alive(r)]
-        routed = self.traffic.split.routed_addrs
-        live_routed = [r for r in running if Fleet.addr(r) in routed]
+        release = self.store.get_release(live_id) if live_id else None
         if release is None:
             await self.traffic.reapply()
             return
-        if live_routed:
-            await self.traffic.reapply()
+        alive = {Fleet.addr(r) for r in self.fleet.running(live_id) if self.fleet.alive(r)}
+        routed = self.traffic.split.routed_addrs
+        if alive & routed:
+            # Routed instances that died while no agent watched: out of the split, restarted like any crash.
+            dead = routed - alive
+            split = self.traffic.split
+            for addr in dead:
+                split = split.without_addr(addr)
+            await self.traffic.set(split)
+            latest: dict[str, object] = {}
+            for rec in sorted(self.store.instances(), key=lambda r: r.started_at):
+                if Fleet.addr(rec) in dead:
+                    latest[Fleet.addr(rec)] = rec
+            for rec in latest.values():
+                await self.events.emit(None, "instance_gone", f"{rec.id} died while the agent was away: restarting it", instance=rec.id)
+                self.fleet.restart(rec, self._instance_up, self.store.get_release)
             return
         await self.events.emit(None, "up", f"starting the live release {live_id}")
         artifact = self.releases.artifact_path(release)
@@ -125,10 +133,7 @@ class Agent:
         except NonstopError as e:
             await self.events.emit(None, "error", f"could not start the live release {live_id}: {e.message}", **e.detail)
             return
-        split = self.traffic.split
-        from nonstop.agent.traffic import Split
-
-        await self.traffic.set(Split(stable=Side(live_id, tuple(Fleet.addr(r) for r in recs)), sticky=split.sticky))
+        await self.traffic.set(Split(stable=Side(live_id, tuple(Fleet.addr(r) for r in recs)), sticky=self.traffic.split.sticky))
 
     async def _instance_down(self, rec, why: str) -> None:
         await self.traffic.set(self.traffic.split.without_addr(Fleet.addr(rec)))

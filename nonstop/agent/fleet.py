@@ -298,7 +298,12 @@ class Fleet:
         rec = self.set_state(rec, "unhealthy")
         await self.events.emit(None, "instance_unhealthy", f"{rec.id} taken out of rotation: {why}", instance=rec.id, reason=why)
         await on_down(rec, why)
-        self._restart_tasks[rec.id] = asyncio.get_running_loop().create_task(self._restart(rec, on_up, releases))
+        self.restart(rec, on_up, releases)
+
+    def restart(self, rec: InstanceRecord, on_up, releases) -> None:
+        """Restart ``rec`` on its port in the background (backoff, crash-loop report); ``on_up`` once healthy."""
+        if rec.id not in self._restart_tasks:
+            self._restart_tasks[rec.id] = asyncio.get_running_loop().create_task(self._restart(rec, on_up, releases))
 
     async def _restart(self, rec: InstanceRecord, on_up, releases) -> None:
         try:

@@ -164,3 +164,51 @@ def test_down_then_up_brings_the_live_release_back(stack_factory, tmp_path):
     with LoadClient(st.url, **LOAD) as load:
         load.wait_served(30, timeout=20)
     assert load.result.failed == 0 and set(load.result.by_version()) == {"v1"}
+
+
+def test_control_sockets_and_token_are_private(stack_factory, tmp_path):
+    st = stack_with(stack_factory, tmp_path)
+    for name in ("agent.sock", "proxy.sock", "token"):
+        mode = (st.state / name).stat().st_mode & 0o777
+        assert mode == 0o600, f"{name} has mode {oct(mode)}"
+
+
+def test_up_in_the_foreground_stops_everything_on_ctrl_c(stack_factory, tmp_path):
+    import subprocess
+
+    good = make_artifact(tmp_path / "a", "good", "--boot-seconds", "0.2")
+    st = stack_with(stack_factory, tmp_path, up=False)
+    fg = subprocess.Popen([sys.executable, "-m", "nonstop", "-c", str(st.cfg_path), "up"], cwd=st.dir,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: st.cli("status").code == 0, timeout=30, what="the foreground agent")
+        st.deploy("v1", "--artifact", str(good))
+        pids = [i["pid"] for i in st.status()["instances"]] + [st.pid("proxy")]
+        fg.send_signal(signal.SIGINT)
+        assert fg.wait(30) == 0
+        time.sleep(0.3)
+        assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+    finally:
+        if fg.poll() is None:
+            fg.kill()
+
+
+def test_an_instance_that_died_while_the_agent_was_away_is_restarted(stack_factory, tmp_path):
+    good = make_artifact(tmp_path / "a", "good", "--boot-seconds", "0.2")
+    st = stack_with(stack_factory, tmp_path, n_ports=4, run={"instances": 2})
+    st.deploy("v1", "--artifact", str(good))
+    before = st.status()["instances"]
+    os.kill(st.pid("agent"), signal.SIGKILL)
+    victim = before[0]
+    os.kill(victim["pid"], signal.SIGKILL)
+    with LoadClient(st.url, **LOAD) as load:
+        load.wait_served(40, timeout=20)  # the proxy retries on the sibling: no agent needed
+        st.cli("up", "--detach", "--timeout", "60", check=True)
+        s = wait_for(
+            lambda: (lambda s: s if sum(1 for i in s["instances"] if i["routed"] and i["alive"]) == 2 else None)(st.status()),
+            timeout=30, what="both instances routed again",
+        )
+        load.wait_served(load.served + 40, timeout=20)
+    assert load.result.failed == 0, load.result.format()
+    again = next(i for i in s["instances"] if i["id"] == victim["id"])
+    assert again["pid"] != victim["pid"]
