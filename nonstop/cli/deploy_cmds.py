@@ -14,6 +14,10 @@ def _follow(c: Ctx, path: str, body: dict) -> None:
     result = None
     if c.json:
         progress = None
+    elif c.err.is_terminal:
+        from nonstop.cli.watch import DeployView  # lines scroll; a live panel shows step, weight, analysis
+
+        progress = DeployView(c.err)
     else:
         from nonstop.cli.render import Progress
 
