@@ -425,7 +425,13 @@ class Deployer:
         stable = self.store.get_release(dep.from_release) if dep.from_release else None
         run = Run(self, dep, release or Release(dep.release, dep.release, None, time.time(), "ok", None), stable, dep.strategy)
         run.new = [r for r in self.fleet.running(dep.release)] if release else []
-        await default_undo(run)
+        strat = None
+        if dep.strategy in ("recreate", "blue-green", "canary", "rolling"):
+            from nonstop.agent.strategies import get_strategy
+
+            strat = get_strategy(dep.strategy)
+        # The strategy's own undo knows its shape (rolling restarts the old instances it retired).
+        await (getattr(strat, "undo", None) or default_undo)(run)
         if release:
             self.store.mark_release(release.id, "bad")
         await self._finish(dep, "rolled_back", "the agent was killed mid-deployment; rolled back on restart", t0, release=release)
