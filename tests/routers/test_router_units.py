@@ -20,7 +20,7 @@ def rel(name, weight, *addrs, draining=False, **kw):
     return ReleaseRoute(name, weight, tuple(Target(a, draining) for a in addrs), **kw)
 
 
-def test_normalise_matches_the_embedded_rule():
+def test_normalise_is_the_embedded_rule():
     assert normalise([10, 90]) == [10, 90]
     assert normalise([1, 1, 1]) == [34, 33, 33]
     assert normalise([0, 0]) == [50, 50]

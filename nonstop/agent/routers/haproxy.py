@@ -358,8 +358,10 @@ class HaproxyRouter(Router):
         stat = await self._show_stat()
         ours = [s for s in stat if self._ours(s)]
         in_flight: dict[str, int] = {}
+        by_backend: dict[str, int] = {}
         for s in ours:
             in_flight[s.addr] = in_flight.get(s.addr, 0) + s.scur
+            by_backend[s.backend] = by_backend.get(s.backend, 0) + s.scur
         if self.mode == "managed":
             if self._tail is None:
                 self._open_log()
@@ -370,7 +372,11 @@ class HaproxyRouter(Router):
                     rec["target"] = self._alias[rec["target"]]
             self._book.add_all(records)
             self._maybe_truncate_log()
-            return self._book.snapshot(in_flight)
+            snap = self._book.snapshot(in_flight)
+            for name, slot in self._slots.items():
+                if name in snap["releases"]:
+                    snap["releases"][name]["in_flight"] = by_backend.get(backend_name(self.app, slot), 0)
+            return snap
         return self._external_stats(ours)
 
     def info(self) -> RouterInfo:
@@ -587,7 +593,8 @@ def _stat_snapshot(s: ServerStat) -> dict[str, Any]:
         "by_class": dict(s.by_class),
         "proxy_errors": s.econ + s.eresp,
         "in_flight": s.scur,
-        "latency": {"buckets": [], "counts": [], "sum": None, "count": s.requests, "avg_response_ms": s.rtime_ms},
+        "latency": None,  # unknown: readers treat a missing histogram as "no latency figures"
+        "avg_response_ms": s.rtime_ms,
         "p50": None,
         "p90": None,
         "p99": None,
@@ -603,7 +610,6 @@ def _add_snapshots(a: dict[str, Any] | None, b: dict[str, Any]) -> dict[str, Any
     out["in_flight"] += b["in_flight"]
     for k, v in b["by_class"].items():
         out["by_class"][k] = out["by_class"].get(k, 0) + v
-    out["latency"]["count"] += b["latency"]["count"]
     return out
 
 

@@ -18,13 +18,11 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-__all__ = ["LogTail", "StatsBook", "LATENCY_BUCKETS", "nginx_record"]
+from nonstop.proxy.stats import LATENCY_BUCKETS, Counters, to_dict
 
-# Upper bounds in seconds; counts has one more slot for everything slower.
-LATENCY_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+__all__ = ["LogTail", "StatsBook", "LATENCY_BUCKETS", "nginx_record"]
 
 
 class LogTail:
@@ -113,74 +111,27 @@ class LogTail:
         self._f = self._prev = None
 
 
-@dataclass
-class _Counter:
-    requests: int = 0
-    by_class: dict[str, int] = field(default_factory=lambda: {c: 0 for c in ("1xx", "2xx", "3xx", "4xx", "5xx")})
-    proxy_errors: int = 0
-    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
-    total_seconds: float = 0.0
-
-    def add(self, status: int, seconds: float, proxy_error: bool) -> None:
-        self.requests += 1
-        cls = f"{status // 100}xx"
-        if cls in self.by_class:
-            self.by_class[cls] += 1
-        if proxy_error:
-            self.proxy_errors += 1
-        self.total_seconds += seconds
-        for i, le in enumerate(LATENCY_BUCKETS):
-            if seconds <= le:
-                self.counts[i] += 1
-                break
-        else:
-            self.counts[-1] += 1
-
-    def quantile(self, q: float) -> float | None:
-        n = sum(self.counts)
-        if n == 0:
-            return None
-        rank = q * n
-        seen = 0
-        for i, c in enumerate(self.counts):
-            if c and seen + c >= rank:
-                lo = LATENCY_BUCKETS[i - 1] if i > 0 else 0.0
-                hi = LATENCY_BUCKETS[i] if i < len(LATENCY_BUCKETS) else LATENCY_BUCKETS[-1] * 2
-                return round(lo + (hi - lo) * (rank - seen) / c, 6)
-            seen += c
-        return LATENCY_BUCKETS[-1]
-
-    def snapshot(self, in_flight: int = 0) -> dict[str, Any]:
-        return {
-            "requests": self.requests,
-            "by_class": dict(self.by_class),
-            "proxy_errors": self.proxy_errors,
-            "in_flight": in_flight,
-            "latency": {
-                "buckets": list(LATENCY_BUCKETS),
-                "counts": list(self.counts),
-                "sum": round(self.total_seconds, 6),
-                "count": sum(self.counts),
-            },
-            "p50": self.quantile(0.50),
-            "p90": self.quantile(0.90),
-            "p99": self.quantile(0.99),
-        }
-
-
 class StatsBook:
-    """Cumulative counters per release and per target, from access-log records."""
+    """Cumulative counters per release and per target, from access-log records.
+
+    The counters and their JSON are the embedded proxy's (``nonstop.proxy.stats``):
+    same latency buckets, same quantile estimate, so analysis reads every router alike.
+    """
 
     def __init__(self) -> None:
-        self.releases: dict[str, _Counter] = {}
-        self.targets: dict[str, _Counter] = {}
+        self.releases: dict[str, Counters] = {}
+        self.targets: dict[str, Counters] = {}
         self.malformed = 0
 
     def add(self, release: str | None, target: str | None, status: int, seconds: float, proxy_error: bool) -> None:
-        if release:
-            self.releases.setdefault(release, _Counter()).add(status, seconds, proxy_error)
-        if target:
-            self.targets.setdefault(target, _Counter()).add(status, seconds, proxy_error)
+        for key, table in ((release, self.releases), (target, self.targets)):
+            if key:
+                c = table.get(key)
+                if c is None:
+                    c = table[key] = Counters()
+                c.record(status, seconds)
+                if proxy_error:
+                    c.proxy_errors += 1
 
     def add_all(self, records: Iterable[dict[str, Any] | None]) -> None:
         for rec in records:
@@ -190,11 +141,14 @@ class StatsBook:
             self.add(rec.get("release"), rec.get("target"), rec["status"], rec["seconds"], rec["proxy_error"])
 
     def snapshot(self, in_flight: dict[str, int] | None = None) -> dict[str, Any]:
+        """``{"releases": {name: S}, "targets": {addr: S}}``; ``in_flight`` per target when the router knows it."""
         in_flight = in_flight or {}
-        return {
-            "releases": {k: c.snapshot() for k, c in self.releases.items()},
-            "targets": {k: c.snapshot(in_flight.get(k, 0)) for k, c in self.targets.items()},
-        }
+        targets = {}
+        for addr, c in self.targets.items():
+            s = to_dict(c)
+            s["in_flight"] = in_flight.get(addr, 0)
+            targets[addr] = s
+        return {"releases": {k: to_dict(c) for k, c in self.releases.items()}, "targets": targets}
 
 
 def _last(field_value: str) -> str:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from nonstop.agent.routers.base import ReleaseRoute, Routing
 from nonstop.errors import RouterError
+from nonstop.proxy.split import normalise  # the embedded proxy's rule, so every router gives the same buckets
 
 __all__ = [
     "BUCKETS",
@@ -47,29 +48,6 @@ _SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.:@+/=-]*$")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
 _COOKIE_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 _ADDR = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}$")
-
-
-def normalise(weights: list[int]) -> list[int]:
-    """Scale weights to sum to 100 (largest remainder, ties to list order); all zero → equal shares.
-
-    The same rule as the embedded proxy (``nonstop.proxy.split.normalise``) so
-    every router gives a release the same buckets.
-    """
-    if not weights:
-        return []
-    total = sum(weights)
-    if total == BUCKETS:
-        return list(weights)
-    if total == 0:
-        weights = [1] * len(weights)
-        total = len(weights)
-    exact = [w * BUCKETS / total for w in weights]
-    out = [int(x) for x in exact]
-    short = BUCKETS - sum(out)
-    order = sorted(range(len(weights)), key=lambda i: (-(exact[i] - out[i]), i))
-    for i in order[:short]:
-        out[i] += 1
-    return out
 
 
 @dataclass(frozen=True)
