@@ -219,6 +219,7 @@ class Agent:
             "listen": self.cfg.listen,
             "agent": {"pid": os.getpid(), "started_at": self.started_at},
             "router": vars(self.router.info()),
+            "dashboard": _read(self.state / "dashboard.url"),
             "live_release": self.traffic.live_release,
             "routes": [
                 {"release": rel.name, "weight": rel.weight, "targets": [t.addr for t in rel.targets]} for rel in routing.releases
@@ -255,6 +256,13 @@ def _dep_json(d, run) -> dict:
     if run is not None and getattr(run, "status", None):
         out.update(run.status())
     return out
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _token(path: Path) -> str:

@@ -89,6 +89,8 @@ def _dur(s: float | None) -> str:
 
 def status(console: Console, st: dict) -> None:
     console.print(f"[bold]{st['app']}[/] on http://{st['listen']}   router: {st['router']['type']}   live: [bold]{st.get('live_release') or '-'}[/]")
+    if st.get("dashboard"):
+        console.print(f"dashboard: {st['dashboard']}")
     if st.get("routes"):
         split = "  ".join(f"{r['release']} {r['weight']}% → {', '.join(r['targets'])}" for r in st["routes"])
         console.print(f"traffic: {split}")
@@ -111,9 +113,19 @@ def status(console: Console, st: dict) -> None:
         console.print(f"[yellow]{line}[/]")
         if d.get("canary"):
             cn = d["canary"]
-            console.print(f"  canary weight {cn.get('weight')}%  step {cn.get('step')}/{cn.get('steps')}  waiting for: {cn.get('waiting_for') or '-'}")
+            console.print(
+                f"  canary weight {cn.get('weight')}%  step {cn.get('step')}/{cn.get('steps')}  "
+                f"failed checks {cn.get('failures', 0)}/{cn.get('failure_limit', '-')}  waiting for: {cn.get('waiting_for') or '-'}"
+            )
             for a in cn.get("analysis", [])[-3:]:
-                console.print(f"  analysis: {a.get('verdict')}  {a.get('summary', '')}")
+                style = {"pass": "green", "fail": "red"}.get(a.get("verdict"), "yellow")
+                console.print(f"  analysis: [{style}]{a.get('verdict')}[/]  {a.get('summary') or a.get('reason') or ''}")
+        if d.get("rolling"):
+            rl = d["rolling"]
+            console.print(
+                f"  rolling batch {rl.get('batch')}/{rl.get('batches')}  old {rl.get('old')}  new {rl.get('new')}  "
+                f"floor {rl.get('floor')}  {rl.get('doing') or ''}"
+            )
     else:
         console.print("no deployment in progress")
 
