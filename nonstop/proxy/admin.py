@@ -74,35 +74,38 @@ class AdminAPI:
             writer.close()
 
     async def dispatch(self, method: str, path: str, body: bytes, writer):
-        path = path.split("?", 1)[0]
-        srv = self.server
-        state = srv.state
+        path, _, query = path.partition("?")
         if path == "/health" and method == "GET":
-            return {
-                "ok": True,
-                "pid": os.getpid(),
-                "revision": state.table.revision,
-                "started_at": state.started_at,
-                "listen": srv.listen_addr,
-                "stopping": srv.closing,
-            }
+            return await self.health()
         if path == "/routes":
             if method == "GET":
-                return state.table.to_dict()
+                return self.server.state.table.to_dict()
             if method == "PUT":
-                return self.put_routes(body)
+                return await self.put_routes(body)
         if path == "/drain" and method == "POST":
             return await self.drain(_json(body))
         if path == "/stats" and method == "GET":
-            return self.stats()
+            return await self.stats(pairs="pairs=1" in query)
         if path == "/metrics" and method == "GET":
-            return _Reply(200, stats.prometheus(state.iter_pairs()), "text/plain; version=0.0.4")
+            return _Reply(200, stats.prometheus(await self.pairs()), "text/plain; version=0.0.4")
         if path == "/takeover" and method == "POST":
-            srv.hand_over(writer)
+            self.server.hand_over(writer)
             return None
         raise _error(404, f"no {method} {path}", "NotFound")
 
-    def put_routes(self, body: bytes) -> dict:
+    async def health(self) -> dict:
+        srv = self.server
+        return {
+            "ok": True,
+            "pid": os.getpid(),
+            "revision": srv.state.table.revision,
+            "started_at": srv.state.started_at,
+            "listen": srv.listen_addr,
+            "stopping": srv.closing,
+        }
+
+    def check_routes(self, body: bytes) -> RouteTable:
+        """Parse a ``PUT /routes`` body and settle its revision; raises the 400 / 409 reply."""
         state = self.server.state
         try:
             table = RouteTable.from_json(body)
@@ -115,25 +118,21 @@ class AdminAPI:
                 f"revision {table.revision} is not above the current {state.table.revision}",
                 detail={"current": state.table.revision},
             ))
+        return table
+
+    async def put_routes(self, body: bytes) -> dict:
+        table = self.check_routes(body)
         # saved first: when the disk write fails, nothing changed
         try:
             self.server.save_routes(table)
         except OSError as e:
             raise _error(500, f"cannot save routes: {e}") from None
-        state.apply(table)
+        self.server.state.apply(table)
         log.info("routes applied revision=%d", table.revision)
         return {"revision": table.revision}
 
     async def drain(self, req) -> dict:
-        if not isinstance(req, dict) or not isinstance(req.get("targets"), list):
-            raise _error(400, "targets: expected a list of HOST:PORT", "InvalidRequest")
-        addrs = [str(a) for a in req["targets"]]
-        try:
-            timeout = float(req.get("timeout", 30))
-            up_t = req.get("upgraded_timeout")
-            up_t = None if up_t is None else float(up_t)
-        except (TypeError, ValueError):
-            raise _error(400, "timeout: expected seconds", "InvalidRequest") from None
+        addrs, timeout, up_t = parse_drain(req)
         state = self.server.state
         loop = asyncio.get_running_loop()
         plan = DrainPlan(started=loop.time(), timeout=timeout, upgraded_timeout=up_t)
@@ -154,26 +153,49 @@ class AdminAPI:
         log.info("drain done drained=%s", drained)
         return {"drained": drained, "in_flight": in_flight}
 
-    def stats(self) -> dict:
+    async def pairs(self) -> list[tuple[str, str, stats.Counters]]:
+        return list(self.server.state.iter_pairs())
+
+    async def stats(self, pairs: bool = False) -> dict:
         state = self.server.state
-        by_target: dict[str, stats.Counters] = {}
-        by_release: dict[str, stats.Counters] = {}
-        for rel, addr, c in state.iter_pairs():
-            by_target.setdefault(addr, stats.Counters()).add(c)
-            by_release.setdefault(rel, stats.Counters()).add(c)
-        # in-flight per target is the target's own count (a pair may be gone from the table)
-        for addr, c in by_target.items():
-            t = state.targets.get(addr)
-            c.in_flight = t.in_flight if t is not None else c.in_flight
-        return {
-            "revision": state.table.revision,
-            "time": time.time(),
-            "started_at": state.started_at,
-            "targets": {a: stats.to_dict(c) for a, c in by_target.items()},
-            "releases": {r: stats.to_dict(c) for r, c in by_release.items()},
-            "unrouted": stats.to_dict(state.unrouted),
-            "rejected": state.rejected,
-        }
+        in_flight = {a: t.in_flight for a, t in state.targets.items()}
+        out = report(await self.pairs(), in_flight, state.unrouted, state.rejected)
+        out.update(revision=state.table.revision, started_at=state.started_at)
+        if pairs:
+            out["pairs"] = [[r, a, stats.to_dict(c)] for r, a, c in await self.pairs()]
+        return out
+
+
+def report(pairs, target_in_flight: dict[str, int], unrouted: stats.Counters, rejected: int) -> dict:
+    """The body of ``GET /stats`` (without revision / started_at) from (release, target, counters) triples."""
+    by_target: dict[str, stats.Counters] = {}
+    by_release: dict[str, stats.Counters] = {}
+    for rel, addr, c in pairs:
+        by_target.setdefault(addr, stats.Counters()).add(c)
+        by_release.setdefault(rel, stats.Counters()).add(c)
+    # in-flight per target is the target's own count (a pair may be gone from the table)
+    for addr, c in by_target.items():
+        if addr in target_in_flight:
+            c.in_flight = target_in_flight[addr]
+    return {
+        "time": time.time(),
+        "targets": {a: stats.to_dict(c) for a, c in by_target.items()},
+        "releases": {r: stats.to_dict(c) for r, c in by_release.items()},
+        "unrouted": stats.to_dict(unrouted),
+        "rejected": rejected,
+    }
+
+
+def parse_drain(req) -> tuple[list[str], float, float | None]:
+    if not isinstance(req, dict) or not isinstance(req.get("targets"), list):
+        raise _error(400, "targets: expected a list of HOST:PORT", "InvalidRequest")
+    try:
+        timeout = float(req.get("timeout", 30))
+        up_t = req.get("upgraded_timeout")
+        up_t = None if up_t is None else float(up_t)
+    except (TypeError, ValueError):
+        raise _error(400, "timeout: expected seconds", "InvalidRequest") from None
+    return [str(a) for a in req["targets"]], timeout, up_t
 
 
 def _json(body: bytes):

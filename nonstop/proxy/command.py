@@ -48,16 +48,16 @@ DURATION = _Duration()
 @click.option("--shutdown-timeout", type=DURATION, default="30s", show_default=True)
 @click.option("--idle-grace", type=DURATION, default="1s", show_default=True,
               help="on stop, idle keep-alive connections get this long to send one more request")
-@click.option("--workers", type=int, default=1, show_default=True, help="only 1 is supported for now")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="worker processes sharing the listening socket (a supervisor answers the admin API for all)")
+@click.option("--worker", is_flag=True, hidden=True, help="internal: run as one worker of a supervisor")
 @click.option("--takeover", is_flag=True, help="take the listening socket from the proxy on --admin-socket, then retire it")
 @click.option("--log-level", default="info", show_default=True)
-def proxy(upstreams, workers, log_level, **kw) -> None:
+def proxy(upstreams, log_level, **kw) -> None:
     """Run the embedded reverse proxy until SIGTERM (then drain and exit 0)."""
     from nonstop.proxy.server import run
 
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    if workers != 1:
-        raise click.UsageError("--workers: only 1 worker is supported in this version")
     cfg = ProxyConfig(upstreams=list(upstreams), **kw)
 
     def ready(server) -> None:

@@ -27,4 +27,6 @@ class ProxyConfig:
     pool_max_idle: int = 256
     backlog: int = 2048
     takeover: bool = False
+    workers: int = 1  # > 1: a supervisor runs this many worker processes on one listening socket
+    worker: bool = False  # this process is one of those workers
     tick: float = 0.1  # resolution of every timeout above

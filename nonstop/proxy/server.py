@@ -53,22 +53,9 @@ class ProxyServer:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
         self.now = loop.time()
-        old_pid = None
-        table: RouteTable | None = None
-        if cfg.takeover:
-            if not cfg.admin_socket:
-                raise ProxyError("--takeover needs --admin-socket (the running proxy's)")
-            sock, answer = handoff.receive(cfg.admin_socket)
-            old_pid = answer.get("pid")
-            table = RouteTable.from_dict(answer.get("table") or {})
-        else:
-            sock = handoff.from_env() or handoff.bind(cfg.listen, cfg.backlog)
+        sock, old_pid, table = obtain_socket_and_table(cfg)
         self._sock = sock
         self.listen_addr = handoff.address(sock)
-        if cfg.upstreams:
-            table = RouteTable.static(cfg.upstreams)
-        elif table is None and cfg.routes_file:
-            table = routes_mod.load(cfg.routes_file)
         if table is not None and table.releases:
             self.state.apply(table.with_revision(max(table.revision, 1)))
         self._server = await loop.create_server(
@@ -76,33 +63,24 @@ class ProxyServer:
         )
         self._tick_task = asyncio.ensure_future(self._tick())
         if cfg.admin_socket:
-            await self._bind_admin(cfg.admin_socket)
+            self._admin, self._admin_ino = await bind_admin(cfg.admin_socket, AdminAPI(self).handle)
+        if cfg.worker:
+            # a worker of a supervisor (--workers N): its stdin closes when the supervisor goes
+            loop.add_reader(0, self._check_parent)
         if cfg.pid_file:
             _write_atomic(cfg.pid_file, f"{os.getpid()}\n")
-        if old_pid:
-            # we accept on the shared socket already: the old process may stop now
-            try:
-                os.kill(int(old_pid), signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        retire(old_pid)
         log.info("proxy ready listen=%s revision=%d pid=%d", self.listen_addr, self.state.table.revision, os.getpid())
 
-    async def _bind_admin(self, path: str) -> None:
-        # bind under a temporary name, restrict, then rename over the public
-        # path: clients never see a missing or world-accessible socket
-        tmp = f"{path}.{os.getpid()}.tmp"
+    def _check_parent(self) -> None:
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.bind(tmp)
-        os.chmod(tmp, 0o600)
-        s.listen(64)
-        s.setblocking(False)
-        self._admin = await asyncio.start_unix_server(AdminAPI(self).handle, sock=s)
-        os.replace(tmp, path)
-        self._admin_ino = os.stat(path).st_ino
+            gone = not os.read(0, 4096)
+        except OSError:
+            gone = True
+        if gone:
+            asyncio.get_running_loop().remove_reader(0)
+            log.info("supervisor gone: stopping")
+            self.request_stop()
 
     def save_routes(self, table: RouteTable) -> None:
         if self.cfg.routes_file:
@@ -179,7 +157,7 @@ class ProxyServer:
             t.pool.close_all()
         if self._admin is not None:
             self._admin.close()
-        self._release_admin_path()
+        release_admin_path(self.cfg.admin_socket, self._admin_ino)
         if self._sock is not None:
             self._sock.close()
         if self.cfg.pid_file:
@@ -187,15 +165,62 @@ class ProxyServer:
         await asyncio.sleep(0)
         log.info("proxy stopped connections_aborted=%d", left)
 
-    def _release_admin_path(self) -> None:
-        path = self.cfg.admin_socket
-        if not path or self._admin_ino is None:
-            return
+def obtain_socket_and_table(cfg: ProxyConfig) -> tuple[socket.socket, int | None, RouteTable | None]:
+    """The listening socket (taken over, inherited, or bound), a predecessor's pid, and the starting table."""
+    old_pid = None
+    table: RouteTable | None = None
+    if cfg.takeover:
+        if not cfg.admin_socket:
+            raise ProxyError("--takeover needs --admin-socket (the running proxy's)")
+        sock, answer = handoff.receive(cfg.admin_socket)
+        old_pid = answer.get("pid")
+        table = RouteTable.from_dict(answer.get("table") or {})
+    else:
+        sock = handoff.from_env() or handoff.bind(cfg.listen, cfg.backlog)
+    if cfg.upstreams:
+        table = RouteTable.static(cfg.upstreams)
+    elif table is None and cfg.routes_file:
+        table = routes_mod.load(cfg.routes_file)
+    return sock, old_pid, table
+
+
+async def bind_admin(path: str, handler) -> tuple[asyncio.AbstractServer, int]:
+    """Serve ``handler`` on a Unix socket at ``path`` (0600); returns the server and the socket's inode."""
+    # bind under a temporary name, restrict, then rename over the public
+    # path: clients never see a missing or world-accessible socket
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(tmp)
+    os.chmod(tmp, 0o600)
+    s.listen(64)
+    s.setblocking(False)
+    server = await asyncio.start_unix_server(handler, sock=s)
+    os.replace(tmp, path)
+    return server, os.stat(path).st_ino
+
+
+def retire(old_pid) -> None:
+    """Tell the process we took the socket from to stop accepting and drain."""
+    if old_pid:
         try:
-            if os.stat(path).st_ino == self._admin_ino:  # not yet replaced by a successor
-                os.unlink(path)
-        except FileNotFoundError:
+            os.kill(int(old_pid), signal.SIGTERM)
+        except ProcessLookupError:
             pass
+
+
+def release_admin_path(path: str | None, ino: int | None) -> None:
+    """Unlink our admin socket unless a successor has already renamed its own over it."""
+    if not path or ino is None:
+        return
+    try:
+        if os.stat(path).st_ino == ino:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _write_atomic(path: str, text: str) -> None:
@@ -215,8 +240,16 @@ def _remove_if(path: str, text: str) -> None:
 
 
 async def serve(cfg: ProxyConfig, ready=None) -> None:
-    """Run a proxy until SIGTERM/SIGINT, then stop gracefully. ``ready(server)`` is called once serving."""
-    server = ProxyServer(cfg)
+    """Run a proxy (or, with ``workers > 1``, a supervisor of workers) until SIGTERM/SIGINT, then stop gracefully.
+
+    ``ready(server)`` is called once serving.
+    """
+    if cfg.workers > 1:
+        from nonstop.proxy.workers import Supervisor
+
+        server = Supervisor(cfg)
+    else:
+        server = ProxyServer(cfg)
     await server.start()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, server.request_stop)

@@ -97,6 +97,18 @@ def to_dict(c: Counters) -> dict:
     }
 
 
+def from_dict(d: dict) -> Counters:
+    """The inverse of :func:`to_dict` (to add up counters reported by several worker processes)."""
+    c = Counters()
+    c.requests = d["requests"]
+    c.by_class = [d["by_class"][k] for k in CLASSES]
+    c.proxy_errors = d["proxy_errors"]
+    c.in_flight = d["in_flight"]
+    c.counts = list(d["latency"]["counts"])
+    c.sum = d["latency"]["sum"]
+    return c
+
+
 def _esc(v: str) -> str:
     return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
