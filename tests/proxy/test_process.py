@@ -81,10 +81,16 @@ def test_admin_api_routes_stats_metrics_and_socket_mode():
 def test_routes_are_saved_and_restored_on_restart():
     async def main():
         v1 = await App("v1").start()
-        with run_proxy(keep_workdir=True) as p:
+        import tempfile
+
+        workdir = tempfile.mkdtemp(prefix="nsp-", dir="/tmp")
+        pid_file = os.path.join(workdir, "proxy.pid")
+        with run_proxy("--pid-file", pid_file, workdir=workdir, keep_workdir=True) as p:
+            assert open(pid_file).read() == f"{p.pid}\n"
             await AdminClient(p.admin_socket).put_routes(two_releases(v1.addr, "127.0.0.1:9", 0, revision=5))
-            workdir, routes_file = p.workdir, p.routes_file
+            routes_file = p.routes_file
         assert p.proc.returncode == 0
+        assert not os.path.exists(pid_file) and not os.path.exists(p.admin_socket)  # cleaned up on exit
         assert RouteTable.from_json(open(routes_file).read()).revision == 5
         with run_proxy(workdir=workdir) as q:
             assert (await AdminClient(q.admin_socket).get_routes()).revision == 5

@@ -298,3 +298,19 @@ def test_pool_newest_first_skips_dead_and_expires_old():
     assert c.closed
     p.put(b, 4.0)
     assert p.expire(10.0, 5.0) == 1 and b.closed and len(p) == 0
+
+
+def test_the_data_plane_never_imports_the_control_plane_or_the_cli():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pkgutil, importlib, nonstop.proxy as p\n"
+        "for m in pkgutil.iter_modules(p.__path__):\n"
+        "    if m.name != '__main__': importlib.import_module('nonstop.proxy.' + m.name)\n"
+        "bad = [m for m in sys.modules if m.startswith(('nonstop.agent', 'nonstop.cli'))]\n"
+        "print(bad); sys.exit(1 if bad else 0)\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
