@@ -623,7 +623,10 @@ async def _run(argv: list[str], *, timeout: float) -> tuple[int, str]:
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
     except asyncio.TimeoutError:
-        proc.kill()
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
         await proc.wait()
         raise RouterError(f"{' '.join(argv)} did not finish within {timeout:.0f}s") from None
     return proc.returncode, out.decode(errors="replace")

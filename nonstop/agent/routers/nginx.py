@@ -100,9 +100,20 @@ class NginxRouter(Router):
         self._write(Path(self.paths.conf), self._managed_conf())
         await self._run_test()
         argv = [self.binary, "-c", self.paths.conf, "-e", self.paths.error_log]
-        code, out = await _run(argv, timeout=30)
+        # Not through a pipe: the daemonised master could keep it open, and we would wait for its EOF forever.
+        with open(self.paths.error_log, "ab") as err:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True
+                )
+            except OSError as e:
+                raise RouterError(f"cannot run {self.binary!r}: {e.strerror}") from None
+        try:
+            code = await asyncio.wait_for(proc.wait(), 30)
+        except asyncio.TimeoutError:
+            raise RouterError(f"nginx did not start within 30s: {self._error_tail()}") from None
         if code != 0:
-            raise RouterError(f"nginx did not start: {out.strip() or self._error_tail()}")
+            raise RouterError(f"nginx did not start: {self._error_tail()}")
         deadline = time.monotonic() + 10
         while self._master() is None:
             if time.monotonic() > deadline:
@@ -485,7 +496,10 @@ async def _run(argv: list[str], *, timeout: float) -> tuple[int, str]:
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
     except asyncio.TimeoutError:
-        proc.kill()
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
         await proc.wait()
         raise RouterError(f"{' '.join(argv)} did not finish within {timeout:.0f}s", detail={"command": argv}) from None
     return proc.returncode, out.decode(errors="replace")
