@@ -51,6 +51,15 @@ class ProxyProcess:
                 self.proc.wait(5)
         return self.proc.returncode
 
+    def close(self, remove_workdir: bool = True) -> int:
+        """Terminate (as above), release the stdout pipe and, by default, remove the work directory."""
+        code = self.terminate()
+        if self.proc.stdout is not None and not self.proc.stdout.closed:
+            self.proc.stdout.close()
+        if remove_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        return code
+
 
 def start_proxy(
     *args: str,

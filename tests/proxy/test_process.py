@@ -123,8 +123,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0():
             assert await asyncio.wait_for(idle.reader.read(), 5) == b""
             await idle.close()
         finally:
-            p.terminate()
-            p.proc.stdout.close()
+            p.close()
             await app.stop()
 
     run(main())
@@ -180,11 +179,9 @@ def test_takeover_under_load_has_zero_failures():
             s = await admin.stats()
             assert s["targets"][app.addr]["requests"] > 0
         finally:
-            old.terminate()
-            old.proc.stdout.close()
             if new is not None:
-                new.terminate()
-                new.proc.stdout.close()
+                new.close(remove_workdir=False)
+            old.close()
             await app.stop()
 
     run(main(), timeout=90)
@@ -211,8 +208,7 @@ def test_sighup_starts_a_successor_that_takes_over():
                     psutil.Process(successor).wait(15)
                 except psutil.NoSuchProcess:
                     pass
-            old.terminate()
-            old.proc.stdout.close()
+            old.close()
             await app.stop()
 
     run(main(), timeout=60)

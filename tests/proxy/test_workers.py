@@ -107,11 +107,9 @@ def test_takeover_of_a_supervisor_under_load_has_zero_failures():
             s = await AdminClient(new.admin_socket).stats()
             assert s["workers"] == 2 and s["targets"][app.addr]["requests"] > 0
         finally:
-            old.terminate()
-            old.proc.stdout.close()
             if new is not None:
-                new.terminate()
-                new.proc.stdout.close()
+                new.close(remove_workdir=False)
+            old.close()
             await app.stop()
 
     run(main(), timeout=120)
