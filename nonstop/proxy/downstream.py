@@ -24,7 +24,8 @@ from bisect import bisect_left
 import httptools
 
 from nonstop.proxy.http import (
-    Reject, error_response, inspect_raw_response, inspect_request, inspect_response, parse_head_lines,
+    Reject, ResponseHead, error_response, fast_client_head, inspect_raw_response, inspect_request, inspect_response,
+    parse_head_lines,
 )
 from nonstop.proxy.split import set_cookie_header
 from nonstop.proxy.stats import LATENCY_BUCKETS
@@ -543,6 +544,36 @@ class Exchange:
         r = inspect_response(int(raw[9:12]), reason, headers, True, self.head, False, False, b"")
         if type(r) is not Reject:
             self.conn.write(r.head)
+
+    def on_fast_response(self, up, data: bytes, status: int, end: int, length: int) -> None:
+        """A Content-Length response whose head the fast path validated; llhttp is not used for it."""
+        conn = self.conn
+        extra = self.entry.release.header
+        if self.cookie is not None:
+            extra += set_cookie_header(self.cookie)
+        head = self.head
+        close = not head.keep_alive or conn.server.closing or not self.req_done or self.client_eof
+        r = ResponseHead()
+        r.body = "length"
+        r.splice = True
+        r.length = length
+        if close:
+            r.close = True
+        self.resp = r
+        self.status = status
+        avail = len(data) - end
+        if avail >= length:
+            if avail > length:
+                up.dirty = True  # bytes past the response's end: dropped, connection not reused
+            if not conn.closed:
+                conn.transport.write(fast_client_head(data[:end], extra, close, head.http10)
+                                     + data[end : end + length])
+            self.on_response_done(up)
+            return
+        conn.write(fast_client_head(data[:end], extra, close, head.http10) + data[end:])
+        up.left = length - avail
+        up.raw_body = True
+        conn.deadline = conn.server.now + conn.cfg.read_timeout
 
     def on_response_head(self, up, status: int, raw: bytes, keep_alive: bool) -> None:
         conn = self.conn

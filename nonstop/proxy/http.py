@@ -408,3 +408,46 @@ def inspect_raw_response(
         return r
     reason, headers = parse_head_lines(raw)
     return inspect_response(status, reason, headers, upstream_keep_alive, request, client_http10, close, extra)
+
+
+# A final response head that llhttp would read the same way, framed by one
+# Content-Length and free of hop-by-hop headers: the upstream fast path takes
+# it without running the parser (anything else goes through llhttp).
+_FAST_RESPONSE = re.compile(
+    rb"HTTP/1\.1 [2-5][0-9][0-9] [\t !-~\x80-\xff]*\r\n"
+    rb"(?:(?!(?:connection|keep-alive|proxy-connection|proxy-authenticate|proxy-authorization|te|trailer"
+    rb"|transfer-encoding|upgrade):)[!#$%&'*+.^_`|~0-9a-z-]+:[\t !-~\x80-\xff]*\r\n)*\r\n",
+    re.IGNORECASE,
+)
+
+
+def fast_response(data: bytes) -> tuple[int, int, int] | None:
+    """``(status, head_end, content_length)`` when ``data`` starts with a head the fast path may take.
+
+    None means: use llhttp (chunked, no length, 1xx/101/204/304, anything
+    unusual or malformed, or a head not complete in ``data``).
+    """
+    m = _FAST_RESPONSE.match(data)
+    if m is None:
+        return None
+    end = m.end()
+    status = int(data[9:12])
+    if status == 204 or status == 304:
+        return None
+    low = data[:end].lower()
+    j = low.find(b"\ncontent-length:")
+    if j < 0 or low.find(b"\ncontent-length:", j + 16) >= 0:
+        return None
+    value = data[j + 16 : data.index(b"\r", j)].strip(b" \t")
+    if not value.isdigit() or len(value) > 15:
+        return None
+    return status, end, int(value)
+
+
+def fast_client_head(raw: bytes, extra: bytes, close: bool, client_http10: bool) -> bytes:
+    """The client-bound head for a fast-path response head (``raw`` ends with the blank line)."""
+    if close:
+        return raw[:-2] + extra + b"Connection: close\r\n\r\n"
+    if client_http10:
+        return raw[:-2] + extra + b"Connection: keep-alive\r\n\r\n"
+    return raw[:-2] + extra + b"\r\n"

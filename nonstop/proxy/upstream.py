@@ -13,6 +13,8 @@ import select
 
 import httptools
 
+from nonstop.proxy.http import fast_response
+
 log = logging.getLogger("nonstop.proxy")
 
 _POLL_FLAGS = select.POLLIN | select.POLLPRI | getattr(select, "POLLRDHUP", 0)
@@ -32,7 +34,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     __slots__ = (
         "target", "transport", "parser", "exchange", "idle_since", "closed", "status", "tunnel", "_poll",
-        "read_paused", "hbuf", "hstart", "base", "body_from", "left", "splice", "dirty", "chunk",
+        "read_paused", "hbuf", "hstart", "base", "body_from", "left", "splice", "dirty", "chunk", "raw_body",
     )
 
     def __init__(self, target) -> None:
@@ -54,6 +56,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.splice = False
         self.dirty = False  # the upstream sent bytes past the end of a response: never reuse
         self.chunk = b""
+        self.raw_body = False  # reading a fast-path body: llhttp is not involved in this response
 
     # -- pool side -------------------------------------------------------------
 
@@ -113,7 +116,16 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         conn = ex.conn
+        if self.raw_body:
+            self._raw_body(data, ex, conn)
+            return
         hbuf = self.hbuf
+        if hbuf == b"" and not ex.head.upgrade and ex.head.method != b"HEAD":
+            fast = fast_response(data)
+            if fast is not None:
+                self.hbuf = None
+                ex.on_fast_response(self, data, *fast)
+                return
         if hbuf is not None:
             if hbuf:
                 if len(hbuf) > _MAX_HEAD:
@@ -149,6 +161,23 @@ class UpstreamConnection(asyncio.Protocol):
             conn.wbuf = None
             if buf and not conn.closed:
                 conn.transport.write(buf[0] if len(buf) == 1 else b"".join(buf))
+
+    def _raw_body(self, data: bytes, ex, conn) -> None:
+        left = self.left
+        n = len(data)
+        if n < left:
+            self.left = left - n
+            conn.deadline = conn.server.now + conn.cfg.read_timeout
+            conn.write(data)
+            return
+        if n > left:
+            self.dirty = True
+            data = data[:left]
+        self.left = 0
+        self.raw_body = False
+        if data:
+            conn.write(data)
+        ex.on_response_done(self)
 
     def _splice(self, data: bytes, conn) -> None:
         start = self.body_from

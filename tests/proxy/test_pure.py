@@ -314,3 +314,33 @@ def test_the_data_plane_never_imports_the_control_plane_or_the_cli():
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(
+    "head,taken",
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello", True),
+        (b"HTTP/1.1 404 Not Found\r\ncontent-length:   3  \r\n\r\nabc", True),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nKEEP-ALIVE: timeout=5\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\n\r\nuntil close", False),
+        (b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n", False),
+        (b"HTTP/1.1 101 Switching Protocols\r\nContent-Length: 0\r\n\r\n", False),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX: a\x00b\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX: a\nY: b\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length : 5\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n folded\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n", False),  # head not complete yet
+    ],
+)
+def test_response_fast_path_takes_only_plain_content_length_heads(head, taken):
+    got = http.fast_response(head)
+    assert (got is not None) == taken
+    if taken:
+        status, end, length = got
+        assert head[end - 4 : end] == b"\r\n\r\n" and status == int(head[9:12]) and length == len(head) - end
