@@ -6,6 +6,7 @@ on loopback, on ports picked free, with configs and logs in ``tmp_path``.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -33,13 +34,16 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
 
-def user_nginx_conf(root: Path, listen: str, include: Path, access_log: Path) -> Path:
+def user_nginx_conf(root: Path, listen: str, include: Path, access_log: Path, app: str = "shop") -> Path:
     """The nginx config a user of ``mode: external`` writes (as docs/routers.md shows)."""
     t = root / "tmp"
     t.mkdir(parents=True, exist_ok=True)
     conf = root / "nginx.conf"
+    # As root, workers would run as nobody, who cannot enter pytest's private tmp dir to buffer bodies.
+    user = "user root;" if os.geteuid() == 0 else ""
     conf.write_text(
         f"""
+{user}
 worker_processes 1;
 pid {root}/nginx.pid;
 error_log {root}/error.log notice;
@@ -51,16 +55,16 @@ http {{
     include {include};
     server {{
         listen {listen};
-        access_log {access_log} nonstop_shop_json;
+        access_log {access_log} nonstop_{app}_json;
         location / {{
-            proxy_pass http://$nonstop_shop_upstream;
+            proxy_pass http://$nonstop_{app}_upstream;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $http_host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_next_upstream error timeout;
-            add_header X-Nonstop-Release $nonstop_shop_release always;
-            add_header Set-Cookie $nonstop_shop_set_cookie always;
+            add_header X-Nonstop-Release $nonstop_{app}_release always;
+            add_header Set-Cookie $nonstop_{app}_set_cookie always;
         }}
     }}
 }}
@@ -69,7 +73,7 @@ http {{
     return conf
 
 
-def user_haproxy_conf(root: Path, listen: str) -> Path:
+def user_haproxy_conf(root: Path, listen: str, backend: str = "shop") -> Path:
     conf = root / "haproxy.cfg"
     conf.write_text(
         f"""
@@ -87,9 +91,8 @@ defaults
     option forwardfor
 frontend web
     bind {listen}
-    default_backend shop
-    http-response set-header X-Nonstop-Release %[srv_name]
-backend shop
+    default_backend {backend}
+backend {backend}
     balance roundrobin
 """
     )
@@ -167,8 +170,6 @@ async def routed(kind: str, tmp: Path, versions=("v1", "v2"), *, strategy: dict 
             pid_file = tmp / "user-nginx" / "nginx.pid"
             try:
                 pid = int(pid_file.read_text())
-                import os
-
                 os.kill(pid, signal.SIGTERM)
                 _wait_gone(pid)
             except (FileNotFoundError, ValueError, ProcessLookupError):
@@ -183,8 +184,6 @@ async def routed(kind: str, tmp: Path, versions=("v1", "v2"), *, strategy: dict 
 
 
 def _wait_gone(pid: int, timeout: float = 10) -> None:
-    import os
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

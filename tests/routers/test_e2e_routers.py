@@ -1,4 +1,4 @@
-"""Whole deployments through the real agent with nginx and HAProxy as the router (managed mode).
+"""Whole deployments through the real agent with nginx and HAProxy as the router (managed and external).
 
 Reuses the e2e stack (tests/e2e/conftest.py): the real CLI, agent, app instances
 and the project's load client (which reconnects when a keep-alive connection was
@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import time
 
 import psutil
 import pytest
-from conftest import kinds
+from conftest import HAPROXY, NGINX, kinds, user_haproxy_conf, user_nginx_conf
+
+from nonstop.agent.routers.base import Routing
+from nonstop.agent.routers.nginx_conf import render_upstreams
 
 from nonstop.testing.load import LoadClient
 from tests.e2e.artifacts import RUN_COMMAND, make_artifact
@@ -31,24 +36,63 @@ def arts(tmp_path):
 
 @pytest.fixture
 def router_stack(stack_factory):  # noqa: F811
-    """stack_factory, plus: the managed nginx / HAProxy is stopped by PID if `nonstop down` left it."""
+    """stack_factory for a router kind. External kinds get "the user's" nginx / HAProxy first
+    (configured as docs/routers.md says). Whatever nginx / HAProxy ran is stopped by PID at the end."""
     made = []
+    user_procs: list[subprocess.Popen] = []
 
-    def make(router: dict, **kw):
-        st = stack_factory(router=router, run={"command": RUN_COMMAND}, **kw)
+    def make(kind: str, **kw):
+        if not kind.endswith("external"):
+            st = stack_factory(router=_router(kind), run={"command": RUN_COMMAND}, **kw)
+            made.append(st)
+            return st
+        st = stack_factory(up=False, router={"type": "embedded"}, run={"command": RUN_COMMAND}, **kw)
         made.append(st)
+        user = st.dir / "user"
+        user.mkdir()
+        listen = f"127.0.0.1:{st.listen}"
+        if kind == "nginx-external":
+            include, access, err = user / "service-url.inc", user / "access.json.log", str(user / "error.log")
+            include.write_text(render_upstreams("e2e", Routing()))
+            conf = user_nginx_conf(user, listen, include, access, app="e2e")
+            subprocess.run([NGINX, "-c", str(conf), "-e", err], check=True, timeout=30)
+            router = {
+                "type": "nginx", "mode": "external", "upstream_file": str(include),
+                "test_command": [NGINX, "-t", "-q", "-c", str(conf), "-e", err],
+                "reload_command": [NGINX, "-s", "reload", "-c", str(conf), "-e", err],
+                "access_log": str(access), "worker_shutdown_timeout": "30s",
+            }
+        else:
+            conf = user_haproxy_conf(user, listen, backend="e2e")
+            user_procs.append(subprocess.Popen([HAPROXY, "-db", "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            deadline = time.monotonic() + 10
+            while not (user / "admin.sock").exists():
+                assert time.monotonic() < deadline, "user haproxy did not start"
+                time.sleep(0.05)
+            router = {"type": "haproxy", "mode": "external", "socket": str(user / "admin.sock"), "backend": "e2e"}
+        st.write_config(router=router)
+        st.cli("up", "--detach", "--timeout", "60", check=True)
         return st
 
-    yield make
-    for st in made:
-        for pid_file in (st.state / "nginx" / "nginx.pid", st.state / "haproxy" / "haproxy.pid"):
+    try:
+        yield make
+    finally:
+        for p in user_procs:
+            p.terminate()
             try:
-                pid = int(pid_file.read_text().split()[0])
-                p = psutil.Process(pid)
-                if any(n in " ".join(p.cmdline()) for n in ("nginx", "haproxy")):
-                    os.kill(pid, signal.SIGKILL)
-            except (OSError, ValueError, psutil.Error):
-                pass
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for st in made:
+            pid_files = (st.state / "nginx" / "nginx.pid", st.state / "haproxy" / "haproxy.pid", st.dir / "user" / "nginx.pid")
+            for pid_file in pid_files:
+                try:
+                    pid = int(pid_file.read_text().split()[0])
+                    p = psutil.Process(pid)
+                    if any(n in " ".join(p.cmdline()) for n in ("nginx", "haproxy")):
+                        os.kill(pid, signal.SIGKILL if "user" not in str(pid_file) else signal.SIGTERM)
+                except (OSError, ValueError, psutil.Error):
+                    pass
 
 
 def _router(kind: str) -> dict:
@@ -57,9 +101,9 @@ def _router(kind: str) -> dict:
     return {"type": "haproxy"}
 
 
-@pytest.mark.parametrize("kind", kinds("nginx-managed", "haproxy-managed"))
+@pytest.mark.parametrize("kind", kinds())
 def test_blue_green_under_load(kind, router_stack, arts):
-    st = router_stack(_router(kind))
+    st = router_stack(kind)
     st.deploy("v1", "--artifact", str(arts["good"]))
     with LoadClient(st.url, **LOAD) as load:
         load.wait_served(100, timeout=30)
@@ -80,9 +124,9 @@ def test_blue_green_under_load(kind, router_stack, arts):
     assert [r["release"] for r in s["routes"]] == ["v2"]
 
 
-@pytest.mark.parametrize("kind", kinds("nginx-managed", "haproxy-managed"))
+@pytest.mark.parametrize("kind", kinds())
 def test_rollback_under_load(kind, router_stack, arts):
-    st = router_stack(_router(kind))
+    st = router_stack(kind)
     st.deploy("v1", "--artifact", str(arts["good"]))
     st.deploy("v2", "--artifact", str(arts["good"]))
     with LoadClient(st.url, **LOAD) as load:
@@ -97,3 +141,44 @@ def test_rollback_under_load(kind, router_stack, arts):
     else:
         assert result.failed <= KEEPALIVE_WORKERS, result.format()
     assert st.status()["live_release"] == "v1"
+
+
+@pytest.mark.parametrize("kind", kinds("nginx-managed", "haproxy-managed"))
+def test_canary_with_sticky_users_and_header_match(kind, router_stack, tmp_path):
+    """10% → 50% → 100% with analysis; users move v1 → v2 at most once, never back; X-Canary reaches v2 at once."""
+    from tests.e2e._canary_helpers import StickyUsers, warm
+
+    good = make_artifact(tmp_path / "artifacts", "good", "--boot-seconds", "0.3")
+    st = router_stack(
+        kind,
+        strategy={
+            "type": "canary",
+            "steps": [{"weight": 10, "pause": "2s"}, {"weight": 50, "pause": "2s"}],
+            "sticky": True,
+            "match": {"header": {"X-Canary": "1"}},
+            "analysis": {"interval": "1s", "min_requests": 10, "max_error_rate": 0.05, "failure_limit": 2},
+        },
+        health={"startup_timeout": "15s"},
+    )
+    st.deploy("v1", "--artifact", str(good), "--strategy", "blue-green")
+    load_cfg = dict(rate=40, keepalive=3, new=2, post=0, slow=0, timeout=15)
+    with LoadClient(st.url, **load_cfg) as load, StickyUsers("127.0.0.1", st.listen, users=20, rate=40) as users, \
+         StickyUsers("127.0.0.1", st.listen, users=3, rate=10, headers={"X-Canary": "1"}) as matched:
+        warm(load, 30, stack=st)
+        res = st.deploy("v2", "--artifact", str(good))
+        warm(load, 30, stack=st)
+    assert res["ok"] and res["state"] == "promoted", res
+    result = load.result
+    print(f"\n{kind}: {result.total} load + {len(users.seen)} user requests, "
+          f"{result.failed} + {len(users.failures)} failed {result.failure_reasons()}")
+    flips = users.flips()
+    for user, seq in flips.items():
+        assert seq in (["v1"], ["v2"], ["v1", "v2"]), (user, users.buckets[user], seq)
+    assert all(seq[-1] == "v2" for seq in flips.values()), flips
+    # the header users saw v2 as soon as it was routed, while the others mostly still saw v1
+    assert any(s.version == "v2" for s in matched.seen)
+    if kind.startswith("haproxy"):
+        assert result.failed == 0 and users.failures == [], result.format()
+    else:
+        # three reloads (10%, 50%, 100%), at most one loss per kept-alive connection each
+        assert result.failed + len(users.failures) <= 3 * (load_cfg["keepalive"] + 20 + 3), result.format()
