@@ -24,8 +24,8 @@ from bisect import bisect_left
 import httptools
 
 from nonstop.proxy.http import (
-    Reject, ResponseHead, error_response, fast_client_head, inspect_raw_response, inspect_request, inspect_response,
-    parse_head_lines,
+    Reject, ResponseHead, error_response, fast_client_head, fast_request, forwarded_lines, inspect_raw_response,
+    inspect_request, inspect_response, parse_head_lines,
 )
 from nonstop.proxy.split import set_cookie_header
 from nonstop.proxy.stats import LATENCY_BUCKETS
@@ -55,7 +55,7 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "server", "state", "cfg", "transport", "parser", "client_ip", "client_ip_b", "url", "headers",
         "raw_head", "phase", "queue", "reading", "paused", "write_paused", "deadline",
-        "closed", "lingering", "tunnel", "upgrade_rest", "wbuf", "special",
+        "closed", "lingering", "tunnel", "upgrade_rest", "wbuf", "special", "fwd",
     )
 
     def __init__(self, server) -> None:
@@ -81,6 +81,7 @@ class ClientConnection(asyncio.Protocol):
         self.upgrade_rest: list | None = None  # client bytes after an upgrade request, before the 101
         self.wbuf: list | None = None
         self.special = False  # any of tunnel / lingering / closed / upgrade_rest: off the fast path
+        self.fwd = b""
 
     # -- asyncio -------------------------------------------------------------
 
@@ -89,6 +90,7 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else ""
         self.client_ip_b = self.client_ip.encode()
+        self.fwd = forwarded_lines(self.client_ip_b)
         self.server.connections.add(self)
         now = self.server.now
         self.deadline = now + (self.cfg.idle_grace if self.server.closing else self.cfg.header_timeout)
@@ -105,6 +107,22 @@ class ClientConnection(asyncio.Protocol):
                 self._pause(_P_BUFFER)
                 return
         if self.reading is None:
+            if (
+                self.headers is None
+                and not self.raw_head
+                and not self.queue
+                and self.state.fast is not None
+                and len(data) <= self.cfg.max_header_bytes
+            ):
+                # between requests, one target: a plain bodyless request needs no parser
+                head = fast_request(data, self.fwd)
+                if head is not None:
+                    ex = Exchange(self, head, None)
+                    ex.req_done = True
+                    self.queue.append(ex)
+                    self.phase = _ACTIVE
+                    self._dispatch(ex, head)
+                    return
             self.raw_head += len(data)
             if self.phase == _IDLE:
                 # a request has started: the header timeout runs from its first byte
@@ -212,8 +230,11 @@ class ClientConnection(asyncio.Protocol):
             self._pause(_P_QUEUE)
             return
         self.phase = _ACTIVE
-        # Exchange.start inlined for the commonest case: one target, a
-        # recently used idle connection to it
+        self._dispatch(ex, head)
+
+    def _dispatch(self, ex: "Exchange", head) -> None:
+        """Start the first queued exchange. Exchange.start, inlined for the commonest
+        case: one target and a recently used idle connection to it."""
         entry = self.state.fast
         if entry is not None:
             t = entry.target
@@ -231,7 +252,7 @@ class ClientConnection(asyncio.Protocol):
                     up.bind(ex, head.upstream_head)
                     if self.write_paused:
                         up.pause_reading()
-                    self.deadline = now + cfg.read_timeout
+                    self.deadline = now + self.cfg.read_timeout
                     return
         self.deadline = 0.0
         ex.start()

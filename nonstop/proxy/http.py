@@ -451,3 +451,41 @@ def fast_client_head(raw: bytes, extra: bytes, close: bool, client_http10: bool)
     if client_http10:
         return raw[:-2] + extra + b"Connection: keep-alive\r\n\r\n"
     return raw[:-2] + extra + b"\r\n"
+
+
+_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_VALUE = rb"[\t !-~\x80-\xff]*"
+_PLAIN_HEADER = (
+    rb"(?!(?i:connection|keep-alive|proxy-connection|proxy-authenticate|proxy-authorization|te|trailer"
+    rb"|transfer-encoding|upgrade|content-length|x-forwarded-for|x-forwarded-proto|x-forwarded-host|host):)"
+    + _TOKEN + rb":" + _VALUE + rb"\r\n"
+)
+# One whole bodyless HTTP/1.1 request in origin form, exactly one Host, no
+# framing, hop-by-hop or X-Forwarded-* headers: a strict subset of what llhttp
+# plus inspect_request accept, and read the same way. The client fast path
+# takes it without running the parser.
+_FAST_REQUEST = re.compile(
+    rb"(GET|HEAD|DELETE|OPTIONS) (/[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*) HTTP/1\.1\r\n"
+    rb"(?:" + _PLAIN_HEADER + rb")*"
+    rb"(?i:host):[ \t]*([A-Za-z0-9\-._~!$&'()*+,;=:\[\]%]+)[ \t]*\r\n"
+    rb"(?:" + _PLAIN_HEADER + rb")*"
+    rb"\r\n"
+)
+
+
+def fast_request(data: bytes, fwd: bytes) -> RequestHead | None:
+    """A RequestHead when ``data`` is exactly one plain bodyless request (see ``_FAST_REQUEST``), else None.
+
+    ``fwd`` is the connection's precomputed X-Forwarded-For / -Proto lines.
+    """
+    m = _FAST_REQUEST.fullmatch(data)
+    if m is None:
+        return None
+    h = RequestHead()
+    h.method = m.group(1)
+    h.upstream_head = data[:-2] + fwd + b"X-Forwarded-Host: " + m.group(3) + b"\r\n\r\n"
+    return h
+
+
+def forwarded_lines(client_ip: bytes) -> bytes:
+    return b"X-Forwarded-For: " + client_ip + b"\r\nX-Forwarded-Proto: http\r\n"

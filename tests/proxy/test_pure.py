@@ -344,3 +344,77 @@ def test_response_fast_path_takes_only_plain_content_length_heads(head, taken):
     if taken:
         status, end, length = got
         assert head[end - 4 : end] == b"\r\n\r\n" and status == int(head[9:12]) and length == len(head) - end
+
+
+def _llhttp_head(data: bytes):
+    import httptools
+
+    class P:
+        url = b""
+
+        def __init__(self):
+            self.headers = []
+
+        def on_url(self, u):
+            self.url += u
+
+        def on_header(self, n, v):
+            self.headers.append((n, v))
+
+    p = P()
+    parser = httptools.HttpRequestParser(p)
+    parser.feed_data(data)
+    return http.inspect_request(parser.get_method(), p.url, parser.get_http_version(), p.headers, b"10.0.0.1",
+                                parser.should_upgrade(), None)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n",
+        b"GET /p/a?q=1&r=%20x HTTP/1.1\r\nUser-Agent: t\r\nhost:  a.test:8080 \r\nAccept: */*\r\nCookie: c=1\r\n\r\n",
+        b"HEAD /x HTTP/1.1\r\nHost: [::1]:80\r\nX-Hi: \xe2\x9c\x93\r\n\r\n",
+        b"DELETE /r/1 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer t\r\n\r\n",
+    ],
+)
+def test_request_fast_path_builds_the_same_upstream_head_as_the_parser_path(data):
+    fwd = http.forwarded_lines(b"10.0.0.1")
+    fast = http.fast_request(data, fwd)
+    assert fast is not None
+    slow = _llhttp_head(data)
+
+    def norm(head):  # the same message: request line and headers, up to optional whitespace
+        lines = head.split(b"\r\n")
+        return [lines[0]] + [(n.lower(), v.strip()) for n, _, v in (ln.partition(b":") for ln in lines[1:] if ln)]
+
+    assert norm(fast.upstream_head) == norm(slow.upstream_head)
+    assert fast.upstream_head.endswith(b"\r\n\r\n")
+    assert fast.method == slow.method and fast.keep_alive and slow.keep_alive and fast.no_body
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"get / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.0\r\nHost: a\r\n\r\n",
+        b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.1.1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n",
+        b"GET / HTTP/1.1\nHost: a\n\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n folded\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",  # pipelined: the parser takes it
+        b"GET / HTTP/1.1\r\nHost: a\r\n",  # incomplete
+        b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+    ],
+)
+def test_request_fast_path_leaves_everything_else_to_the_parser(data):
+    assert http.fast_request(data, b"") is None
