@@ -25,6 +25,8 @@ window start at zero. ``failure_limit`` is counted by the step machine.
 
 from __future__ import annotations
 
+from nonstop.proxy import stats as _stats
+
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Mapping
 
@@ -87,22 +89,9 @@ def _ms(s: float | None) -> str:
     return f"{s * 1000:.0f}ms" if s < 1 else f"{s:.2f}s"
 
 
-def quantile(bounds: list[float], counts: list[int], q: float) -> float | None:
-    """Quantile ``q`` of a histogram (``counts`` per bucket; one more count than bounds: +Inf)."""
-    n = sum(counts)
-    if n <= 0:
-        return None
-    rank = q * n
-    seen = 0
-    for i, c in enumerate(counts):
-        if c > 0 and seen + c >= rank:
-            if i >= len(bounds):
-                return bounds[-1] if bounds else None
-            lo = bounds[i - 1] if i else 0.0
-            hi = bounds[i]
-            return lo + (hi - lo) * max(rank - seen, 0) / c
-        seen += c
-    return bounds[-1] if bounds else None
+def quantile(bounds, counts: list[int], q: float) -> float | None:
+    """Quantile ``q`` of a histogram with upper ``bounds`` (``counts`` has one more entry: +Inf)."""
+    return _stats.quantile(counts, q, tuple(bounds))
 
 
 def _release(snap: Mapping[str, Any] | None, name: str) -> Mapping[str, Any]:

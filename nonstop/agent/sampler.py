@@ -18,6 +18,8 @@ than a wrong one; the next tick is measured from the new values.
 
 from __future__ import annotations
 
+from nonstop.proxy import stats as _stats
+
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -146,21 +148,9 @@ class Sampler:
         return [s.to_json() for s in self.samples]
 
 
-def quantile(bounds: tuple[float, ...], counts: list[int], q: float) -> float | None:
-    """A quantile from bucket counts (``len(bounds) + 1``, the last one +Inf), linear within a bucket."""
-    n = sum(counts)
-    if n <= 0 or not bounds:
-        return None
-    rank = q * n
-    seen = 0
-    for i, c in enumerate(counts):
-        if c > 0 and seen + c >= rank:
-            if i >= len(bounds):
-                return bounds[-1]
-            lo = bounds[i - 1] if i else 0.0
-            return lo + (bounds[i] - lo) * max(rank - seen, 0) / c
-        seen += c
-    return bounds[-1]
+def quantile(bounds, counts: list[int], q: float) -> float | None:
+    """Quantile ``q`` of a histogram with upper ``bounds`` (``counts`` has one more entry: +Inf)."""
+    return _stats.quantile(counts, q, tuple(bounds))
 
 
 def _r(v: float | None, nd: int) -> float | None:

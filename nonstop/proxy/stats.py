@@ -56,26 +56,26 @@ def total(parts: Iterable[Counters]) -> Counters:
     return out
 
 
-def quantile(counts: list[int], q: float) -> float | None:
+def quantile(counts: list[int], q: float, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> float | None:
     """Estimate a quantile from histogram counts (linear within a bucket, as Prometheus does).
 
-    None when there are no observations. Observations in the +Inf bucket
-    report the highest finite bound.
+    ``counts`` has one more entry than ``bounds`` (the +Inf bucket). None when
+    there are no observations; observations in the +Inf bucket report the
+    highest finite bound.
     """
     n = sum(counts)
-    if n == 0:
+    if n <= 0 or not bounds:
         return None
     rank = q * n
     seen = 0
     for i, c in enumerate(counts):
-        if c and seen + c >= rank:
-            if i == len(LATENCY_BUCKETS):
-                return LATENCY_BUCKETS[-1]
-            lo = LATENCY_BUCKETS[i - 1] if i else 0.0
-            hi = LATENCY_BUCKETS[i]
-            return lo + (hi - lo) * max(rank - seen, 0) / c
+        if c > 0 and seen + c >= rank:
+            if i >= len(bounds):
+                return bounds[-1]
+            lo = bounds[i - 1] if i else 0.0
+            return lo + (bounds[i] - lo) * max(rank - seen, 0) / c
         seen += c
-    return LATENCY_BUCKETS[-1]
+    return bounds[-1]
 
 
 def to_dict(c: Counters) -> dict:
