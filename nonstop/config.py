@@ -13,7 +13,6 @@ import shlex
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -24,10 +23,11 @@ from pydantic import (
     model_validator,
 )
 
+from nonstop import configfile
 from nonstop.durations import parse_duration
 from nonstop.errors import ConfigError
 
-CONFIG_NAME = "nonstop.yml"
+CONFIG_NAME = configfile.CONFIG_NAME
 
 
 def _duration(v: Any) -> float:
@@ -439,23 +439,9 @@ def _field_path(loc: tuple) -> str:
 
 def load(path: str | os.PathLike | None = None) -> Config:
     """Read and validate ``nonstop.yml``. Raises ``ConfigError`` (never exits)."""
-    p = Path(path) if path else find_config()
-    shown = str(p)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise ConfigError("no such file (run `nonstop init` to write one)", file=shown) from None
-    except OSError as e:
-        raise ConfigError(f"cannot read: {e.strerror}", file=shown) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"not valid YAML{where}: {getattr(e, 'problem', e)}", file=shown) from None
-    if not isinstance(data, dict):
-        raise ConfigError("expected a mapping of settings at the top level", file=shown)
-    return from_dict(data, source=str(p.resolve()), shown=shown)
+    p = configfile.find(path)
+    data = configfile.read(p)
+    return from_dict(data, source=str(p.resolve()), shown=str(p))
 
 
 def from_dict(data: dict, *, source: str | None = None, shown: str | None = None) -> Config:
@@ -484,16 +470,7 @@ def from_dict(data: dict, *, source: str | None = None, shown: str | None = None
         raise ConfigError(msg + more, file=shown or source, field=field) from None
 
 
-def find_config(start: Path | None = None) -> Path:
-    """``$NONSTOP_CONFIG``, else ``nonstop.yml`` in the current folder or its parents."""
-    env = os.environ.get("NONSTOP_CONFIG")
-    if env:
-        return Path(env)
-    here = (start or Path.cwd()).resolve()
-    for d in (here, *here.parents):
-        if (d / CONFIG_NAME).exists():
-            return d / CONFIG_NAME
-    return here / CONFIG_NAME
+find_config = configfile.find
 
 
 TEMPLATE = """\
