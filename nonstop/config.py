@@ -470,9 +470,6 @@ def from_dict(data: dict, *, source: str | None = None, shown: str | None = None
         raise ConfigError(msg + more, file=shown or source, field=field) from None
 
 
-find_config = configfile.find
-
-
 TEMPLATE = """\
 # nonstop.yml — how nonstop runs and deploys this app (see DESIGN.md).
 app: {app}

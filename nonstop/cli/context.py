@@ -11,7 +11,8 @@ from typing import Any
 import click
 
 from nonstop.cli.client import AgentClient
-from nonstop.cli.locate import find_config, state_dir
+from nonstop import configfile
+from nonstop.cli.locate import state_dir
 
 
 class Ctx:
@@ -21,7 +22,7 @@ class Ctx:
 
     @cached_property
     def config_file(self) -> Path:
-        return find_config(self.config_path)
+        return configfile.find(self.config_path)
 
     @cached_property
     def state(self) -> Path:

@@ -13,9 +13,6 @@ from pathlib import Path
 from nonstop import configfile
 from nonstop.errors import ConfigError
 
-find_config = configfile.find
-
-
 def state_dir(config_path: Path) -> Path:
     """The ``state_dir`` the config names (default ``.nonstop``), relative to the config file."""
     sd = configfile.read(config_path).get("state_dir", ".nonstop")
