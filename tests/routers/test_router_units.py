@@ -9,7 +9,7 @@ import re
 import pytest
 
 from nonstop.agent.routers.base import ReleaseRoute, Routing, Target
-from nonstop.agent.routers.haproxy import _haproxy_record
+from nonstop.agent.routers.haproxy_stats import haproxy_record
 from nonstop.agent.routers.haproxy_conf import MatchKey
 from nonstop.agent.routers.nginx_accesslog import LATENCY_BUCKETS, LogTail, StatsBook, nginx_record
 from nonstop.agent.routers.nginx_conf import normalise, plan, render_upstreams
@@ -126,10 +126,10 @@ def test_nginx_record_and_book():
 
 def test_haproxy_record_tells_its_own_errors_from_the_apps():
     base = {"app": "shop", "release": "v1", "ta_ms": 5, "server": "t_x", "target": "127.0.0.1:8081"}
-    own = _haproxy_record(json.dumps({**base, "status": 503, "termination": "SC"}).encode(), "shop")
-    app = _haproxy_record(json.dumps({**base, "status": 503, "termination": "--"}).encode(), "shop")
+    own = haproxy_record(json.dumps({**base, "status": 503, "termination": "SC"}).encode(), "shop")
+    app = haproxy_record(json.dumps({**base, "status": 503, "termination": "--"}).encode(), "shop")
     assert own["proxy_error"] and not app["proxy_error"]
     assert own["target"] == "127.0.0.1:8081" and own["seconds"] == 0.005
-    nosrv = _haproxy_record(json.dumps({**base, "status": 503, "server": "<NOSRV>", "target": "-:-", "release": "-",
+    nosrv = haproxy_record(json.dumps({**base, "status": 503, "server": "<NOSRV>", "target": "-:-", "release": "-",
                                         "termination": "SC"}).encode(), "shop")
     assert nosrv["target"] is None and nosrv["release"] is None

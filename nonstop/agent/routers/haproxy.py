@@ -48,8 +48,9 @@ from nonstop.agent.routers.haproxy_conf import (
     render_config,
     server_name,
 )
+from nonstop.agent.routers.haproxy_stats import add_snapshots, haproxy_record, stat_snapshot, sum_stat
 from nonstop.agent.routers.nginx_accesslog import LogTail, StatsBook
-from nonstop.agent.routers.nginx_conf import normalise, plan
+from nonstop.agent.routers.nginx_conf import ident, normalise, plan
 from nonstop.config import ROUTER_CAPABILITIES, CanaryStrategy, Config
 from nonstop.errors import RouterError
 
@@ -366,7 +367,7 @@ class HaproxyRouter(Router):
             if self._tail is None:
                 self._open_log()
             lines = await asyncio.to_thread(self._tail.read)
-            records = [_haproxy_record(line, self.app) for line in lines]
+            records = [haproxy_record(line, self.app) for line in lines]
             for rec in records:
                 if rec and rec["target"] in self._alias:
                     rec["target"] = self._alias[rec["target"]]
@@ -414,7 +415,7 @@ class HaproxyRouter(Router):
     def _ours(self, s: ServerStat) -> bool:
         if self.mode == "external":
             return s.backend == self.external_backend and s.name.startswith("t_")
-        return s.backend.startswith(f"nonstop_{_ident(self.app)}_r")
+        return s.backend.startswith(f"nonstop_{ident(self.app)}_r")
 
     def _is_live(self, s: ServerStat) -> bool:
         if self.mode == "external":
@@ -431,7 +432,7 @@ class HaproxyRouter(Router):
                 await self.api.command(f"del server {s.backend}/{s.name}", expect="Server deleted")
                 if self.mode == "external":
                     prev = self._retired.get(s.addr)
-                    self._retired[s.addr] = _sum_stat(prev, self._last_seen.get((s.backend, s.name), s))
+                    self._retired[s.addr] = sum_stat(prev, self._last_seen.get((s.backend, s.name), s))
                     self._last_seen.pop((s.backend, s.name), None)
             except RouterError as e:
                 # A straggler (a keep-alive request arriving right now): it stays in drain; next drain retries.
@@ -449,13 +450,13 @@ class HaproxyRouter(Router):
         per_addr: dict[str, ServerStat] = dict(self._retired)
         for s in ours:
             self._last_seen[(s.backend, s.name)] = s
-            per_addr[s.addr] = _sum_stat(per_addr.get(s.addr), s)
+            per_addr[s.addr] = sum_stat(per_addr.get(s.addr), s)
         for addr, s in per_addr.items():
-            snap = _stat_snapshot(s)
+            snap = stat_snapshot(s)
             targets[addr] = snap
             rel = self._server_release.get(server_name(addr))
             if rel:
-                releases[rel] = _add_snapshots(releases.get(rel), snap)
+                releases[rel] = add_snapshots(releases.get(rel), snap)
         return {"releases": releases, "targets": targets}
 
     async def _answers(self) -> bool:
@@ -517,12 +518,6 @@ class HaproxyRouter(Router):
         return " | ".join(text.strip().splitlines()[-lines:])
 
 
-def _ident(app: str) -> str:
-    from nonstop.agent.routers.nginx_conf import ident
-
-    return ident(app)
-
-
 def _drop_to() -> str | None:
     """As root, HAProxy drops to nobody after binding (it opens nothing later but its socket, made before)."""
     if os.geteuid() != 0:
@@ -540,77 +535,6 @@ def _drop_to() -> str | None:
         except KeyError:
             continue
     return None
-
-
-def _haproxy_record(line: bytes, app: str) -> dict[str, Any] | None:
-    try:
-        d = json.loads(line)
-        if d.get("app") != app:
-            return None
-        status = int(d["status"])
-        seconds = max(0, int(d.get("ta_ms", 0))) / 1000
-    except (ValueError, KeyError, TypeError):
-        return None
-    rel = d.get("release")
-    target = d.get("target") or ""
-    if target.startswith("-") or ":" not in target or d.get("server") in ("<NOSRV>", "-", None):
-        target = None
-    # HAProxy's own answers end abnormally ("SC", "sH", ...); the app's own 502 ends "--".
-    proxy_error = status in (502, 503, 504) and not str(d.get("termination", "--")).startswith("-")
-    return {
-        "release": None if rel in (None, "", "-") else rel,
-        "target": target,
-        "status": status,
-        "seconds": seconds,
-        "proxy_error": proxy_error,
-    }
-
-
-def _sum_stat(a: ServerStat | None, b: ServerStat) -> ServerStat:
-    if a is None:
-        return b
-    return ServerStat(
-        backend=b.backend,
-        name=b.name,
-        addr=b.addr,
-        status=b.status,
-        weight=b.weight,
-        scur=a.scur + b.scur,
-        stot=a.stot + b.stot,
-        by_class={k: a.by_class.get(k, 0) + v for k, v in b.by_class.items()},
-        other=a.other + b.other,
-        econ=a.econ + b.econ,
-        eresp=a.eresp + b.eresp,
-        rtime_ms=b.rtime_ms,
-        ttime_ms=b.ttime_ms,
-    )
-
-
-def _stat_snapshot(s: ServerStat) -> dict[str, Any]:
-    """``show stat`` has no histogram: latency carries HAProxy's moving average only; quantiles are unknown."""
-    return {
-        "requests": s.requests,
-        "by_class": dict(s.by_class),
-        "proxy_errors": s.econ + s.eresp,
-        "in_flight": s.scur,
-        "latency": None,  # unknown: readers treat a missing histogram as "no latency figures"
-        "avg_response_ms": s.rtime_ms,
-        "p50": None,
-        "p90": None,
-        "p99": None,
-    }
-
-
-def _add_snapshots(a: dict[str, Any] | None, b: dict[str, Any]) -> dict[str, Any]:
-    if a is None:
-        return json.loads(json.dumps(b))
-    out = json.loads(json.dumps(a))
-    out["requests"] += b["requests"]
-    out["proxy_errors"] += b["proxy_errors"]
-    out["in_flight"] += b["in_flight"]
-    for k, v in b["by_class"].items():
-        out["by_class"][k] = out["by_class"].get(k, 0) + v
-    return out
 
 
 async def _run(argv: list[str], *, timeout: float) -> tuple[int, str]:

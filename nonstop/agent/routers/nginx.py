@@ -34,11 +34,11 @@ import psutil
 
 from nonstop.agent.routers.base import Router, RouterInfo, Routing, StatsSnapshot
 from nonstop.agent.routers.nginx_accesslog import LogTail, StatsBook, nginx_record
-from nonstop.agent.routers.nginx_conf import ManagedPaths, ident, plan, render_managed, render_upstreams
+from nonstop.agent.routers.nginx_conf import ManagedPaths, plan, render_managed, render_upstreams
 from nonstop.config import ROUTER_CAPABILITIES, Config, split_command
 from nonstop.errors import RouterError
 
-__all__ = ["NginxRouter"]
+__all__ = ["NginxRouter", "ROUTING_MARK"]
 
 log = logging.getLogger("nonstop.router.nginx")
 
@@ -503,7 +503,3 @@ async def _run(argv: list[str], *, timeout: float) -> tuple[int, str]:
         await proc.wait()
         raise RouterError(f"{' '.join(argv)} did not finish within {timeout:.0f}s", detail={"command": argv}) from None
     return proc.returncode, out.decode(errors="replace")
-
-
-# Kept importable for tests and the docs generator.
-__all__ += ["ROUTING_MARK", "ident"]
