@@ -25,7 +25,8 @@ def error_response(e: NonstopError) -> JSONResponse:
     return JSONResponse(body, status_code=_STATUS.get(e.exit_code, 500))
 
 
-async def _body(request: Request) -> dict:
+async def json_body(request: Request) -> dict:
+    """The request's JSON object body ({} when empty); ``UsageError`` otherwise."""
     raw = await request.body()
     if not raw:
         return {}
@@ -59,17 +60,17 @@ def make_app(agent, on_down: Callable[[], None]) -> Starlette:
         return JSONResponse(agent.history(limit))
 
     async def deploy(request: Request) -> Response:
-        b = await _body(request)
+        b = await json_body(request)
         dep_id = await agent.deployer.deploy(b.get("version"), b.get("artifact"), b.get("strategy"))
         return stream_deployment(dep_id) if b.get("follow", True) else JSONResponse({"deployment": dep_id})
 
     async def rollback(request: Request) -> Response:
-        b = await _body(request)
+        b = await json_body(request)
         dep_id = await agent.deployer.rollback(b.get("to"))
         return stream_deployment(dep_id) if b.get("follow", True) else JSONResponse({"deployment": dep_id})
 
     async def steer(request: Request) -> Response:
-        b = await _body(request)
+        b = await json_body(request)
         action = b.get("action")
         if action not in ("promote", "promote_full", "abort", "pause", "resume"):
             raise UsageError(f"unknown action {action!r}")

@@ -51,6 +51,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from nonstop import __version__
+from nonstop.agent.api import json_body
 from nonstop.agent.metrics import CONTENT_TYPE, Family, MetricsInput, render
 from nonstop.agent.sampler import Sampler
 from nonstop.errors import ConfigError, NonstopError, UsageError
@@ -288,7 +289,7 @@ class Dashboard:
         async def promote(request: Request) -> Response:
             if (denied := authorized(request)) is not None:
                 return denied
-            body = await _body(request)
+            body = await json_body(request)
             action = "promote_full" if body.get("full") else "promote"
             dep = agent.deployer.steer(action)
             return JSONResponse({"ok": True, "deployment": dep.id, "action": action})
@@ -302,7 +303,7 @@ class Dashboard:
         async def rollback(request: Request) -> Response:
             if (denied := authorized(request)) is not None:
                 return denied
-            body = await _body(request)
+            body = await json_body(request)
             to = body.get("to")
             if to is not None and not isinstance(to, str):
                 raise UsageError("'to' must be a release id or null")
@@ -377,19 +378,6 @@ async def _plain(send: Send, status: int, text: str) -> None:
     body = (text + "\n").encode()
     await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
-
-
-async def _body(request: Request) -> dict:
-    raw = await request.body()
-    if not raw:
-        return {}
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        raise UsageError("request body is not JSON") from None
-    if not isinstance(data, dict):
-        raise UsageError("request body must be a JSON object")
-    return data
 
 
 def _event_json(ev) -> dict:

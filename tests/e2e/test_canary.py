@@ -132,7 +132,6 @@ def test_faulty_canary_is_rolled_back_with_bounded_failures(stack_factory, arts)
         t0 = time.monotonic()
         res = st.deploy("v2", "--artifact", str(arts["faulty"]), expect=1)
         took = time.monotonic() - t0
-        after = load.served
         warm(load, 120, stack=st)  # ~2s more on the stable release only
     result = load.result
     assert res["state"] == "rolled_back", res

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from nonstop.testing.launch import run_app, start_app
 from nonstop.testing.load import LoadClient, LoadResult, RequestRecord
