@@ -65,6 +65,8 @@ class NginxRouter(Router):
         self.dir = Path(state_dir) / "nginx"
         self.paths = ManagedPaths(str(self.dir))
         self.binary = rc.binary
+        # Not a config setting yet (config.py belongs to the lead); read it when it becomes one.
+        self.client_keepalive_timeout = float(getattr(rc, "client_keepalive_timeout", type(self).client_keepalive_timeout))
         if self.mode == "managed":
             self.upstream_file = Path(self.paths.upstreams)
             self.access_log: str | None = str(cfg.path(rc.access_log)) if rc.access_log else self.paths.access_log
