@@ -9,8 +9,6 @@ may lose, per reload, at most one request per keep-alive worker of the load
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import time
 
@@ -42,12 +40,13 @@ def router_stack(stack_factory):  # noqa: F811
     user_procs: list[subprocess.Popen] = []
 
     def make(kind: str, **kw):
-        if not kind.endswith("external"):
-            st = stack_factory(router=_router(kind), run={"command": RUN_COMMAND}, **kw)
-            made.append(st)
-            return st
+        # Not started by stack_factory: a failed `up` must still leave the stack in `made` for the cleanup.
         st = stack_factory(up=False, router={"type": "embedded"}, run={"command": RUN_COMMAND}, **kw)
         made.append(st)
+        if not kind.endswith("external"):
+            st.write_config(router=_router(kind))
+            st.cli("up", "--detach", "--timeout", "60", check=True)
+            return st
         user = st.dir / "user"
         user.mkdir()
         listen = f"127.0.0.1:{st.listen}"
@@ -77,6 +76,13 @@ def router_stack(stack_factory):  # noqa: F811
     try:
         yield make
     finally:
+        # This runs before stack_factory's own teardown: stop the stacks the normal way first, so the
+        # managed nginx / HAProxy stop gracefully (a SIGKILLed nginx master leaves its workers running).
+        for st in made:
+            try:
+                st.cli("down", timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
         for p in user_procs:
             p.terminate()
             try:
@@ -84,15 +90,27 @@ def router_stack(stack_factory):  # noqa: F811
             except subprocess.TimeoutExpired:
                 p.kill()
         for st in made:
-            pid_files = (st.state / "nginx" / "nginx.pid", st.state / "haproxy" / "haproxy.pid", st.dir / "user" / "nginx.pid")
-            for pid_file in pid_files:
-                try:
-                    pid = int(pid_file.read_text().split()[0])
-                    p = psutil.Process(pid)
-                    if any(n in " ".join(p.cmdline()) for n in ("nginx", "haproxy")):
-                        os.kill(pid, signal.SIGKILL if "user" not in str(pid_file) else signal.SIGTERM)
-                except (OSError, ValueError, psutil.Error):
-                    pass
+            for pid_file in (st.state / "nginx" / "nginx.pid", st.state / "haproxy" / "haproxy.pid", st.dir / "user" / "nginx.pid"):
+                _stop_tree(pid_file)
+
+
+def _stop_tree(pid_file) -> None:
+    """The nginx / HAProxy named by ``pid_file``, if still running: SIGTERM it, then SIGKILL it and its children."""
+    try:
+        p = psutil.Process(int(pid_file.read_text().split()[0]))
+        if not any(n in " ".join(p.cmdline()) for n in ("nginx", "haproxy")):
+            return
+        children = p.children()
+        p.terminate()  # nginx: fast shutdown, the master ends its workers
+        try:
+            p.wait(10)
+        except psutil.TimeoutExpired:
+            p.kill()
+        for c in children:
+            if c.is_running():
+                c.kill()
+    except (OSError, ValueError, psutil.Error):
+        pass
 
 
 def _router(kind: str) -> dict:

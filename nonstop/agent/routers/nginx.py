@@ -134,6 +134,7 @@ class NginxRouter(Router):
             return
         # SIGQUIT: graceful; workers finish in-flight requests within worker_shutdown_timeout.
         log.info("nginx managed: stopping pid=%s", master.pid)
+        workers = _workers_of(master)
         try:
             master.send_signal(signal.SIGQUIT)
             await asyncio.to_thread(master.wait, self.rc.worker_shutdown_timeout + 5)
@@ -146,6 +147,12 @@ class NginxRouter(Router):
                 await asyncio.to_thread(master.wait, 5)
             except psutil.TimeoutExpired:
                 master.kill()
+                # A killed master leaves its workers running (and listening): end them too.
+                for w in workers:
+                    try:
+                        w.kill()
+                    except psutil.NoSuchProcess:
+                        pass
         if self._tail is not None:
             self._tail.close()
             self._tail = None
