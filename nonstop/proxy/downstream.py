@@ -6,6 +6,13 @@ last byte of its response: target choice, hold, connect retries, streaming
 both ways, stats. Requests pipelined by a client queue up and are answered in
 order; only the first of the queue talks to an upstream.
 
+Fast paths (both only shortcuts; everything else takes the general path):
+a chunk that is exactly one plain bodyless request (``http.fast_request``)
+is dispatched without llhttp when the table has a single target, and an
+upstream response with a plain Content-Length head (``http.fast_response``)
+is forwarded without llhttp. Both accept a strict subset of what the parser
+path accepts, read the same way (tests/proxy/test_pure.py compares them).
+
 Retry rule (docs/internals.md): a request moves to another target only when
 connecting fails, or when a pooled connection turns out closed *before any
 byte of the request was written to it* — checked when the connection leaves
@@ -584,12 +591,35 @@ class Exchange:
         self.status = status
         avail = len(data) - end
         if avail >= length:
-            if avail > length:
-                up.dirty = True  # bytes past the response's end: dropped, connection not reused
             if not conn.closed:
                 conn.transport.write(fast_client_head(data[:end], extra, close, head.http10)
                                      + data[end : end + length])
-            self.on_response_done(up)
+            # the whole response was in this chunk: on_response_done, inlined
+            self.upstream = None
+            up.exchange = None
+            entry = self.entry
+            if avail == length and self.req_done and not up.closed:
+                pool = entry.target.pool
+                if up.read_paused:
+                    up.resume_reading()
+                if len(pool._idle) < pool.max_idle:
+                    up.idle_since = conn.server.now
+                    pool._idle.append(up)
+                else:
+                    pool.put(up, conn.server.now)
+            else:
+                up.close()  # bytes past the response's end, or the request is still coming
+            self.finished = True
+            c = entry.counters
+            dt = _perf() - self.started
+            c.requests += 1
+            c.by_class[status // 100 - 1] += 1
+            c.counts[bisect_left(LATENCY_BUCKETS, dt)] += 1
+            c.sum += dt
+            c.in_flight -= 1
+            entry.target.in_flight -= 1
+            self.counted = False
+            conn.exchange_done(self, close)
             return
         conn.write(fast_client_head(data[:end], extra, close, head.http10) + data[end:])
         up.left = length - avail

@@ -35,6 +35,7 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "target", "transport", "parser", "exchange", "idle_since", "closed", "status", "tunnel", "_poll",
         "read_paused", "hbuf", "hstart", "base", "body_from", "left", "splice", "dirty", "chunk", "raw_body",
+        "fresh",
     )
 
     def __init__(self, target) -> None:
@@ -57,6 +58,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.dirty = False  # the upstream sent bytes past the end of a response: never reuse
         self.chunk = b""
         self.raw_body = False  # reading a fast-path body: llhttp is not involved in this response
+        self.fresh = False  # the next bytes start a response the fast path may take
 
     # -- pool side -------------------------------------------------------------
 
@@ -87,6 +89,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.hbuf = b""
         self.hstart = 0
         self.splice = False
+        head = exchange.head
+        self.fresh = not head.upgrade and head.method != b"HEAD"
         self.transport.write(data)
 
     def pause_reading(self) -> None:
@@ -120,7 +124,8 @@ class UpstreamConnection(asyncio.Protocol):
             self._raw_body(data, ex, conn)
             return
         hbuf = self.hbuf
-        if hbuf == b"" and not ex.head.upgrade and ex.head.method != b"HEAD":
+        if self.fresh:
+            self.fresh = False
             fast = fast_response(data)
             if fast is not None:
                 self.hbuf = None
