@@ -464,11 +464,15 @@ _PLAIN_HEADER = (
 # framing, hop-by-hop or X-Forwarded-* headers: a strict subset of what llhttp
 # plus inspect_request accept, and read the same way. The client fast path
 # takes it without running the parser.
+# ... or with one "Connection: keep-alive" (what most HTTP/1.1 clients send), dropped on the way
+_KEEP_ALIVE_LINE = rb"(?i:connection):[ \t]*(?i:keep-alive)[ \t]*\r\n"
 _FAST_REQUEST = re.compile(
     rb"(GET|HEAD|DELETE|OPTIONS) (/[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*) HTTP/1\.1\r\n"
     rb"(?:" + _PLAIN_HEADER + rb")*"
+    rb"(?:(" + _KEEP_ALIVE_LINE + rb")(?:" + _PLAIN_HEADER + rb")*)?"
     rb"(?i:host):[ \t]*([A-Za-z0-9\-._~!$&'()*+,;=:\[\]%]+)[ \t]*\r\n"
     rb"(?:" + _PLAIN_HEADER + rb")*"
+    rb"(?:(" + _KEEP_ALIVE_LINE + rb")(?:" + _PLAIN_HEADER + rb")*)?"
     rb"\r\n"
 )
 
@@ -483,7 +487,17 @@ def fast_request(data: bytes, fwd: bytes) -> RequestHead | None:
         return None
     h = RequestHead()
     h.method = m.group(1)
-    h.upstream_head = data[:-2] + fwd + b"X-Forwarded-Host: " + m.group(3) + b"\r\n\r\n"
+    host = m.group(4)
+    if m.group(3) is not None:
+        if m.group(5) is not None:
+            return None  # two Connection headers: the parser path decides
+        a, b = m.span(3)
+    elif m.group(5) is not None:
+        a, b = m.span(5)
+    else:
+        h.upstream_head = data[:-2] + fwd + b"X-Forwarded-Host: " + host + b"\r\n\r\n"
+        return h
+    h.upstream_head = data[:a] + data[b:-2] + fwd + b"X-Forwarded-Host: " + host + b"\r\n\r\n"
     return h
 
 

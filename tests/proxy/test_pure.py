@@ -375,6 +375,8 @@ def _llhttp_head(data: bytes):
         b"GET /p/a?q=1&r=%20x HTTP/1.1\r\nUser-Agent: t\r\nhost:  a.test:8080 \r\nAccept: */*\r\nCookie: c=1\r\n\r\n",
         b"HEAD /x HTTP/1.1\r\nHost: [::1]:80\r\nX-Hi: \xe2\x9c\x93\r\n\r\n",
         b"DELETE /r/1 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer t\r\n\r\n",
+        b"GET / HTTP/1.1\r\nConnection: keep-alive\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nAccept: x\r\nconnection: Keep-Alive \r\nUser-Agent: u\r\n\r\n",
     ],
 )
 def test_request_fast_path_builds_the_same_upstream_head_as_the_parser_path(data):
@@ -403,7 +405,9 @@ def test_request_fast_path_builds_the_same_upstream_head_as_the_parser_path(data
         b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        b"GET / HTTP/1.1\r\nConnection: keep-alive\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, x\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.1.1.1\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
