@@ -14,7 +14,7 @@ import time
 
 import psutil
 import pytest
-from conftest import HAPROXY, NGINX, kinds, user_haproxy_conf, user_nginx_conf
+from routerstack import HAPROXY, NGINX, kinds, user_haproxy_conf, user_nginx_conf
 
 from nonstop.agent.routers.base import Routing
 from nonstop.agent.routers.nginx_conf import render_upstreams

@@ -13,7 +13,7 @@ import time
 
 import pytest
 import uvloop
-from conftest import kinds, routed
+from routerstack import kinds, routed
 from routerkit import get, load, wait_serving
 
 from nonstop.agent.routers.base import ReleaseRoute, Routing, Target
