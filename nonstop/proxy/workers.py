@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -59,9 +60,9 @@ class Supervisor:
         self._admin = None
         self._admin_ino: int | None = None
         self._stop = asyncio.Event()
-        self._dir = os.path.dirname(os.path.abspath(cfg.admin_socket)) if cfg.admin_socket else tempfile.mkdtemp(
-            prefix="nsp-w-", dir="/tmp"
-        )
+        # workers' private admin sockets live beside the public one, or in a directory of our own
+        self._own_dir = None if cfg.admin_socket else tempfile.mkdtemp(prefix="nsp-w-", dir="/tmp")
+        self._dir = os.path.dirname(os.path.abspath(cfg.admin_socket)) if cfg.admin_socket else self._own_dir
         self._monitors: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -178,6 +179,8 @@ class Supervisor:
                 os.unlink(w.admin_socket)
             except FileNotFoundError:
                 pass
+        if self._own_dir is not None:
+            shutil.rmtree(self._own_dir, ignore_errors=True)
         if self._admin is not None:
             self._admin.close()
         release_admin_path(self.cfg.admin_socket, self._admin_ino)
