@@ -277,6 +277,9 @@ class NginxRouter(_Model):
     reload_command: Command = "nginx -s reload"
     access_log: str | None = None
     worker_shutdown_timeout: Duration = 30.0
+    client_keepalive_timeout: Duration = Field(
+        75.0, description="managed: keep-alive timeout for clients; 0 turns client keep-alive off (no reload drop, fewer req/s)"
+    )
 
     @model_validator(mode="after")
     def _external(self) -> "NginxRouter":
@@ -384,16 +387,19 @@ class Config(_Model):
             if any(b < a for a, b in zip(weights, weights[1:])):
                 raise ValueError("strategy.steps: weights must not decrease (raising the weight only adds users)")
             self._check_router_can("weights", "canary steps")
+            self._check_router_can("stats", "canary analysis (it reads per-release stats)")
             if s.match and (s.match.header or s.match.cookie):
                 self._check_router_can("match", "strategy.match")
             if s.sticky:
-                self._check_router_can("sticky", "strategy.sticky")
+                self._check_router_can("sticky", "strategy.sticky (set sticky: false for a per-request split)")
+        if isinstance(s, RecreateStrategy):
+            self._check_router_can("hold", "strategy recreate (requests held while no instance is ready)")
         return self
 
     def _check_router_can(self, capability: str, what: str) -> None:
-        caps = ROUTER_CAPABILITIES[self.router.type]
-        if capability not in caps:
-            raise ValueError(f"router.type: {self.router.type} cannot honour {what} (it cannot do {capability!r})")
+        if capability not in router_capabilities(self.router):
+            r = self.router
+            raise ValueError(f"router: {r.type} ({getattr(r, 'mode', 'managed')}) cannot honour {what}")
 
     # -- derived paths -------------------------------------------------
     @property
@@ -421,6 +427,16 @@ ROUTER_CAPABILITIES: dict[str, frozenset[str]] = {
     "nginx": frozenset({"weights", "match", "sticky", "stats", "drain"}),
     "haproxy": frozenset({"weights", "match", "sticky", "stats", "drain"}),
 }
+
+
+def router_capabilities(r: "EmbeddedRouter | NginxRouter | HaproxyRouter") -> frozenset[str]:
+    """What this router, in this mode, can do."""
+    caps = ROUTER_CAPABILITIES[r.type]
+    if r.type == "haproxy" and r.mode == "external":
+        caps -= {"match", "sticky"}  # only server weights in the user's backend
+    if r.type == "nginx" and r.mode == "external" and not r.access_log:
+        caps -= {"stats"}  # nonstop reads stats from the JSON access log it is pointed at
+    return caps
 
 
 def _field_path(loc: tuple) -> str:
