@@ -243,7 +243,8 @@ def main() -> int:
     rows = [seed_script(v1, v2, args.rate, args.settle)]
     print(table(rows), flush=True)
     for router in args.routers.split(","):
-        rows += nonstop_scenario("recreate", router, v1, v2, args.rate, args.settle, tuned=False)
+        if router == "embedded":  # recreate needs a router that holds requests while nothing is ready
+            rows += nonstop_scenario("recreate", router, v1, v2, args.rate, args.settle, tuned=False)
         rows += nonstop_scenario("blue-green", router, v1, v2, args.rate, args.settle, tuned=False)
         rows += nonstop_scenario("blue-green", router, v1, v2, args.rate, args.settle, tuned=True)
         print(table(rows), flush=True)
