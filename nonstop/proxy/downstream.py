@@ -548,7 +548,6 @@ class Exchange:
                 self.buf.append(b"0\r\n\r\n")
 
     def _too_large(self) -> None:
-        conn = self.conn
         if self.resp is None:
             self.fail(413, "body-too-large")
         else:

@@ -15,7 +15,6 @@ import os
 import socket
 
 from nonstop.errors import ProxyError
-from nonstop.proxy.routes import parse_addr
 
 ENV_FDS = "NONSTOP_LISTEN_FDS"
 
@@ -104,4 +103,4 @@ def address(sock: socket.socket) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-__all__ = ["bind", "from_env", "send", "receive", "address", "parse_addr", "ENV_FDS"]
+__all__ = ["bind", "from_env", "send", "receive", "address", "ENV_FDS"]

@@ -259,8 +259,6 @@ def test_drain_closes_upgraded_connections_after_their_own_timeout():
     async def main():
         import base64
 
-        from backends import ws_frame, ws_read
-
         v1, v2 = await App("v1").start(), await App("v2").start()
         with run_proxy() as p:
             admin = AdminClient(p.admin_socket)
