@@ -319,11 +319,19 @@ async def serve(cfg: Config, *, down_on_signal: bool = False) -> int:
         loop.add_signal_handler(sig, on_signal, sig)
     try:
         agent.notifier.start()
-        await agent.start()
-        dash = await dashmod.start_dashboard(agent, notifier=agent.notifier) if cfg.dashboard.enabled else None
-        app = make_app(agent, on_down=exit_now.set)
-        server = _Server(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2))
-        sock = bind_unix(sock_path)
+        try:
+            await agent.start()
+            dash = await dashmod.start_dashboard(agent, notifier=agent.notifier) if cfg.dashboard.enabled else None
+            app = make_app(agent, on_down=exit_now.set)
+            server = _Server(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2))
+            sock = bind_unix(sock_path)
+        except BaseException:
+            # A failed start leaves no orphan behind: a proxy that serves nothing is stopped
+            # (one that serves live traffic stays: the data plane outlives the agent).
+            if not agent.traffic.split.routed_addrs and not agent.fleet.running():
+                with contextlib.suppress(Exception):
+                    await agent.router.stop()
+            raise
         srv_task = loop.create_task(server.serve(sockets=[sock]))
         await exit_now.wait()
         if signalled["down"] and not agent.down_requested:
