@@ -580,13 +580,6 @@ class Exchange:
             extra += set_cookie_header(self.cookie)
         head = self.head
         close = not head.keep_alive or conn.server.closing or not self.req_done or self.client_eof
-        r = ResponseHead()
-        r.body = "length"
-        r.splice = True
-        r.length = length
-        if close:
-            r.close = True
-        self.resp = r
         self.status = status
         avail = len(data) - end
         if avail >= length:
@@ -620,6 +613,13 @@ class Exchange:
             self.counted = False
             conn.exchange_done(self, close)
             return
+        r = ResponseHead()
+        r.body = "length"
+        r.splice = True
+        r.length = length
+        if close:
+            r.close = True
+        self.resp = r
         conn.write(fast_client_head(data[:end], extra, close, head.http10) + data[end:])
         up.left = length - avail
         up.raw_body = True

@@ -410,14 +410,20 @@ def inspect_raw_response(
     return inspect_response(status, reason, headers, upstream_keep_alive, request, client_http10, close, extra)
 
 
-# A final response head that llhttp would read the same way, framed by one
-# Content-Length and free of hop-by-hop headers: the upstream fast path takes
-# it without running the parser (anything else goes through llhttp).
+# A final response head that llhttp would read the same way, framed by
+# exactly one Content-Length and free of hop-by-hop headers: the upstream
+# fast path takes it without running the parser (anything else goes through
+# llhttp). One match validates the head and captures the length.
+_RESP_PLAIN = (
+    rb"(?!(?i:connection|keep-alive|proxy-connection|proxy-authenticate|proxy-authorization|te|trailer"
+    rb"|transfer-encoding|upgrade|content-length):)[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t !-~\x80-\xff]*\r\n"
+)
 _FAST_RESPONSE = re.compile(
     rb"HTTP/1\.1 [2-5][0-9][0-9] [\t !-~\x80-\xff]*\r\n"
-    rb"(?:(?!(?:connection|keep-alive|proxy-connection|proxy-authenticate|proxy-authorization|te|trailer"
-    rb"|transfer-encoding|upgrade):)[!#$%&'*+.^_`|~0-9a-z-]+:[\t !-~\x80-\xff]*\r\n)*\r\n",
-    re.IGNORECASE,
+    rb"(?:" + _RESP_PLAIN + rb")*"
+    rb"(?i:content-length):[ \t]*([0-9]{1,15})[ \t]*\r\n"
+    rb"(?:" + _RESP_PLAIN + rb")*"
+    rb"\r\n"
 )
 
 
@@ -430,18 +436,10 @@ def fast_response(data: bytes) -> tuple[int, int, int] | None:
     m = _FAST_RESPONSE.match(data)
     if m is None:
         return None
-    end = m.end()
     status = int(data[9:12])
     if status == 204 or status == 304:
         return None
-    low = data[:end].lower()
-    j = low.find(b"\ncontent-length:")
-    if j < 0 or low.find(b"\ncontent-length:", j + 16) >= 0:
-        return None
-    value = data[j + 16 : data.index(b"\r", j)].strip(b" \t")
-    if not value.isdigit() or len(value) > 15:
-        return None
-    return status, end, int(value)
+    return status, m.end(), int(m.group(1))
 
 
 def fast_client_head(raw: bytes, extra: bytes, close: bool, client_http10: bool) -> bytes:
