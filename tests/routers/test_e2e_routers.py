@@ -41,7 +41,7 @@ def router_stack(stack_factory):  # noqa: F811
 
     def make(kind: str, **kw):
         # Not started by stack_factory: a failed `up` must still leave the stack in `made` for the cleanup.
-        st = stack_factory(up=False, router={"type": "embedded"}, run={"command": RUN_COMMAND}, **kw)
+        st = stack_factory(up=False, router={"type": "embedded"}, run={"command": RUN_COMMAND, **kw.pop("run", {})}, **kw)
         made.append(st)
         if not kind.endswith("external"):
             st.write_config(router=_router(kind))
@@ -200,3 +200,94 @@ def test_canary_with_sticky_users_and_header_match(kind, router_stack, tmp_path)
     else:
         # three reloads (10%, 50%, 100%), at most one loss per kept-alive connection each
         assert result.failed + len(users.failures) <= 3 * (load_cfg["keepalive"] + 20 + 3), result.format()
+
+
+def _allowed_router_losses(kind: str, result, switches: int, keepalive_conns: int) -> None:
+    """HAProxy: nothing lost. nginx: per reload at most one request per kept-alive connection,
+    and only of the kind a reload causes (closed before any answer byte; the app never saw it)."""
+    if kind.startswith("haproxy"):
+        assert result.failed == 0, result.format()
+        return
+    lost = [r for r in result.failures if r.status is None]
+    assert len(lost) <= switches * keepalive_conns, result.format()
+    assert all("closed by server after the request was sent" in (r.error or "") for r in lost), result.format()
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_failed_deploy_never_gets_traffic(kind, router_stack, tmp_path):
+    good = make_artifact(tmp_path / "artifacts", "good", "--boot-seconds", "0.3")
+    down = make_artifact(tmp_path / "artifacts", "down", "--boot-seconds", "0.2", "--health", "DOWN")
+    st = router_stack(kind, health={"startup_timeout": "3s"})
+    st.deploy("v1", "--artifact", str(good))
+    with LoadClient(st.url, **LOAD) as load:
+        load.wait_served(60, timeout=30)
+        res = st.deploy("v2", "--artifact", str(down), expect=1)
+        load.wait_served(load.served + 60, timeout=30)
+    assert not res["ok"] and "healthy" in res["reason"]
+    result = load.result
+    # the routing never changed: not even nginx reloaded
+    assert result.failed == 0, result.format()
+    assert set(result.by_version()) == {"v1"}
+    assert st.status()["live_release"] == "v1"
+
+
+@pytest.mark.parametrize("kind", kinds("nginx-managed", "haproxy-managed"))
+def test_faulty_canary_is_rolled_back(kind, router_stack, tmp_path):
+    good = make_artifact(tmp_path / "artifacts", "good", "--boot-seconds", "0.3")
+    faulty = make_artifact(tmp_path / "artifacts", "faulty", "--boot-seconds", "0.3", "--fail-rate", "0.33")
+    weight, min_req, interval, limit, rate = 20, 20, 1.0, 2, 60.0
+    st = router_stack(
+        kind,
+        strategy={
+            "type": "canary",
+            "steps": [{"weight": weight, "pause": "60s"}, {"weight": 100, "pause": "1s"}],
+            "sticky": False,
+            "analysis": {"interval": f"{interval}s", "min_requests": min_req, "max_error_rate": 0.05, "failure_limit": limit},
+        },
+    )
+    st.deploy("v1", "--artifact", str(good), "--strategy", "blue-green")
+    load_cfg = dict(rate=rate, keepalive=4, new=2, post=0, slow=0, timeout=15)
+    with LoadClient(st.url, **load_cfg) as load:
+        load.wait_served(60, timeout=30)
+        res = st.deploy("v2", "--artifact", str(faulty), expect=1)
+        load.wait_served(load.served + 60, timeout=30)
+    assert res["state"] == "rolled_back" and "analysis failed" in res["reason"], res
+    result = load.result
+    app_500s = [r for r in result.failures if r.status == 500]
+    assert all(r.version == "v2" for r in app_500s)
+    # what the canary could receive: failure_limit windows of min_requests + one interval, plus 3 s of slack
+    per_s = weight / 100 * rate
+    bound = limit * (min_req + per_s * interval) + per_s * 3.0
+    assert 0 < len(app_500s) <= bound, result.format()
+    _allowed_router_losses(kind, _without(result, app_500s), switches=2, keepalive_conns=load_cfg["keepalive"])
+    s = st.status()
+    assert s["live_release"] == "v1" and not [i for i in s["instances"] if i["release"] == "v2"]
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_rolling_over_three_instances(kind, router_stack, tmp_path):
+    from tests.e2e._canary_helpers import StatusSampler, serving
+
+    good = make_artifact(tmp_path / "artifacts", "good", "--boot-seconds", "0.3")
+    st = router_stack(kind, n_ports=4, run={"instances": 3},
+                      strategy={"type": "rolling", "max_surge": 1, "max_unavailable": 0})
+    st.deploy("v1", "--artifact", str(good))
+    load_cfg = dict(rate=60, keepalive=3, new=2, post=1, slow=0, timeout=15)
+    with LoadClient(st.url, **load_cfg) as load, StatusSampler(st) as sampler:
+        load.wait_served(60, timeout=30)
+        res = st.deploy("v2", "--artifact", str(good))
+        load.wait_served(load.served + 60, timeout=30)
+    assert res["ok"], res
+    counts = [serving(status) for _, status in sampler.samples]
+    assert counts and min(counts) >= 3, counts
+    # each batch changes the routing twice (new one in, old one out)
+    _allowed_router_losses(kind, load.result, switches=6, keepalive_conns=load_cfg["keepalive"] + load_cfg["post"])
+    s = st.status()
+    assert s["live_release"] == "v2" and sorted(i["release"] for i in s["instances"]) == ["v2"] * 3
+
+
+def _without(result, records):
+    ids = {id(r) for r in records}
+    from nonstop.testing.load import LoadResult
+
+    return LoadResult([r for r in result.records if id(r) not in ids], result.started, result.ended)
