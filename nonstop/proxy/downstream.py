@@ -572,8 +572,10 @@ class Exchange:
         if type(r) is not Reject:
             self.conn.write(r.head)
 
-    def on_fast_response(self, up, data: bytes, status: int, end: int, length: int) -> None:
-        """A Content-Length response whose head the fast path validated; llhttp is not used for it."""
+    def on_fast_response(self, up, data: bytes, status: int, end: int, length: int, chead: bytes) -> None:
+        """A Content-Length response whose head the fast path validated; llhttp is not used for it.
+
+        ``chead`` is its head as the client gets it, up to ``extra`` (``http.fast_response``)."""
         conn = self.conn
         extra = self.entry.release.header
         if self.cookie is not None:
@@ -584,7 +586,7 @@ class Exchange:
         avail = len(data) - end
         if avail >= length:
             if not conn.closed:
-                conn.transport.write(fast_client_head(data[:end], extra, close, head.http10)
+                conn.transport.write(fast_client_head(chead, extra, close, head.http10)
                                      + data[end : end + length])
             # the whole response was in this chunk: on_response_done, inlined
             self.upstream = None
@@ -620,7 +622,7 @@ class Exchange:
         if close:
             r.close = True
         self.resp = r
-        conn.write(fast_client_head(data[:end], extra, close, head.http10) + data[end:])
+        conn.write(fast_client_head(chead, extra, close, head.http10) + data[end:])
         up.left = length - avail
         up.raw_body = True
         conn.deadline = conn.server.now + conn.cfg.read_timeout

@@ -411,27 +411,39 @@ def inspect_raw_response(
 
 
 # A final response head that llhttp would read the same way, framed by
-# exactly one Content-Length and free of hop-by-hop headers: the upstream
-# fast path takes it without running the parser (anything else goes through
-# llhttp). One match validates the head and captures the length.
+# exactly one Content-Length, with no hop-by-hop header other than
+# "Connection: keep-alive" and "Keep-Alive: ..." (what most servers send on a
+# persistent connection; dropped on the way, as the parser path does): the
+# upstream fast path takes it without running the parser (anything else goes
+# through llhttp). One match validates the head, captures the length and
+# says whether a line must be dropped.
 _RESP_PLAIN = (
     rb"(?!(?i:connection|keep-alive|proxy-connection|proxy-authenticate|proxy-authorization|te|trailer"
     rb"|transfer-encoding|upgrade|content-length):)[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t !-~\x80-\xff]*\r\n"
 )
+_RESP_KEEP_ALIVE = (
+    rb"(?i:connection):[ \t]*(?i:keep-alive)[ \t]*\r\n|(?i:keep-alive):[\t !-~\x80-\xff]*\r\n"
+)
+# a repeated group keeps its last capture: group 1 / 3 is set when any such line came before / after the length
+_RESP_LINES = rb"(?:" + _RESP_PLAIN + rb"|(" + _RESP_KEEP_ALIVE + rb"))*"
 _FAST_RESPONSE = re.compile(
     rb"HTTP/1\.1 [2-5][0-9][0-9] [\t !-~\x80-\xff]*\r\n"
-    rb"(?:" + _RESP_PLAIN + rb")*"
-    rb"(?i:content-length):[ \t]*([0-9]{1,15})[ \t]*\r\n"
-    rb"(?:" + _RESP_PLAIN + rb")*"
-    rb"\r\n"
+    + _RESP_LINES
+    + rb"(?i:content-length):[ \t]*([0-9]{1,15})[ \t]*\r\n"
+    + _RESP_LINES
+    + rb"\r\n"
 )
+# the lines _RESP_KEEP_ALIVE lets through, each with the CRLF before it
+_KEEP_ALIVE_LINES = re.compile(rb"\r\n(?i:connection|keep-alive):[^\r]*(?=\r\n)")
 
 
-def fast_response(data: bytes) -> tuple[int, int, int] | None:
-    """``(status, head_end, content_length)`` when ``data`` starts with a head the fast path may take.
+def fast_response(data: bytes) -> tuple[int, int, int, bytes] | None:
+    """``(status, head_end, content_length, head)`` when ``data`` starts with a head the fast path may take.
 
-    None means: use llhttp (chunked, no length, 1xx/101/204/304, anything
-    unusual or malformed, or a head not complete in ``data``).
+    ``head`` is the head as the client gets it, before ``extra`` and the
+    blank line: keep-alive lines dropped. None means: use llhttp (chunked, no
+    length, 1xx/101/204/304, anything unusual or malformed, or a head not
+    complete in ``data``).
     """
     m = _FAST_RESPONSE.match(data)
     if m is None:
@@ -439,16 +451,20 @@ def fast_response(data: bytes) -> tuple[int, int, int] | None:
     status = int(data[9:12])
     if status == 204 or status == 304:
         return None
-    return status, m.end(), int(m.group(1))
+    end = m.end()
+    head = data[: end - 2]
+    if m.group(1) is not None or m.group(3) is not None:
+        head = _KEEP_ALIVE_LINES.sub(b"", head)
+    return status, end, int(m.group(2)), head
 
 
-def fast_client_head(raw: bytes, extra: bytes, close: bool, client_http10: bool) -> bytes:
-    """The client-bound head for a fast-path response head (``raw`` ends with the blank line)."""
+def fast_client_head(head: bytes, extra: bytes, close: bool, client_http10: bool) -> bytes:
+    """The client-bound head for a fast-path response (``head`` from :func:`fast_response`)."""
     if close:
-        return raw[:-2] + extra + b"Connection: close\r\n\r\n"
+        return head + extra + b"Connection: close\r\n\r\n"
     if client_http10:
-        return raw[:-2] + extra + b"Connection: keep-alive\r\n\r\n"
-    return raw[:-2] + extra + b"\r\n"
+        return head + extra + b"Connection: keep-alive\r\n\r\n"
+    return head + extra + b"\r\n"
 
 
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"

@@ -323,7 +323,14 @@ def test_the_data_plane_never_imports_the_control_plane_or_the_cli():
         (b"HTTP/1.1 404 Not Found\r\ncontent-length:   3  \r\n\r\nabc", True),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", False),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n", False),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nKEEP-ALIVE: timeout=5\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nKEEP-ALIVE: timeout=5\r\n\r\nhello", True),
+        (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok", True),
+        (b"HTTP/1.1 200 OK\r\nconnection:Keep-Alive \r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\n\r\nok", True),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, x\r\nX: 1\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: upgrade\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nUpgrade: h2c\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nProxy-Authenticate: x\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nTE: trailers\r\nContent-Length: 5\r\n\r\n", False),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", False),
         (b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n", False),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n", False),
@@ -342,8 +349,19 @@ def test_response_fast_path_takes_only_plain_content_length_heads(head, taken):
     got = http.fast_response(head)
     assert (got is not None) == taken
     if taken:
-        status, end, length = got
+        status, end, length, chead = got
         assert head[end - 4 : end] == b"\r\n\r\n" and status == int(head[9:12]) and length == len(head) - end
+        # the client gets what the parser path would send
+        slow = http.inspect_raw_response(status, head[:end], True, http.RequestHead(), False, False, b"X: 1\r\n")
+        assert slow.body == "length" and slow.upstream_reusable and not slow.close
+        assert _lines(http.fast_client_head(chead, b"X: 1\r\n", False, False)) == _lines(slow.head)
+
+
+def _lines(head: bytes):
+    """A head as (status line, sorted [(name, value)]): the same message up to case, order of different fields, optional whitespace."""
+    lines = head.split(b"\r\n")
+    assert lines[-2:] == [b"", b""]
+    return lines[0], sorted((n.lower(), v.strip(b" \t")) for n, _, v in (ln.partition(b":") for ln in lines[1:-2]))
 
 
 def _llhttp_head(data: bytes):
