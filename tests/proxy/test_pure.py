@@ -440,3 +440,15 @@ def test_request_fast_path_builds_the_same_upstream_head_as_the_parser_path(data
 )
 def test_request_fast_path_leaves_everything_else_to_the_parser(data):
     assert http.fast_request(data, b"") is None
+
+
+def test_response_fast_path_verdicts_are_remembered_by_exact_head_and_bounded():
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n"
+    first = http.fast_response(head + b"ok")
+    assert first == http.fast_response(head + b"ok") == http.fast_response(head)
+    assert first[3] == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+    assert http.fast_response(head.replace(b"keep-alive", b"close") + b"ok") is None
+    for i in range(http._FAST_HEADS_MAX * 2):
+        assert http.fast_response(b"HTTP/1.1 200 OK\r\nX-I: %d\r\nContent-Length: 0\r\n\r\n" % i)[2] == 0
+    assert len(http._fast_heads) <= http._FAST_HEADS_MAX
+    assert http.fast_response(head + b"ok") == first
