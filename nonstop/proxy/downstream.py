@@ -47,6 +47,7 @@ _P_BUFFER = 2  # request body buffered while no upstream is attached yet
 _P_QUEUE = 4  # a pipelined request waits behind the current one
 _BUFFER_LIMIT = 64 * 1024
 _LINGER = 2.0
+_REMEMBER_REQUEST = 2048  # a longer fast-path request is not kept for reuse (memory per connection)
 
 _IDLE, _HEAD, _ACTIVE = 0, 1, 2
 _perf = time.perf_counter
@@ -62,7 +63,7 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "server", "state", "cfg", "transport", "parser", "client_ip", "client_ip_b", "url", "headers",
         "raw_head", "phase", "queue", "reading", "paused", "write_paused", "deadline",
-        "closed", "lingering", "tunnel", "upgrade_rest", "wbuf", "special", "fwd",
+        "closed", "lingering", "tunnel", "upgrade_rest", "wbuf", "special", "fwd", "last_req", "last_head",
     )
 
     def __init__(self, server) -> None:
@@ -89,6 +90,8 @@ class ClientConnection(asyncio.Protocol):
         self.wbuf: list | None = None
         self.special = False  # any of tunnel / lingering / closed / upgrade_rest: off the fast path
         self.fwd = b""
+        self.last_req = b""  # the last request taken by the fast path, and its head
+        self.last_head = None
 
     # -- asyncio -------------------------------------------------------------
 
@@ -121,8 +124,16 @@ class ClientConnection(asyncio.Protocol):
                 and self.state.fast is not None
                 and len(data) <= self.cfg.max_header_bytes
             ):
-                # between requests, one target: a plain bodyless request needs no parser
-                head = fast_request(data, self.fwd)
+                # between requests, one target: a plain bodyless request needs no parser.
+                # Keep-alive clients often repeat a request byte for byte (polling, health
+                # checks, load tools): its head (never changed once built) is reused.
+                if data == self.last_req:
+                    head = self.last_head
+                else:
+                    head = fast_request(data, self.fwd)
+                    if head is not None and len(data) <= _REMEMBER_REQUEST:
+                        self.last_req = data
+                        self.last_head = head
                 if head is not None:
                     ex = Exchange(self, head, None)
                     ex.req_done = True

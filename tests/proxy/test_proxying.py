@@ -44,6 +44,24 @@ def test_keep_alive_both_sides_reuses_one_upstream_connection():
     run(main())
 
 
+def test_a_request_repeated_byte_for_byte_on_one_connection_is_forwarded_each_time():
+    # the fast path reuses the head it built for the previous identical request
+    async def main():
+        app = await App().start()
+        async with proxy(app.addr) as srv:
+            c = Client(srv.listen_addr)
+            for path in ("/a", "/a", "/b", "/a", "/a", "/b", "/b"):
+                r = await c.request("GET", path)
+                assert r.status == 200 and r.json()["path"] == path
+                assert r.json()["headers"]["x-forwarded-for"] == "127.0.0.1"
+            assert c.connections == 1
+            assert app.requests == 7
+            await c.close()
+        await app.stop()
+
+    run(main())
+
+
 def test_hop_by_hop_headers_are_removed_both_ways():
     async def main():
         app = await App().start()
