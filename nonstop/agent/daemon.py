@@ -34,6 +34,7 @@ from nonstop.agent.store import Store
 from nonstop.agent.traffic import Side, Split, Traffic
 from nonstop.config import Config
 from nonstop.errors import ConfigError, NonstopError, RouterError
+from nonstop.unixsock import reachable
 
 log = logging.getLogger("nonstop.agent")
 
@@ -282,7 +283,8 @@ def bind_unix(path: Path) -> socket.socket:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(str(path))
+    with reachable(path) as where:
+        sock.bind(where)
     os.chmod(path, 0o600)  # before listen(): nobody can connect yet
     sock.listen(128)
     sock.setblocking(False)

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from nonstop.errors import AgentUnreachable, NonstopError
+from nonstop.unixsock import reachable
 
 
 class RemoteError(NonstopError):
@@ -37,7 +38,12 @@ class _UnixConnection(http.client.HTTPConnection):
     def connect(self) -> None:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(self.timeout)
-        s.connect(self._path)
+        try:
+            with reachable(self._path) as where:
+                s.connect(where)
+        except OSError:
+            s.close()
+            raise
         self.sock = s
 
 

@@ -10,6 +10,7 @@ import asyncio
 import json as jsonlib
 
 from nonstop.errors import ProxyError
+from nonstop.unixsock import reachable
 from nonstop.proxy.routes import RouteTable
 
 
@@ -51,7 +52,8 @@ class AdminClient:
             f"{method} {path} HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
         ).encode()
-        reader, writer = await asyncio.open_unix_connection(self.socket_path)
+        with reachable(self.socket_path) as where:
+            reader, writer = await asyncio.open_unix_connection(where)
         try:
             writer.write(head + payload)
             await writer.drain()

@@ -15,6 +15,7 @@ import os
 import socket
 
 from nonstop.errors import ProxyError
+from nonstop.unixsock import reachable
 
 ENV_FDS = "NONSTOP_LISTEN_FDS"
 
@@ -72,7 +73,8 @@ def receive(admin_socket: str, timeout: float = 10.0) -> tuple[socket.socket, di
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
-        s.connect(admin_socket)
+        with reachable(admin_socket) as where:
+            s.connect(where)
         s.sendall(b"POST /takeover HTTP/1.1\r\nHost: proxy\r\nContent-Length: 0\r\n\r\n")
         data, fds, _flags, _addr = socket.recv_fds(s, 1 << 20, 4)
         chunks = [data]

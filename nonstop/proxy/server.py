@@ -25,6 +25,7 @@ from nonstop.proxy.config import ProxyConfig
 from nonstop.proxy.downstream import ClientConnection
 from nonstop.proxy.routes import RouteTable
 from nonstop.proxy.state import ProxyState
+from nonstop.unixsock import reachable
 
 log = logging.getLogger("nonstop.proxy")
 
@@ -195,7 +196,8 @@ async def bind_admin(path: str, handler) -> tuple[asyncio.AbstractServer, int]:
     except FileNotFoundError:
         pass
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.bind(tmp)
+    with reachable(tmp) as where:
+        s.bind(where)
     os.chmod(tmp, 0o600)
     s.listen(64)
     s.setblocking(False)

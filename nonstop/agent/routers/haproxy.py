@@ -103,6 +103,7 @@ class HaproxyRouter(Router):
     # -- lifecycle ------------------------------------------------------
     async def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(self.paths.socket), mode=0o700, exist_ok=True)
         if self.mode == "external":
             await self.api.servers(self.external_backend)  # answers, and the backend exists
             self._load_sidecar()
@@ -117,7 +118,7 @@ class HaproxyRouter(Router):
         for name, text in initial_maps(routing).items():
             Path(self.paths.map(name)).write_text(text)
         Path(self.paths.conf).write_text(self._config_text())
-        code, out = await _run([self.rc.binary, "-c", "-q", "-f", self.paths.conf], timeout=30)
+        code, out = await _run([self.rc.binary, "-c", "-f", self.paths.conf], timeout=30)
         if code != 0:
             raise RouterError(f"haproxy config check failed: {out.strip()}")
         try:

@@ -14,6 +14,7 @@ import io
 from dataclasses import dataclass
 
 from nonstop.errors import RouterError
+from nonstop.unixsock import reachable
 
 __all__ = ["HaproxyApi", "ServerStat"]
 
@@ -78,7 +79,8 @@ class HaproxyApi:
         else:
             text = line + "\n"
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(self.socket_path), self.timeout)
+            with reachable(self.socket_path) as where:
+                reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(where), self.timeout)
         except (OSError, asyncio.TimeoutError) as e:
             raise RouterError(f"HAProxy runtime API {self.socket_path}: cannot connect ({e})") from None
         try:

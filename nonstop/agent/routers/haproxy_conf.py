@@ -16,6 +16,10 @@ Values are hex-encoded so no request can forge a separator.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
+
 from dataclasses import dataclass
 
 from nonstop.agent.routers.base import ReleaseRoute, Routing
@@ -24,6 +28,7 @@ from nonstop.errors import RouterError
 
 __all__ = ["SLOTS", "HaproxyPaths", "MatchKey", "render_config", "bucket_entries", "match_entries", "server_name"]
 
+HAPROXY_MAX_SOCKET_PATH = 97  # what HAProxy 2.6 accepts for `stats socket` (it says so when refusing)
 SLOTS = 4  # releases with live targets at once (canary, stable, and room for a rollback)
 
 
@@ -43,7 +48,13 @@ class HaproxyPaths:
 
     @property
     def socket(self) -> str:
-        return f"{self.root}/admin.sock"
+        """The runtime API socket. HAProxy binds it itself, so it must fit ``sun_path``: a state dir
+        too deep for that gets its socket in a private folder under /tmp named after the state dir."""
+        path = f"{self.root}/admin.sock"
+        if len(path.encode()) <= HAPROXY_MAX_SOCKET_PATH:
+            return path
+        digest = hashlib.sha256(self.root.encode()).hexdigest()[:16]
+        return f"{tempfile.gettempdir()}/nonstop-{os.getuid()}/haproxy-{digest}.sock"
 
     @property
     def access_log(self) -> str:
