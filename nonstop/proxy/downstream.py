@@ -9,8 +9,9 @@ order; only the first of the queue talks to an upstream.
 Fast paths (both only shortcuts; everything else takes the general path):
 a chunk that is exactly one plain bodyless request (``http.fast_request``)
 is dispatched without llhttp when the table has a single target, and an
-upstream response with a plain Content-Length head (``http.fast_response``)
-is forwarded without llhttp. Both accept a strict subset of what the parser
+upstream response with a plain Content-Length head (``http.fast_response``;
+``Connection: keep-alive`` and ``Keep-Alive`` allowed, and dropped) is
+forwarded without llhttp. Both remember their last verdicts by exact bytes. Both accept a strict subset of what the parser
 path accepts, read the same way (tests/proxy/test_pure.py compares them).
 
 Retry rule (docs/internals.md): a request moves to another target only when

@@ -442,6 +442,9 @@ _KEEP_ALIVE_LINES = re.compile(rb"\r\n(?i:connection|keep-alive):[^\r]*(?=\r\n)"
 # dict hit costs far less than the match. Bounded; emptied when full.
 _fast_heads: dict[bytes, tuple[int, int, int, bytes] | None] = {}
 _FAST_HEADS_MAX = 256
+_MISSING = object()
+_last_head = b"\r\n\r\n\r\n"  # matches no head (a blank line first); its verdict, None, would be right anyway
+_last_verdict: tuple[int, int, int, bytes] | None = None
 
 
 def fast_response(data: bytes) -> tuple[int, int, int, bytes] | None:
@@ -452,18 +455,22 @@ def fast_response(data: bytes) -> tuple[int, int, int, bytes] | None:
     length, 1xx/101/204/304, anything unusual or malformed, or a head not
     complete in ``data``).
     """
+    global _last_head, _last_verdict
+    # commonest of all: the same head as the last response (a head has no blank line before its end, so
+    # sharing a prefix with it means having it as head); no slice, no hash
+    if data.startswith(_last_head):
+        return _last_verdict
     end = data.find(b"\r\n\r\n") + 4
     if end < 4:
         return None
     raw = data if end == len(data) else data[:end]
-    try:
-        return _fast_heads[raw]
-    except KeyError:
-        pass
-    verdict = _fast_response(raw)
-    if len(_fast_heads) >= _FAST_HEADS_MAX:
-        _fast_heads.clear()
-    _fast_heads[raw] = verdict
+    verdict = _fast_heads.get(raw, _MISSING)
+    if verdict is _MISSING:
+        verdict = _fast_response(raw)
+        if len(_fast_heads) >= _FAST_HEADS_MAX:
+            _fast_heads.clear()
+        _fast_heads[raw] = verdict
+    _last_head, _last_verdict = raw, verdict
     return verdict
 
 

@@ -452,3 +452,15 @@ def test_response_fast_path_verdicts_are_remembered_by_exact_head_and_bounded():
         assert http.fast_response(b"HTTP/1.1 200 OK\r\nX-I: %d\r\nContent-Length: 0\r\n\r\n" % i)[2] == 0
     assert len(http._fast_heads) <= http._FAST_HEADS_MAX
     assert http.fast_response(head + b"ok") == first
+
+
+def test_response_fast_path_verdicts_alternating_heads_never_mix():
+    a = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
+    b = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n"
+    c = b"HTTP/1.1 200 OK\r\nContent-Length: 22\r\n\r\n"
+    for _ in range(3):
+        assert http.fast_response(a + b"ok")[1:3] == (len(a), 2)
+        assert http.fast_response(b + b"ok") is None
+        assert http.fast_response(a + b"ok" + b)[1:3] == (len(a), 2)  # the next response's bytes too
+        assert http.fast_response(c + b"x" * 22)[1:3] == (len(c), 22)
+        assert http.fast_response(a[:-2]) is None  # incomplete
