@@ -24,7 +24,9 @@ from tests.e2e.artifacts import RUN_COMMAND, make_artifact
 from tests.e2e.conftest import stack_factory  # noqa: F401  (the fixture)
 
 LOAD = dict(rate=80, keepalive=3, new=2, post=2, slow=2, slow_ms=1000, timeout=15)
-KEEPALIVE_WORKERS = LOAD["keepalive"] + LOAD["post"]  # post workers reuse their connection too
+KEEPALIVE_WORKERS = LOAD["keepalive"] + LOAD["post"]
+RELOAD_RACE = ("connection closed by server after the request was sent",
+               "connection lost after the request was sent: ConnectionResetError")  # post workers reuse their connection too
 
 
 @pytest.fixture
@@ -132,11 +134,7 @@ def test_blue_green_under_load(kind, router_stack, arts):
     versions = [r.version for r in sorted(result.records, key=lambda r: r.end) if r.ok and r.kind != "slow"]
     assert "v1" in versions and versions[-1] == "v2", result.format()
     print(f"\n{kind}: {result.total} requests, {result.failed} failed {result.failure_reasons()}")
-    if kind.startswith("haproxy"):
-        assert result.failed == 0, result.format()
-    else:
-        assert result.failed <= KEEPALIVE_WORKERS, result.format()
-        assert all("closed by server after the request was sent" in (r.error or "") for r in result.failures), result.format()
+    _allowed_router_losses(kind, result, switches=1, keepalive_conns=KEEPALIVE_WORKERS)
     s = st.status()
     assert s["live_release"] == "v2"
     assert [r["release"] for r in s["routes"]] == ["v2"]
@@ -154,10 +152,7 @@ def test_rollback_under_load(kind, router_stack, arts):
         load.wait_served(load.served + 100, timeout=30)
     result = load.result
     print(f"\n{kind}: {result.total} requests, {result.failed} failed {result.failure_reasons()}")
-    if kind.startswith("haproxy"):
-        assert result.failed == 0, result.format()
-    else:
-        assert result.failed <= KEEPALIVE_WORKERS, result.format()
+    _allowed_router_losses(kind, result, switches=1, keepalive_conns=KEEPALIVE_WORKERS)
     assert st.status()["live_release"] == "v1"
 
 
@@ -209,8 +204,11 @@ def _allowed_router_losses(kind: str, result, switches: int, keepalive_conns: in
         assert result.failed == 0, result.format()
         return
     lost = [r for r in result.failures if r.status is None]
+    assert len(lost) == result.failed, result.format()
     assert len(lost) <= switches * keepalive_conns, result.format()
-    assert all("closed by server after the request was sent" in (r.error or "") for r in lost), result.format()
+    # an old worker closing an idle kept-alive connection as the request arrives: FIN, or RST
+    # when the request's bytes reach the closed socket
+    assert all(r.error.startswith(RELOAD_RACE) for r in lost), result.format()
 
 
 @pytest.mark.parametrize("kind", kinds())
