@@ -8,8 +8,11 @@ sends ~100 req/s (keep-alive, new connections, POSTs), and reports:
 
 - failed requests and the longest gap without a successful response;
 - deploy wall time (command issued → command returned);
-- nonstop's overhead beyond the app's own boot: the deployment's span in the
-  agent's events minus the time the new instance took from spawn to healthy;
+- nonstop's overhead beyond the app's own boot, two ways: the deployment's
+  span in the agent's events minus the new instance's spawn → healthy time
+  (`overhead_ms`: build/copy, switch, drain), and minus the app's boot alone,
+  spawn → port answering (`beyond_app_boot_ms`: that plus the time health
+  checks take to notice, `interval × healthy_threshold`);
 - switch latency: the `switched` event's time minus the step's start;
 - for blue-green, a warm rollback: command issued → last response of the
   rolled-back version, and → first response of the restored one; and the
@@ -173,7 +176,8 @@ def _span(events: list[dict]) -> dict:
     }
 
 
-def nonstop_scenario(strategy: str, router: str, v1: Path, v2: Path, rate: float, settle: float, tuned: bool) -> list[dict]:
+def nonstop_scenario(strategy: str, router: str, v1: Path, v2: Path, rate: float, settle: float, tuned: bool,
+                     app_boot: float) -> list[dict]:
     ns = Nonstop(strategy, router, tuned)
     rows = []
     try:
@@ -191,9 +195,10 @@ def nonstop_scenario(strategy: str, router: str, v1: Path, v2: Path, rate: float
                 rb = (t_cmd, rb_wall, rb_res)
         r = load.result
         name = f"nonstop {strategy}" + (" (health 25ms x1)" if tuned else " (health 200ms x2)")
+        span = _span(res["events"])
         rows.append({"scenario": name, "router": router, "failed": r.failed, "served": r.served,
                      "longest_gap_ms": round(r.longest_gap().seconds * 1000, 1), "deploy_wall_s": round(wall, 2),
-                     **_span(res["events"])})
+                     **span, "beyond_app_boot_ms": round((span["agent_span_s"] - app_boot) * 1000, 1)})
         if rb:
             t_cmd, rb_wall, rb_res = rb
             recs = sorted((x for x in r.records if x.ok), key=lambda x: x.end)
@@ -220,7 +225,7 @@ def machine() -> str:
 
 
 COLS = ["scenario", "router", "failed", "served", "longest_gap_ms", "deploy_wall_s", "agent_span_s", "boot_s",
-        "overhead_ms", "switch_ms", "last_old_response_ms", "first_new_response_ms", "last_old_after_agent_ms"]
+        "overhead_ms", "beyond_app_boot_ms", "switch_ms", "last_old_response_ms", "first_new_response_ms", "last_old_after_agent_ms"]
 
 
 def table(rows: list[dict]) -> str:
@@ -244,9 +249,9 @@ def main() -> int:
     print(table(rows), flush=True)
     for router in args.routers.split(","):
         if router == "embedded":  # recreate needs a router that holds requests while nothing is ready
-            rows += nonstop_scenario("recreate", router, v1, v2, args.rate, args.settle, tuned=False)
-        rows += nonstop_scenario("blue-green", router, v1, v2, args.rate, args.settle, tuned=False)
-        rows += nonstop_scenario("blue-green", router, v1, v2, args.rate, args.settle, tuned=True)
+            rows += nonstop_scenario("recreate", router, v1, v2, args.rate, args.settle, False, boot)
+        rows += nonstop_scenario("blue-green", router, v1, v2, args.rate, args.settle, False, boot)
+        rows += nonstop_scenario("blue-green", router, v1, v2, args.rate, args.settle, True, boot)
         print(table(rows), flush=True)
     text = (f"\n### bench/deploy.py — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n"
             f"`.venv/bin/python bench/deploy.py --rate {args.rate:g} --routers {args.routers}` on {machine()}.\n"
