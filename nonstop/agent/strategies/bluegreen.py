@@ -16,7 +16,8 @@ from nonstop.errors import DeploymentFailed
 async def run(r: Run) -> None:
     n = r.cfg.run.instances
     old = r.stable_instances()
-    await r.step("starting", f"starting {n} instance(s) of {r.release.id} beside {r.stable.id if r.stable else 'nothing'}")
+    beside = f" beside {r.stable.id}" if old else ""
+    await r.step("starting", f"starting {n} instance(s) of {r.release.id}{beside}")
     new = await r.start_new(n)
     s = r.cfg.strategy if isinstance(r.cfg.strategy, BlueGreenStrategy) else None
     if s and s.smoke:
@@ -29,9 +30,9 @@ async def run(r: Run) -> None:
     t0 = time.monotonic()
     await r.traffic.set(Split(stable=Side(r.release.id, tuple(Fleet.addr(x) for x in new)), sticky=r.traffic.split.sticky))
     await r.emit("switched", f"100% of traffic on {r.release.id} (switch took {(time.monotonic() - t0) * 1000:.0f}ms)", release=r.release.id)
-    await r.step("draining", f"draining {r.stable.id if r.stable else 'nothing'}")
-    keep = s.keep_previous if s else 0.0
-    await r.retire(old, keep_warm=keep, reason="replaced")
+    if old:
+        await r.step("draining", f"draining {r.stable.id}")
+        await r.retire(old, keep_warm=s.keep_previous if s else 0.0, reason="replaced")
 
 
 async def wait_for_promote(r: Run) -> None:
