@@ -14,7 +14,7 @@ have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 missing=()
 have javac || missing+=(openjdk-17-jdk-headless)
 if [ "$want_test" = 1 ]; then
-  have nginx || missing+=(nginx-light)
+  have nginx || missing+=(nginx)
   have haproxy || missing+=(haproxy)
   have wrk || missing+=(wrk)
   [ -x /usr/bin/chromium ] || missing+=(chromium)   # the dashboard's browser tests (Playwright drives it)
