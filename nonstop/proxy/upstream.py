@@ -63,11 +63,17 @@ class UpstreamConnection(asyncio.Protocol):
     # -- pool side -------------------------------------------------------------
 
     def alive(self, now: float) -> bool:
-        """Still usable for a new request: not closed, and (after a while idle) no EOF or stray byte waiting."""
+        """Still usable for a new request: not closed, and no EOF or stray byte waiting.
+
+        Always polled (one cheap syscall): when an instance dies, the kernel's FIN
+        on its idle pooled connections can arrive in the same loop turn as a new
+        request, before the loop has told us; writing the request there would
+        lose it, while a connection found closed here is simply replaced. The
+        single-target fast path in downstream.py skips this for connections
+        reused within ``_POLL_AFTER_IDLE`` (a lone target has no sibling to
+        send the request to anyway)."""
         if self.closed or self.transport.is_closing():
             return False
-        if now - self.idle_since < _POLL_AFTER_IDLE:
-            return True
         if self._poll is None:
             self._poll = select.poll()
             self._poll.register(self.transport.get_extra_info("socket").fileno(), _POLL_FLAGS)

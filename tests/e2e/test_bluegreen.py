@@ -198,9 +198,11 @@ def test_instance_killed_after_go_live_is_replaced_without_failed_requests(stack
         )
         load.wait_served(load.served + 50, timeout=20)
     res = load.result
-    sent_to_the_dying = [f for f in res.failures if f.start < t_dead]
-    assert len(res.failures) == len(sent_to_the_dying), res.format()
-    assert len(sent_to_the_dying) <= 3, res.format()  # the slow request and at most a couple more on the victim
+    # Known race, documented in docs/internals.md: a request can reach the dead instance in the
+    # same few milliseconds as its death (before the proxy's loop has seen the close).
+    around_the_death = [f for f in res.failures if f.start < t_dead + 0.05]
+    assert len(res.failures) == len(around_the_death), res.format()
+    assert len(around_the_death) <= 3, res.format()
     restarted = next(i for i in st.status()["instances"] if i["id"] == victim["id"])
     assert restarted["restarts"] == 1
 
