@@ -11,7 +11,6 @@ stack started that is still alive is ended by PID (agent, proxy, instances).
 from __future__ import annotations
 
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -22,6 +21,8 @@ from pathlib import Path
 import psutil
 import yaml
 
+from tests.e2e.helpers import stack_ports
+
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 WRAPPER = """#!/bin/sh
@@ -30,19 +31,6 @@ port="$1"; version="$2"; shift 2
 case "$version" in bad*) set -- --fail-rate 1.0 "$@";; esac
 exec "{python}" -m nonstop.testing.app --port "$port" --version "$version" "$@"
 """
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def wait_for(pred, timeout: float = 15.0, interval: float = 0.1, what: str = "condition"):
@@ -156,7 +144,7 @@ class AgentStack:
 
 def make_stack(dir: Path, **overrides) -> AgentStack:
     dir.mkdir(parents=True, exist_ok=True)
-    listen, *ports = free_ports(3)
+    listen, *ports = stack_ports(3)
     wrapper = dir / "app.sh"
     wrapper.write_text(WRAPPER.replace("{python}", sys.executable))
     cfg = {

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,22 +22,9 @@ import psutil
 import pytest
 import yaml
 
+from tests.e2e.helpers import stack_ports
+
 APP = [sys.executable, "-m", "nonstop.testing.app", "--port", "{port}", "--version", "{version}"]
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct ports free right now (the kernel picks them)."""
-    socks, ports = [], []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-            ports.append(s.getsockname()[1])
-    finally:
-        for s in socks:
-            s.close()
-    return ports
 
 
 @dataclass
@@ -162,7 +148,7 @@ def stack_factory(tmp_path: Path) -> Iterator:
     def make(n_ports: int = 2, up: bool = True, **overrides) -> Stack:
         d = tmp_path / f"stack{len(stacks)}"
         d.mkdir()
-        listen, *ports = free_ports(n_ports + 1)
+        listen, *ports = stack_ports(n_ports + 1)
         cfg_path = make_config(d, listen, ports, **overrides)
         st = Stack(d, cfg_path, listen, ports)
         stacks.append(st)

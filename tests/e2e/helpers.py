@@ -2,7 +2,38 @@
 
 from __future__ import annotations
 
+import os
+import random
+import socket
 import time
+
+# Ports for the apps and proxies of whole-stack tests: below the kernel's ephemeral range
+# (32768-60999), so no port-0 bind or outgoing connection elsewhere can take a port that a
+# test's instance has just released, and one block per xdist worker, so parallel tests never
+# collide. (A dead instance's port picked up by a neighbour test made a request "succeed" in
+# connecting and then fail.)
+_BLOCK = 4000
+_BASE = 20000
+
+
+def stack_ports(n: int) -> list[int]:
+    """``n`` distinct ports that are free now, from this xdist worker's own block."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    lo = _BASE + (index % 3) * _BLOCK
+    chosen: list[int] = []
+    rng = random.Random()
+    while len(chosen) < n:
+        port = rng.randrange(lo, lo + _BLOCK)
+        if port in chosen:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        chosen.append(port)
+    return chosen
 
 
 def wait_for(pred, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
