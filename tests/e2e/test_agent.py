@@ -116,6 +116,13 @@ def test_crash_loop_is_reported(stack_factory, tmp_path):
     assert inst["crash_loop"] and inst["restarts"] >= 5
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def _events(st, type_):
     import json
     import sqlite3
@@ -201,6 +208,9 @@ def test_an_instance_that_died_while_the_agent_was_away_is_restarted(stack_facto
     os.kill(st.pid("agent"), signal.SIGKILL)
     victim = before[0]
     os.kill(victim["pid"], signal.SIGKILL)
+    # dead before the load starts (on a busy machine a killed process can take a while to exit,
+    # and a request it accepted meanwhile is lost with it, as it would be in production)
+    wait_for(lambda: not _alive(victim["pid"]), timeout=10, interval=0.01, what="the victim to exit")
     with LoadClient(st.url, **LOAD) as load:
         load.wait_served(40, timeout=20)  # the proxy retries on the sibling: no agent needed
         st.cli("up", "--detach", "--timeout", "60", check=True)
