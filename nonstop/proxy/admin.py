@@ -120,14 +120,17 @@ class AdminAPI:
             ))
         return table
 
-    async def put_routes(self, body: bytes) -> dict:
-        table = self.check_routes(body)
-        # saved first: when the disk write fails, nothing changed
+    def commit(self, table) -> None:
+        """Save ``table``, then make it live. Saved first: when the disk write fails, nothing changed."""
         try:
             self.server.save_routes(table)
         except OSError as e:
             raise _error(500, f"cannot save routes: {e}") from None
         self.server.state.apply(table)
+
+    async def put_routes(self, body: bytes) -> dict:
+        table = self.check_routes(body)
+        self.commit(table)
         log.info("routes applied revision=%d", table.revision)
         return {"revision": table.revision}
 

@@ -201,11 +201,7 @@ class SupervisorAPI(AdminAPI):
 
     async def put_routes(self, body: bytes) -> dict:
         table = self.check_routes(body)
-        try:
-            self.server.save_routes(table)
-        except OSError as e:
-            raise _error(500, f"cannot save routes: {e}") from None
-        self.server.state.apply(table)
+        self.commit(table)
         results = await asyncio.gather(
             *(w.client.put_routes(table) for w in self.server.workers), return_exceptions=True
         )

@@ -51,7 +51,7 @@ from nonstop.agent.routers.haproxy_conf import (
 from nonstop.agent.routers.haproxy_stats import add_snapshots, haproxy_record, stat_snapshot, sum_stat
 from nonstop.agent.routers.nginx_accesslog import LogTail, StatsBook
 from nonstop.agent.routers.nginx_conf import ident, normalise, plan
-from nonstop.config import ROUTER_CAPABILITIES, CanaryStrategy, Config
+from nonstop.config import ROUTER_CAPABILITIES, CanaryStrategy, Config, router_capabilities
 from nonstop.errors import RouterError
 
 __all__ = ["HaproxyRouter"]
@@ -77,9 +77,8 @@ class HaproxyRouter(Router):
         self.rc = rc
         self.app = cfg.app
         self.mode = rc.mode
-        if self.mode == "external":
-            # Only a backend's servers: weights split requests, no user buckets, no match rules.
-            self.capabilities = ROUTER_CAPABILITIES["haproxy"] - {"match", "sticky"}
+        # external: only a backend's servers, so weights split requests (no user buckets, no match rules)
+        self.capabilities = router_capabilities(rc)
         self.dir = Path(state_dir) / "haproxy"
         self.paths = HaproxyPaths(str(self.dir))
         socket_path = str(cfg.path(rc.socket)) if rc.socket else self.paths.socket

@@ -35,7 +35,7 @@ import psutil
 from nonstop.agent.routers.base import Router, RouterInfo, Routing, StatsSnapshot
 from nonstop.agent.routers.nginx_accesslog import LogTail, StatsBook, nginx_record
 from nonstop.agent.routers.nginx_conf import ManagedPaths, plan, render_managed, render_upstreams
-from nonstop.config import ROUTER_CAPABILITIES, Config, split_command
+from nonstop.config import ROUTER_CAPABILITIES, Config, router_capabilities, split_command
 from nonstop.errors import RouterError
 
 __all__ = ["NginxRouter", "ROUTING_MARK"]
@@ -62,6 +62,7 @@ class NginxRouter(Router):
         self.rc = rc
         self.app = cfg.app
         self.mode = rc.mode
+        self.capabilities = router_capabilities(rc)  # external without access_log: no stats
         self.dir = Path(state_dir) / "nginx"
         self.paths = ManagedPaths(str(self.dir))
         self.binary = rc.binary
