@@ -85,19 +85,12 @@ class ProxyServer:
             self.request_stop()
 
     def save_routes(self, table: RouteTable) -> None:
-        if self.cfg.routes_file:
-            routes_mod.save(table, self.cfg.routes_file)
+        save_routes(self.cfg, table)
 
     def hand_over(self, writer) -> None:
         """Answer ``POST /takeover``: send our listening socket and live table to the new process."""
-        conn_sock = writer.get_extra_info("socket")
-        handoff.send(
-            conn_sock.fileno(),
-            self._sock.fileno(),
-            {"pid": os.getpid(), "table": self.state.table.to_dict(), "listen": self.listen_addr},
-        )
+        send_listening(writer, self._sock, self.state, self.listen_addr)
         self._handed_over = True
-        log.info("listening socket handed over")
 
     # -- time ----------------------------------------------------------------
 
@@ -184,6 +177,22 @@ def obtain_socket_and_table(cfg: ProxyConfig) -> tuple[socket.socket, int | None
     elif table is None and cfg.routes_file:
         table = routes_mod.load(cfg.routes_file)
     return sock, old_pid, table
+
+
+def save_routes(cfg: ProxyConfig, table: RouteTable) -> None:
+    """Persist ``table`` to ``--routes-file`` (atomic), when there is one."""
+    if cfg.routes_file:
+        routes_mod.save(table, cfg.routes_file)
+
+
+def send_listening(writer, sock, state: ProxyState, listen_addr) -> None:
+    """Hand the listening ``sock`` and the live table to the process that asked on ``writer`` (takeover)."""
+    handoff.send(
+        writer.get_extra_info("socket").fileno(),
+        sock.fileno(),
+        {"pid": os.getpid(), "table": state.table.to_dict(), "listen": listen_addr},
+    )
+    log.info("listening socket handed over")
 
 
 async def bind_admin(path: str, handler) -> tuple[asyncio.AbstractServer, int]:

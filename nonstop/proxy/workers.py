@@ -24,13 +24,13 @@ import tempfile
 
 from nonstop.errors import ProxyError
 from nonstop.proxy import handoff, stats
-from nonstop.proxy import routes as routes_mod
 from nonstop.proxy.admin import AdminAPI, _error, parse_drain, report
 from nonstop.proxy.client import AdminClient
 from nonstop.proxy.config import ProxyConfig
 from nonstop.proxy.routes import RouteTable
 from nonstop.proxy.server import (
-    _remove_if, _write_atomic, bind_admin, obtain_socket_and_table, release_admin_path, retire,
+    _remove_if, _write_atomic, bind_admin, obtain_socket_and_table, release_admin_path, retire, save_routes,
+    send_listening,
 )
 from nonstop.proxy.state import ProxyState
 
@@ -131,17 +131,10 @@ class Supervisor:
             log.error("%s", e.message)
 
     def save_routes(self, table: RouteTable) -> None:
-        if self.cfg.routes_file:
-            routes_mod.save(table, self.cfg.routes_file)
+        save_routes(self.cfg, table)
 
     def hand_over(self, writer) -> None:
-        conn_sock = writer.get_extra_info("socket")
-        handoff.send(
-            conn_sock.fileno(),
-            self._sock.fileno(),
-            {"pid": os.getpid(), "table": self.state.table.to_dict(), "listen": self.listen_addr},
-        )
-        log.info("listening socket handed over")
+        send_listening(writer, self._sock, self.state, self.listen_addr)
 
     def request_stop(self) -> None:
         self._stop.set()
