@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from nonstop.config import Command, split_command
+from nonstop.config import PLACEHOLDERS, Command, split_command
 from nonstop.errors import ConfigError, InstanceError
 
 __all__ = [
@@ -38,7 +38,6 @@ __all__ = [
     "port_in_use",
 ]
 
-PLACEHOLDERS = ("port", "artifact", "release", "version", "instance", "state_dir")
 
 # `{name}` is a placeholder; `{{` / `}}` are literal braces; `${name}` is left
 # alone (a shell variable, meaningful with shell: true).
