@@ -48,6 +48,7 @@ _P_BUFFER = 2  # request body buffered while no upstream is attached yet
 _P_QUEUE = 4  # a pipelined request waits behind the current one
 _BUFFER_LIMIT = 64 * 1024
 _LINGER = 2.0
+_IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))  # RFC 9110 §9.2.2
 _REMEMBER_REQUEST = 2048  # a longer fast-path request is not kept for reuse (memory per connection)
 
 _IDLE, _HEAD, _ACTIVE = 0, 1, 2
@@ -759,6 +760,15 @@ class Exchange:
         self.upstream = None
         if self.entry is not None:
             self.entry.counters.proxy_errors += 1
+        if r is None and up.idle_since and up.hbuf == b"" and self.req_done and self.head.no_body \
+                and self.head.method in _IDEMPOTENT:
+            # A reused keep-alive connection closed without one byte of answer: the
+            # upstream died, or closed it as idle while our request was on the wire.
+            # An idempotent request without a body may be sent again (RFC 9112 §9.3.1,
+            # as nginx and Go's Transport do), on a new connection, which never
+            # qualifies for this again: at most one replay.
+            self.task = asyncio.ensure_future(self._connect())
+            return
         if r is None:
             self.fail(502, "upstream-closed")
         else:

@@ -123,6 +123,16 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _refused(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return False
+    except ConnectionRefusedError:
+        return True
+
+
 def _events(st, type_):
     import json
     import sqlite3
@@ -211,6 +221,8 @@ def test_an_instance_that_died_while_the_agent_was_away_is_restarted(stack_facto
     # dead before the load starts (on a busy machine a killed process can take a while to exit,
     # and a request it accepted meanwhile is lost with it, as it would be in production)
     wait_for(lambda: not _alive(victim["pid"]), timeout=10, interval=0.01, what="the victim to exit")
+    # and its sockets closed (a thread group's leader shows as a zombie while its other threads exit)
+    wait_for(lambda: _refused(victim["port"]), timeout=10, interval=0.01, what="the victim's port to refuse")
     with LoadClient(st.url, **LOAD) as load:
         load.wait_served(40, timeout=20)  # the proxy retries on the sibling: no agent needed
         st.cli("up", "--detach", "--timeout", "60", check=True)

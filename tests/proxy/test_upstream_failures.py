@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import pytest
+
 from backends import App, Raw, closed_port, read_head
 from nonstop.proxy.routes import RouteTable
 from util import Client, get, proxy, raw, run
@@ -120,7 +122,9 @@ def test_pool_check_sees_an_upstream_close_the_loop_has_not_delivered():
         a.close()
 
 
-def test_upstream_closing_after_the_request_was_sent_is_not_retried():
+@pytest.mark.parametrize("method, body", [("POST", b"pay once"), ("GET", b"")])
+def test_upstream_closing_a_new_connection_after_the_request_was_sent_is_not_retried(method, body):
+    # even a GET: a request that kills the app must not be replayed on every instance
     async def main():
         async def close_after_reading(reader, writer):
             await read_head(reader)
@@ -131,11 +135,73 @@ def test_upstream_closing_after_the_request_was_sent_is_not_retried():
         async with proxy() as srv:
             srv.state.apply(table(("v1", 100, [bad.addr, good.addr])))
             srv.state.routes[0]._rr = 0
-            r = await get(srv.listen_addr, "/", method="POST", body=b"pay once")
+            r = await get(srv.listen_addr, "/", method=method, body=body)
             assert r.status == 502 and r.headers["x-nonstop-error"] == "upstream-closed"
             assert bad.requests == 1 and good.requests == 0  # not replayed elsewhere
         await bad.stop()
         await good.stop()
+
+    run(main())
+
+
+def _closes_a_reused_connection_unanswered():
+    """An upstream that answers the first request of each connection and closes at the
+    second one after reading its head, like an app whose keep-alive timeout fires
+    while the proxy's next request is on the wire (or one that dies at that moment)."""
+    seen: list[tuple[str, str]] = []
+
+    async def script(reader, writer):
+        n = 0
+        while True:
+            got = await read_head(reader)
+            if got is None:
+                break
+            method, target, headers, _ = got
+            if int(headers.get("content-length", 0)):
+                await reader.readexactly(int(headers["content-length"]))
+            seen.append((method, target))
+            n += 1
+            if n == 2:
+                break
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+        writer.close()
+
+    return Raw(script), seen
+
+
+def test_an_idempotent_request_on_a_reused_connection_closed_unanswered_is_sent_again_once():
+    async def main():
+        app, seen = _closes_a_reused_connection_unanswered()
+        await app.start()
+        async with proxy(app.addr) as srv:
+            c = Client(srv.listen_addr)
+            assert (await c.request("GET", "/1")).status == 200
+            r = await c.request("GET", "/2")  # reuses the pooled connection, which closes
+            assert r.status == 200 and r.body == b"ok"
+            assert seen == [("GET", "/1"), ("GET", "/2"), ("GET", "/2")]
+            assert app.requests == 2  # the replay went on a new connection
+            assert srv.state.pairs[("static", app.addr)].proxy_errors == 1
+            assert srv.state.targets[app.addr].in_flight == 0
+            await c.close()
+        await app.stop()
+
+    run(main())
+
+
+def test_a_post_on_a_reused_connection_closed_unanswered_is_not_sent_again():
+    async def main():
+        app, seen = _closes_a_reused_connection_unanswered()
+        await app.start()
+        async with proxy(app.addr) as srv:
+            c = Client(srv.listen_addr)
+            assert (await c.request("GET", "/1")).status == 200
+            r = await c.request("POST", "/pay", body=b"once")
+            assert r.status == 502 and r.headers["x-nonstop-error"] == "upstream-closed"
+            assert seen == [("GET", "/1"), ("POST", "/pay")]  # it may have acted on it: never replayed
+            assert srv.state.targets[app.addr].in_flight == 0
+            await c.close()
+        await app.stop()
 
     run(main())
 
