@@ -52,6 +52,15 @@ done = function(summary, latency, requests)
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
 end
 """
+# --vary: every request has its own path (/?n=1, /?n=2, ...), as real traffic would, so nothing that
+# remembers exact request bytes can help; wrk then builds each request in Lua (the same cost for every row).
+_WRK_LUA_VARY = """
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, "/?n=" .. n)
+end
+"""
 
 
 @dataclass
@@ -224,8 +233,16 @@ def environment() -> dict:
         "haproxy": _version(["haproxy", "-v"]),
         "wrk": _version(["wrk", "-v"]),
         "nproc": os.cpu_count(),
+        "hot_path": _hot_path(),
         "load_before": os.getloadavg(),
     }
+
+
+def _hot_path() -> str:
+    """Whether `python -m nonstop.proxy` runs the Cython-compiled hot path (nonstop.proxy.build)."""
+    out = subprocess.run([sys.executable, "-c", "from nonstop.proxy import build; print(build.summary())"],
+                         capture_output=True, text=True, cwd=backends.ROOT, env=backends._env(), timeout=60)
+    return out.stdout.strip() or f"unknown ({out.stderr.strip()[-200:]})"
 
 
 def record(rows: list[Row], env: dict, args: argparse.Namespace) -> None:
@@ -238,9 +255,10 @@ def record(rows: list[Row], env: dict, args: argparse.Namespace) -> None:
 ## {env['date']} — commit {env['commit']}
 
 `bench/proxy.py --duration {args.duration} --warmup {args.warmup} --connections {args.connections} \
---threads {args.threads} --rounds {args.rounds} --multi {args.multi}`
+--threads {args.threads} --rounds {args.rounds} --multi {args.multi}{' --vary' if args.vary else ''}`
 
-- nonstop proxy: {env['proxy_commit']}
+- nonstop proxy: {env['proxy_commit']}; hot path: {env['hot_path']}
+- requests: {'every one different (`--vary`: /?n=1, /?n=2, …)' if args.vary else 'the same `GET /` repeated (wrk default)'}
 - {env['nginx']}; {env['haproxy']}; {env['wrk'].split(' Copyright')[0]}; Python {env['python']}
 - load average (1, 5, 15 min) before → after: {load}{'' if not args.note else chr(10) + '- ' + args.note}
 
@@ -260,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=1, help="repeat all rows, report the median (default 1)")
     p.add_argument("--multi", type=int, default=2, help="workers for the multi-worker rows; 0 or 1: none")
     p.add_argument("--only", default="", help="comma list of targets: direct,nginx,haproxy,nonstop")
+    p.add_argument("--vary", action="store_true", help="a different path for every request (no repeated bytes)")
     p.add_argument("--record", action="store_true", help=f"append the results as markdown to {RESULTS.name}")
     p.add_argument("--note", default="", help="a line added to the record (e.g. what else ran)")
     p.add_argument("--json", action="store_true", help="print rows as JSON too")
@@ -282,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="nonstop-bench-"))
     lua = workdir / "report.lua"
-    lua.write_text(_WRK_LUA)
+    lua.write_text((_WRK_LUA_VARY if args.vary else "") + _WRK_LUA)
     backend = backends.nginx("backend", workdir, backends.free_port(), workers=1)
     results: dict[str, list[Row]] = {t.name: [] for t in plan}
     try:

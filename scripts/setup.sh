@@ -32,13 +32,25 @@ fi
 
 py=${PYTHON:-python3}
 stamp=.venv/.nonstop-installed
-hash=$(cat pyproject.toml | sha256sum | cut -c1-16)
+hash=$(cat pyproject.toml setup.py | sha256sum | cut -c1-16)
+# the proxy's compiled hot path (setup.py): the modules with a .pxd, and their .pxd
+compiled_sources() { ls nonstop/proxy/*.pxd; ls nonstop/proxy/*.pxd | sed 's/pxd$/py/'; echo setup.py; }
+built=.venv/.nonstop-compiled
+src_hash=$(cat $(compiled_sources) | sha256sum | cut -c1-16)
 if [ ! -x .venv/bin/python ]; then
   "$py" -m venv .venv
 fi
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$hash" ]; then
   echo "setup: installing nonstop and its pinned dependencies into .venv"
   # compat mode: a plain path entry (.pth), not an import hook that costs every CLI call ~50 ms
+  # (this also compiles the hot path in place, with Cython, when a C compiler is there)
   .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' --config-settings editable_mode=compat
   echo "$hash" > "$stamp"
+  echo "$src_hash" > "$built"
+fi
+if [ "$(cat "$built" 2>/dev/null)" != "$src_hash" ]; then
+  # a compiled module's source changed since the last build: rebuild what changed, or it runs old code
+  echo "setup: compiling the proxy's hot path (Cython)"
+  .venv/bin/python setup.py -q build_ext --inplace 2>&1 | grep -v "^warning: \|Warning\|warnings.warn" || true
+  echo "$src_hash" > "$built"
 fi

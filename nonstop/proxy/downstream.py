@@ -32,13 +32,14 @@ from bisect import bisect_left
 import httptools
 
 from nonstop.proxy.http import (
-    Reject, ResponseHead, error_response, fast_client_head, fast_request, forwarded_lines, inspect_raw_response,
+    Reject, RequestHead, ResponseHead, error_response, fast_client_head, fast_request, forwarded_lines, inspect_raw_response,
     inspect_request, inspect_response, parse_head_lines,
 )
 from nonstop.proxy.split import set_cookie_header
 from nonstop.proxy.stats import LATENCY_BUCKETS
 from nonstop.proxy.upstream import _POLL_AFTER_IDLE as _FRESH
-from nonstop.proxy.upstream import connect
+from nonstop.proxy.state import Entry
+from nonstop.proxy.upstream import UpstreamConnection, connect
 
 log = logging.getLogger("nonstop.proxy")
 
@@ -59,19 +60,25 @@ class _Stop(Exception):
     """Raised from a parser callback to stop parsing a request we have already answered."""
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection:  # an asyncio protocol (no base class: compiled, a C type)
     """One client socket: its parser, its queue of exchanges, its deadline."""
 
     __slots__ = (
         "server", "state", "cfg", "transport", "parser", "client_ip", "client_ip_b", "url", "headers",
         "raw_head", "phase", "queue", "reading", "paused", "write_paused", "deadline",
         "closed", "lingering", "tunnel", "upgrade_rest", "wbuf", "special", "fwd", "last_req", "last_head",
+        "read_timeout", "header_timeout", "idle_timeout", "max_header_bytes",
     )
 
     def __init__(self, server) -> None:
         self.server = server
         self.state = server.state
-        self.cfg = server.cfg
+        cfg = self.cfg = server.cfg
+        # the knobs read per request, copied once (C fields when compiled)
+        self.read_timeout = cfg.read_timeout
+        self.header_timeout = cfg.header_timeout
+        self.idle_timeout = cfg.idle_timeout
+        self.max_header_bytes = cfg.max_header_bytes
         self.transport = None
         self.parser = httptools.HttpRequestParser(self)
         self.client_ip = ""
@@ -104,8 +111,8 @@ class ClientConnection(asyncio.Protocol):
         self.client_ip_b = self.client_ip.encode()
         self.fwd = forwarded_lines(self.client_ip_b)
         self.server.connections.add(self)
-        now = self.server.now
-        self.deadline = now + (self.cfg.idle_grace if self.server.closing else self.cfg.header_timeout)
+        now = self.state.now
+        self.deadline = now + (self.cfg.idle_grace if self.state.closing else self.header_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.special:
@@ -124,7 +131,7 @@ class ClientConnection(asyncio.Protocol):
                 and not self.raw_head
                 and not self.queue
                 and self.state.fast is not None
-                and len(data) <= self.cfg.max_header_bytes
+                and len(data) <= self.max_header_bytes
             ):
                 # between requests, one target: a plain bodyless request needs no parser.
                 # Keep-alive clients often repeat a request byte for byte (polling, health
@@ -147,7 +154,7 @@ class ClientConnection(asyncio.Protocol):
             if self.phase == _IDLE:
                 # a request has started: the header timeout runs from its first byte
                 self.phase = _HEAD
-                self.deadline = self.server.now + self.cfg.header_timeout
+                self.deadline = self.state.now + self.header_timeout
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -162,7 +169,7 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError:
             self.reject(400, "bad-request")
             return
-        if self.phase == _HEAD and self.raw_head > self.cfg.max_header_bytes:
+        if self.phase == _HEAD and self.raw_head > self.max_header_bytes:
             self.reject(431, "header-too-large")
 
     def eof_received(self):
@@ -196,7 +203,7 @@ class ClientConnection(asyncio.Protocol):
             if up is not None:
                 up.resume_reading()
                 if self.deadline:
-                    self.deadline = self.server.now + self.cfg.read_timeout  # the client is reading
+                    self.deadline = self.state.now + self.read_timeout  # the client is reading
 
     # -- reading control -----------------------------------------------------
 
@@ -252,7 +259,7 @@ class ClientConnection(asyncio.Protocol):
         self.phase = _ACTIVE
         self._dispatch(ex, head)
 
-    def _dispatch(self, ex: "Exchange", head) -> None:
+    def _dispatch(self, ex: Exchange, head: RequestHead) -> None:
         """Start the first queued exchange. Exchange.start, inlined for the commonest
         case: one target and a recently used idle connection to it."""
         entry = self.state.fast
@@ -260,8 +267,8 @@ class ClientConnection(asyncio.Protocol):
             t = entry.target
             idle = t.pool._idle
             if idle:
-                up = idle[-1]
-                now = self.server.now
+                up: UpstreamConnection = idle[-1]
+                now = self.state.now
                 if not up.closed and now - up.idle_since < _FRESH and not up.transport.is_closing():
                     idle.pop()
                     ex.entry = entry
@@ -272,7 +279,7 @@ class ClientConnection(asyncio.Protocol):
                     up.bind(ex, head.upstream_head)
                     if self.write_paused:
                         up.pause_reading()
-                    self.deadline = now + self.cfg.read_timeout
+                    self.deadline = now + self.read_timeout
                     return
         self.deadline = 0.0
         ex.start()
@@ -336,14 +343,14 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.write_eof()
             except OSError:
                 pass
-        self.deadline = self.server.now + _LINGER
+        self.deadline = self.state.now + _LINGER
 
     def abort(self) -> None:
         if not self.closed:
             self.flush()
             self.transport.abort()
 
-    def exchange_done(self, ex: "Exchange", close: bool) -> None:
+    def exchange_done(self, ex: Exchange, close: bool) -> None:
         """The response of the first queued exchange is complete."""
         queue = self.queue
         if queue and queue[0] is ex:
@@ -363,14 +370,14 @@ class ClientConnection(asyncio.Protocol):
             self._resume(_P_QUEUE)
             self.queue[0].start()
             return
-        now = self.server.now
+        now = self.state.now
         if self.reading is None and self.phase != _IDLE:
             # a new head may already be half read (pipelining); otherwise idle
             self.phase = _HEAD if self.raw_head else _IDLE
         if self.phase == _IDLE:
-            self.deadline = now + (self.cfg.idle_grace if self.server.closing else self.cfg.idle_timeout)
+            self.deadline = now + (self.cfg.idle_grace if self.state.closing else self.idle_timeout)
         else:
-            self.deadline = now + self.cfg.header_timeout
+            self.deadline = now + self.header_timeout
 
     # -- time ----------------------------------------------------------------
 
@@ -391,33 +398,34 @@ class ClientConnection(asyncio.Protocol):
     def stop_when_idle(self) -> None:
         """Server is stopping: idle connections get ``idle_grace`` for one last request."""
         if not self.queue and self.phase == _IDLE and not self.lingering:
-            self.deadline = min(self.deadline or 1e18, self.server.now + self.cfg.idle_grace)
+            self.deadline = min(self.deadline or 1e18, self.state.now + self.cfg.idle_grace)
 
 
 class Exchange:
     """One request, from its head to the last byte of its response (or its tunnel's end)."""
 
-    # defaults as class attributes: a new exchange sets only what differs
-    entry = None
-    upstream = None
-    tried: tuple = ()
-    buf: list | None = None
-    buf_size = 0
-    body_len = 0
-    req_done = False
-    resp = None
-    status = 0
-    cookie: int | None = None
-    finished = False
-    task = None
-    counted = False  # in_flight incremented on self.entry
-    client_eof = False
+    __slots__ = ("conn", "head", "headers", "started", "entry", "upstream", "tried", "buf", "buf_size", "body_len",
+                 "req_done", "resp", "status", "cookie", "finished", "task", "counted", "client_eof")
 
     def __init__(self, conn: ClientConnection, head, headers) -> None:
         self.conn = conn
         self.head = head
         self.headers = headers
         self.started = _perf()
+        self.entry = None
+        self.upstream = None
+        self.tried: tuple = ()
+        self.buf: list | None = None
+        self.buf_size = 0
+        self.body_len = 0
+        self.req_done = False
+        self.resp = None
+        self.status = 0
+        self.cookie: int | None = None
+        self.finished = False
+        self.task = None
+        self.counted = False  # in_flight incremented on self.entry
+        self.client_eof = False
 
     # -- routing -------------------------------------------------------------
 
@@ -433,7 +441,7 @@ class Exchange:
             self.cookie = cookie
         self._attach(entry)
 
-    def _attach(self, entry) -> None:
+    def _attach(self, entry: Entry) -> None:
         self.entry = entry
         t = entry.target
         t.in_flight += 1
@@ -441,9 +449,9 @@ class Exchange:
         self.counted = True
         idle = t.pool._idle
         if idle:
-            now = self.conn.server.now
+            now = self.conn.state.now
             while idle:
-                up = idle.pop()
+                up: UpstreamConnection = idle.pop()
                 if up.alive(now):
                     self._bind(up)
                     return
@@ -507,7 +515,7 @@ class Exchange:
             self._bind(up)
             return
 
-    def _bind(self, up) -> None:
+    def _bind(self, up: UpstreamConnection) -> None:
         conn = self.conn
         self.upstream = up
         buf = self.buf
@@ -520,7 +528,7 @@ class Exchange:
             up.bind(self, self.head.upstream_head)
         if conn.write_paused:
             up.pause_reading()
-        conn.deadline = conn.server.now + conn.cfg.read_timeout
+        conn.deadline = conn.state.now + conn.read_timeout
 
     # -- request body --------------------------------------------------------
 
@@ -539,7 +547,7 @@ class Exchange:
         if up is not None:
             up.transport.write(data)
             if self.resp is None:
-                conn.deadline = conn.server.now + conn.cfg.read_timeout
+                conn.deadline = conn.state.now + conn.read_timeout
         else:
             if self.buf is None:
                 self.buf = []
@@ -585,7 +593,7 @@ class Exchange:
         if type(r) is not Reject:
             self.conn.write(r.head)
 
-    def on_fast_response(self, up, data: bytes, status: int, end: int, length: int, chead: bytes) -> None:
+    def on_fast_response(self, up: UpstreamConnection, data: bytes, status, end, length, chead: bytes) -> None:
         """A Content-Length response whose head the fast path validated; llhttp is not used for it.
 
         ``chead`` is its head as the client gets it, up to ``extra`` (``http.fast_response``)."""
@@ -594,7 +602,7 @@ class Exchange:
         if self.cookie is not None:
             extra += set_cookie_header(self.cookie)
         head = self.head
-        close = not head.keep_alive or conn.server.closing or not self.req_done or self.client_eof
+        close = not head.keep_alive or conn.state.closing or not self.req_done or self.client_eof
         self.status = status
         avail = len(data) - end
         if avail >= length:
@@ -610,10 +618,10 @@ class Exchange:
                 if up.read_paused:
                     up.resume_reading()
                 if len(pool._idle) < pool.max_idle:
-                    up.idle_since = conn.server.now
+                    up.idle_since = conn.state.now
                     pool._idle.append(up)
                 else:
-                    pool.put(up, conn.server.now)
+                    pool.put(up, conn.state.now)
             else:
                 up.close()  # bytes past the response's end, or the request is still coming
             self.finished = True
@@ -638,14 +646,14 @@ class Exchange:
         conn.write(fast_client_head(chead, extra, close, head.http10) + data[end:])
         up.left = length - avail
         up.raw_body = True
-        conn.deadline = conn.server.now + conn.cfg.read_timeout
+        conn.deadline = conn.state.now + conn.read_timeout
 
     def on_response_head(self, up, status: int, raw: bytes, keep_alive: bool) -> None:
         conn = self.conn
         extra = self.entry.release.header
         if self.cookie is not None:
             extra += set_cookie_header(self.cookie)
-        close = not self.head.keep_alive or conn.server.closing or not self.req_done or self.client_eof
+        close = not self.head.keep_alive or conn.state.closing or not self.req_done or self.client_eof
         r = inspect_raw_response(status, raw, keep_alive, self.head, self.head.http10, close, extra)
         if type(r) is Reject:
             self.upstream_broken(up, r.reason)
@@ -662,7 +670,7 @@ class Exchange:
         if self.head.method == b"HEAD":
             self.on_response_done(up)
             return
-        conn.deadline = conn.server.now + conn.cfg.read_timeout
+        conn.deadline = conn.state.now + conn.read_timeout
 
     def on_response_body(self, data: bytes) -> None:
         conn = self.conn
@@ -671,7 +679,7 @@ class Exchange:
         else:
             conn.write(data)
 
-    def on_response_done(self, up) -> None:
+    def on_response_done(self, up: UpstreamConnection) -> None:
         r = self.resp
         if self.finished or r is None or r.tunnel:
             return
@@ -686,10 +694,10 @@ class Exchange:
                 up.resume_reading()
             pool = entry.target.pool
             if len(pool._idle) < pool.max_idle:
-                up.idle_since = conn.server.now
+                up.idle_since = conn.state.now
                 pool._idle.append(up)
             else:
-                pool.put(up, conn.server.now)
+                pool.put(up, conn.state.now)
         else:
             up.close()
         # _finish, inlined for the hot path
@@ -731,7 +739,7 @@ class Exchange:
         if self.resp is not None:
             self._abort_both()
             return
-        close = not self.head.keep_alive or not self.req_done or conn.server.closing or self.client_eof
+        close = not self.head.keep_alive or not self.req_done or conn.state.closing or self.client_eof
         extra = self.entry.release.header if self.entry is not None else b""
         conn.write(error_response(status, reason, close=close, extra=extra))
         self._finish(status, close)

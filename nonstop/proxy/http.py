@@ -64,18 +64,22 @@ class Reject(NamedTuple):
 class RequestHead:
     """What the proxy needs to know about one client request, and its head as sent upstream.
 
-    Defaults live on the class: a new head sets only what differs (hot path).
+    Compiled, a C struct (http.pxd); its fields are set once, by the parser path or the fast path.
     """
 
-    method = b""
-    keep_alive = True
-    chunked = False
-    content_length: int | None = None
-    upgrade = False
-    cookie: bytes | None = None
-    upstream_head = b""
-    no_body = True
-    http10 = False
+    __slots__ = ("method", "keep_alive", "chunked", "content_length", "upgrade", "cookie", "upstream_head",
+                 "no_body", "http10")
+
+    def __init__(self) -> None:
+        self.method = b""
+        self.keep_alive = True
+        self.chunked = False
+        self.content_length: int | None = None
+        self.upgrade = False
+        self.cookie: bytes | None = None
+        self.upstream_head = b""
+        self.no_body = True
+        self.http10 = False
 
 
 def _tokens(value: bytes) -> list[bytes]:
@@ -207,18 +211,22 @@ class ResponseHead:
     """The client-bound head of one upstream response and how to frame its body.
 
     ``body``: "none", "length", "chunked" (decoded by llhttp) or "eof" (until
-    the upstream closes). Defaults live on the class (hot path).
+    the upstream closes).
     """
 
-    head = b""
-    body = "none"
-    chunked_out = False
-    close = False
-    upstream_reusable = True
-    tunnel = False
-    interim = False
-    splice = False  # forward the body's raw bytes (``length`` of them) instead of decoding it
-    length = 0
+    __slots__ = ("head", "body", "chunked_out", "close", "upstream_reusable", "tunnel", "interim", "splice",
+                 "length")
+
+    def __init__(self) -> None:
+        self.head = b""
+        self.body = "none"
+        self.chunked_out = False
+        self.close = False
+        self.upstream_reusable = True
+        self.tunnel = False
+        self.interim = False
+        self.splice = False  # forward the body's raw bytes (``length`` of them) instead of decoding it
+        self.length = 0
 
 
 _status_lines: dict[tuple[int, bytes], bytes] = {}

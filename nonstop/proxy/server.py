@@ -18,7 +18,7 @@ import subprocess
 import sys
 
 from nonstop.errors import ProxyError
-from nonstop.proxy import handoff
+from nonstop.proxy import build, handoff
 from nonstop.proxy import routes as routes_mod
 from nonstop.proxy.admin import AdminAPI
 from nonstop.proxy.config import ProxyConfig
@@ -37,8 +37,6 @@ class ProxyServer:
         self.cfg = cfg
         self.state = ProxyState(cfg.pool_max_idle)
         self.connections: set[ClientConnection] = set()
-        self.now = 0.0
-        self.closing = False
         self.listen_addr = ""
         self._sock: socket.socket | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -47,6 +45,23 @@ class ProxyServer:
         self._tick_task: asyncio.Task | None = None
         self._stop = asyncio.Event()
         self._handed_over = False
+
+    # the clock and the stopping flag live on the state, where connections read them
+    @property
+    def now(self) -> float:
+        return self.state.now
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self.state.now = value
+
+    @property
+    def closing(self) -> bool:
+        return self.state.closing
+
+    @closing.setter
+    def closing(self, value: bool) -> None:
+        self.state.closing = value
 
     # -- start ---------------------------------------------------------------
 
@@ -72,7 +87,8 @@ class ProxyServer:
         if cfg.pid_file:
             _write_atomic(cfg.pid_file, f"{os.getpid()}\n")
         retire(old_pid)
-        log.info("proxy ready listen=%s revision=%d pid=%d", self.listen_addr, self.state.table.revision, os.getpid())
+        log.info("proxy ready listen=%s revision=%d pid=%d hot path: %s", self.listen_addr, self.state.table.revision,
+                 os.getpid(), build.summary())
 
     def _check_parent(self) -> None:
         try:

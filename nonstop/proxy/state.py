@@ -39,7 +39,7 @@ class Entry:
 
     __slots__ = ("target", "counters", "draining", "release")
 
-    def __init__(self, target: TargetState, counters: Counters, draining: bool, release: "ReleaseRoute") -> None:
+    def __init__(self, target: TargetState, counters: Counters, draining: bool, release: ReleaseRoute) -> None:
         self.target = target
         self.counters = counters
         self.draining = draining
@@ -96,6 +96,10 @@ class ProxyState:
         # the hot path's shortcut: set when every request goes to one target
         # (one usable release, one non-draining target, no match rules)
         self.fast: Entry | None = None
+        # the loop's clock at the last tick (deadlines are this coarse) and whether the process is stopping;
+        # kept here, where the hot path reads it as a C field, and set by the server
+        self.now = 0.0
+        self.closing = False
 
     # -- table ---------------------------------------------------------------
 

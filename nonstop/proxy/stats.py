@@ -38,7 +38,7 @@ class Counters:
         self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.sum += seconds
 
-    def add(self, other: "Counters") -> None:
+    def add(self, other: Counters) -> None:
         self.requests += other.requests
         self.proxy_errors += other.proxy_errors
         self.in_flight += other.in_flight

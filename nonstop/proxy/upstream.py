@@ -24,7 +24,7 @@ _POLL_AFTER_IDLE = 0.5
 _MAX_HEAD = 64 * 1024  # an upstream response head larger than this is refused (502)
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection:  # an asyncio protocol (no base class: compiled, a C type)
     """A keep-alive HTTP/1.1 connection to one target.
 
     Response heads are taken from the raw bytes (no per-header callbacks);
@@ -151,7 +151,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.body_from = -1
         else:
             self.body_from = 0
-            conn.deadline = conn.server.now + conn.cfg.read_timeout  # the body is moving
+            conn.deadline = conn.state.now + conn.read_timeout  # the body is moving
         self.chunk = data
         conn.wbuf = []
         try:
@@ -178,7 +178,7 @@ class UpstreamConnection(asyncio.Protocol):
         n = len(data)
         if n < left:
             self.left = left - n
-            conn.deadline = conn.server.now + conn.cfg.read_timeout
+            conn.deadline = conn.state.now + conn.read_timeout
             conn.write(data)
             return
         if n > left:
@@ -276,7 +276,7 @@ class UpstreamConnection(asyncio.Protocol):
         ex.on_response_done(self)
 
 
-async def connect(loop: asyncio.AbstractEventLoop, target, timeout: float) -> UpstreamConnection:
+async def connect(loop: asyncio.AbstractEventLoop, target, timeout: float):
     """Open a new connection to ``target`` within ``timeout``; raises OSError / TimeoutError."""
     _, conn = await asyncio.wait_for(
         loop.create_connection(lambda: UpstreamConnection(target), target.host, target.port), timeout
