@@ -773,8 +773,16 @@ class Exchange:
             # A reused keep-alive connection closed without one byte of answer: the
             # upstream died, or closed it as idle while our request was on the wire.
             # An idempotent request without a body may be sent again (RFC 9112 §9.3.1,
-            # as nginx and Go's Transport do), on a new connection, which never
-            # qualifies for this again: at most one replay.
+            # as nginx and Go's Transport do): to a sibling first (a dying process
+            # still accepts for a few milliseconds), else to the same target; always
+            # on a new connection, which never qualifies for this again: one replay.
+            self._uncount()
+            self.tried += (self.entry.target,)
+            nxt = self.conn.state.fallback(self.entry, self.tried) or self.entry
+            self.entry = nxt
+            nxt.target.in_flight += 1
+            nxt.counters.in_flight += 1
+            self.counted = True
             self.task = asyncio.ensure_future(self._connect())
             return
         if r is None:

@@ -179,8 +179,9 @@ def test_agent_killed_mid_deployment_traffic_flows_and_restart_rolls_back(stack_
 
 def test_instance_killed_after_go_live_is_replaced_without_failed_requests(stack_factory, arts):
     """kill -9 of a live instance: every request sent after the kill succeeds (the proxy retries
-    refused connections on the sibling); only a request the dead process had already received
-    can fail — nothing may replay it, since it was sent (DESIGN §5)."""
+    refused connections on the sibling, and replays a bodiless GET whose reused connection closed
+    unanswered); only a request the dead process had already received and that may not be
+    replayed (a POST, or one on a connection opened for it) can fail (docs/internals.md)."""
     st = bg(stack_factory, n_ports=4, run={"instances": 2})
     st.deploy("v1", "--artifact", str(arts["good"]))
     with LoadClient(st.url, **LOAD) as load:

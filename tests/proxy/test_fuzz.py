@@ -140,3 +140,95 @@ def test_mutated_responses_never_crash_or_leak():
         assert not errors.records, [r.getMessage() for r in errors.records[:3]]
 
     run(main(), timeout=90)
+
+
+# -- the fast paths against the parser path, on the same mutated bytes ---------
+
+FAST_SEEDS = [
+    b"GET /a?b=c HTTP/1.1\r\nHost: x\r\nCookie: nonstop_bucket=5\r\n\r\n",
+    b"GET / HTTP/1.1\r\nUser-Agent: t\r\nhost:  a.test:8080 \r\nAccept: */*\r\nConnection: keep-alive\r\n\r\n",
+    b"HEAD /x HTTP/1.1\r\nHost: [::1]:80\r\nX-Hi: \xe2\x9c\x93\r\n\r\n",
+    b"DELETE /r/1 HTTP/1.1\r\nAuthorization: Bearer t\r\nHost: a\r\n\r\n",
+    b"OPTIONS /o HTTP/1.1\r\nHost: a\r\nconnection: Keep-Alive \r\nX-Empty:\r\n\r\n",
+]
+FAST_NOISE = NOISE + [b"Connection: keep-alive\r\n", b"Connection: close\r\n", b"X-Forwarded-For: 1\r\n",
+                      b"\r\n ", b"GET", b"POST", b"/", b"%", b"?", b"[", b"Keep-Alive", b"HOST", b"\x7f"]
+
+
+def _llhttp_request(data: bytes):
+    """What the parser path makes of ``data``: the RequestHead of exactly one complete bodyless request, else None."""
+    import httptools
+
+    from nonstop.proxy import http
+
+    class P:
+        def __init__(self):
+            self.url, self.headers, self.complete, self.body = b"", [], 0, False
+
+        def on_url(self, u):
+            self.url += u
+
+        def on_header(self, n, v):
+            self.headers.append((n, v))
+
+        def on_body(self, b):
+            self.body = True
+
+        def on_message_complete(self):
+            self.complete += 1
+
+    p = P()
+    parser = httptools.HttpRequestParser(p)
+    try:
+        parser.feed_data(data)
+    except httptools.HttpParserError:
+        return None
+    if p.complete != 1 or p.body:
+        return None
+    head = http.inspect_request(parser.get_method(), p.url, parser.get_http_version(), p.headers, b"10.0.0.1",
+                                parser.should_upgrade(), None)
+    return None if isinstance(head, http.Reject) else head
+
+
+def _message(head: bytes):
+    """A request head as (request line, sorted [(lower name, value)]): the same message up to order and whitespace."""
+    lines = head.split(b"\r\n")
+    return lines[0], sorted((n.lower(), v.strip(b" \t")) for n, _, v in (ln.partition(b":") for ln in lines[1:] if ln))
+
+
+def test_the_request_fast_path_takes_only_what_the_parser_path_reads_the_same_way():
+    from nonstop.proxy import http
+
+    rng = random.Random(20261125)
+    fwd = http.forwarded_lines(b"10.0.0.1")
+    taken = 0
+    for i in range(6000):
+        data = rng.choice(FAST_SEEDS)
+        if i % 4:  # a quarter unmutated, so the fast path is exercised on what it must take
+            b = bytearray(data)
+            for _ in range(rng.randint(1, 3)):
+                j = rng.randrange(len(b) + 1)
+                op = rng.random()
+                if op < 0.25 and b:
+                    del b[j : j + rng.randint(1, 4)]
+                elif op < 0.75:
+                    b[j:j] = rng.choice(FAST_NOISE)
+                elif b:
+                    b[min(j, len(b) - 1)] = rng.randrange(256)
+            data = bytes(b)
+        fast = http.fast_request(data, fwd)
+        # the two implementations (compiled scan, Python regex) agree byte for byte
+        other = (http._regex_request if http.fast_request is http._scan_request else http._scan_request)(data, fwd)
+        assert (other is None) == (fast is None), data
+        if fast is None:
+            continue  # declining is always allowed: the parser path takes it
+        assert other.upstream_head == fast.upstream_head and other.method == fast.method, data
+        taken += 1
+        slow = _llhttp_request(data)
+        assert slow is not None, f"fast path took what the parser path refuses: {data!r}"
+        assert _message(fast.upstream_head) == _message(slow.upstream_head), data
+        assert fast.upstream_head.endswith(b"\r\n\r\n") and fast.upstream_head.count(b"\r\n\r\n") == 1, data
+        assert (fast.method, fast.keep_alive, fast.no_body, fast.http10, fast.upgrade) == \
+               (slow.method, slow.keep_alive, slow.no_body, slow.http10, slow.upgrade), data
+        assert slow.content_length is None and not slow.chunked, data
+    assert taken > 1500 + 100, taken  # the unmutated quarter, and mutations that stay valid

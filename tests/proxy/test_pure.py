@@ -395,11 +395,14 @@ def _llhttp_head(data: bytes):
         b"DELETE /r/1 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer t\r\n\r\n",
         b"GET / HTTP/1.1\r\nConnection: keep-alive\r\nHost: a\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nAccept: x\r\nconnection: Keep-Alive \r\nUser-Agent: u\r\n\r\n",
+        b"OPTIONS / HTTP/1.1\r\nHost:\ta.b\t\r\nUpgrade-Insecure-Requests: 1\r\nX-Forwarded: no\r\nTEA: 1\r\n\r\n",
+        b"GET /?a=b HTTP/1.1\r\nx:\r\nHOST: h\r\nX-Empty: \r\n\r\n",
     ],
 )
-def test_request_fast_path_builds_the_same_upstream_head_as_the_parser_path(data):
+@pytest.mark.parametrize("impl", ["_scan_request", "_regex_request"])  # compiled build: the scan; Python: the regex
+def test_request_fast_path_builds_the_same_upstream_head_as_the_parser_path(data, impl):
     fwd = http.forwarded_lines(b"10.0.0.1")
-    fast = http.fast_request(data, fwd)
+    fast = getattr(http, impl)(data, fwd)
     assert fast is not None
     slow = _llhttp_head(data)
 
@@ -436,10 +439,29 @@ def test_request_fast_path_builds_the_same_upstream_head_as_the_parser_path(data
         b"GET / HTTP/1.1\r\nHost: a\r\n",  # incomplete
         b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nProxy-Connection: keep-alive\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nx-forwarded-PROTO: https\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nKeep-Alive: 5\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nTrailer: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost:\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: \t \r\n\r\n",
+        b"GET / HTTP/1.1\r\n: a\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\nx",
+        b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1 \r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nconnection: KEEP-ALIVE\r\n\r\n",
     ],
 )
-def test_request_fast_path_leaves_everything_else_to_the_parser(data):
-    assert http.fast_request(data, b"") is None
+@pytest.mark.parametrize("impl", ["_scan_request", "_regex_request"])
+def test_request_fast_path_leaves_everything_else_to_the_parser(data, impl):
+    assert getattr(http, impl)(data, b"") is None
+
+
+def test_the_compiled_build_scans_requests_and_the_python_one_matches_the_regex():
+    compiled = not http.__file__.endswith(".py")
+    assert http.fast_request is (http._scan_request if compiled else http._regex_request)
 
 
 def test_response_fast_path_verdicts_are_remembered_by_exact_head_and_bounded():

@@ -189,6 +189,29 @@ def test_an_idempotent_request_on_a_reused_connection_closed_unanswered_is_sent_
     run(main())
 
 
+def test_the_replay_goes_to_a_sibling_first():
+    # a process being killed still accepts for a few milliseconds: the same target is the last resort
+    async def main():
+        bad, seen = _closes_a_reused_connection_unanswered()
+        await bad.start()
+        good = await App("sibling").start()
+        async with proxy() as srv:
+            srv.state.apply(table(("v1", 100, [bad.addr])))
+            c = Client(srv.listen_addr)
+            assert (await c.request("GET", "/1")).status == 200  # leaves a pooled connection to bad
+            srv.state.apply(table(("v1", 100, [bad.addr, good.addr])))
+            srv.state.routes[0]._rr = 0
+            r = await c.request("GET", "/2")
+            assert r.status == 200 and r.json()["app"] == "sibling"
+            assert seen == [("GET", "/1"), ("GET", "/2")] and good.requests == 1
+            assert srv.state.targets[bad.addr].in_flight == 0 and srv.state.targets[good.addr].in_flight == 0
+            await c.close()
+        await bad.stop()
+        await good.stop()
+
+    run(main())
+
+
 def test_a_post_on_a_reused_connection_closed_unanswered_is_not_sent_again():
     async def main():
         app, seen = _closes_a_reused_connection_unanswered()
