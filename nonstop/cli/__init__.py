@@ -18,6 +18,19 @@ from nonstop.errors import NonstopError
 
 
 class _Group(click.Group):
+    # `nonstop proxy` imports the proxy (tens of ms): loaded only when asked for, so the
+    # verbs that must be quick (rollback above all) never pay for it
+    _LAZY = {"proxy": ("nonstop.cli.proxy_cmd", "proxy")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._LAZY})
+
+    def get_command(self, ctx: click.Context, name: str):
+        if name in self._LAZY and name not in self.commands:
+            module, attr = self._LAZY[name]
+            self.add_command(getattr(__import__(module, fromlist=[attr]), attr))
+        return super().get_command(ctx, name)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -50,11 +63,6 @@ def _register() -> None:
     for mod in (lifecycle_cmds, deploy_cmds, info_cmds):
         for cmd in mod.COMMANDS:
             cli.add_command(cmd)
-    try:
-        from nonstop.cli.proxy_cmd import proxy
-    except ImportError:  # pragma: no cover - the proxy command ships with the proxy
-        return
-    cli.add_command(proxy)
 
 
 _register()
