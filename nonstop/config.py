@@ -510,7 +510,7 @@ health:
   path: /actuator/health
   expect_status: 200
   expect_body: UP
-  interval: 200ms
+  interval: 200ms                 # a booting instance: every 50ms until its first pass (first 10s)
   timeout: 2s
   startup_timeout: 120s
   healthy_threshold: 2

@@ -199,7 +199,7 @@ class Fleet:
                 return rec
             if state == "failed":
                 return self._failure(rec, tracker, f"not healthy within startup_timeout {hc.startup_timeout:g}s")
-            await asyncio.sleep(hc.interval)
+            await asyncio.sleep(tracker.next_delay(hc.interval, time.monotonic()))
 
     def _failure(self, rec: InstanceRecord, tracker, reason: str) -> StartFailure:
         checks = [f"{'ok' if r.ok else 'fail'}: {r.detail}" for r in list(tracker.last_results)[-5:]]

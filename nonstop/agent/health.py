@@ -28,6 +28,12 @@ from nonstop.errors import ConfigError
 __all__ = ["CheckResult", "HealthState", "HealthTracker", "check_once", "wait_healthy", "DETAIL_MAX"]
 
 DETAIL_MAX = 200
+# A booting instance is ready the moment its check first passes; finding out a whole `interval`
+# later would cost every deploy that much. Until that first pass (within its first BOOT_WINDOW
+# seconds) it is checked every BOOT_POLL at most; the healthy_threshold passes that follow are
+# spaced by `interval`, as configured.
+BOOT_POLL = 0.05
+BOOT_WINDOW = 10.0
 
 
 @dataclass(frozen=True)
@@ -247,6 +253,13 @@ class HealthTracker:
                 self.reason = f"{self.failures} failed check(s) in a row: {result.detail}"
         return self.poll(now)
 
+    def next_delay(self, interval: float, now: float) -> float:
+        """How long to wait before the next check: ``interval``, or at most BOOT_POLL while a
+        starting instance has not passed once yet (in its first BOOT_WINDOW seconds)."""
+        if self.state is HealthState.STARTING and self.passes == 0 and now - self.started_at < BOOT_WINDOW:
+            return min(interval, BOOT_POLL)
+        return interval
+
     def poll(self, now: float) -> HealthState:
         """Apply the startup deadline without a new result."""
         if self.state is HealthState.STARTING and now - self.started_at >= self.startup_timeout:
@@ -283,7 +296,7 @@ async def wait_healthy(
     tracker: HealthTracker | None = None,
     sleep: Callable[[float], object] = asyncio.sleep,
 ) -> HealthState:
-    """Check every ``hc.interval`` until healthy or failed (startup_timeout, or
+    """Check (every ``hc.interval``; faster until the first pass, see BOOT_POLL) until healthy or failed (startup_timeout, or
     the process died: detail "process exited"). Pass a ``tracker`` to read its
     ``reason`` and ``last_results`` afterwards.
 
@@ -306,8 +319,8 @@ async def wait_healthy(
                 return state
             if not is_alive():
                 return tr.fail("process exited", clock())
-            remaining = tr.deadline - clock()
-            await sleep(max(0.0, min(hc.interval, remaining)))
+            now = clock()
+            await sleep(max(0.0, min(tr.next_delay(hc.interval, now), tr.deadline - now)))
             if tr.poll(clock()) is HealthState.FAILED:
                 return tr.state
     finally:

@@ -13,6 +13,8 @@ import httpx
 import pytest
 
 from nonstop.agent.health import (
+    BOOT_POLL,
+    BOOT_WINDOW,
     DETAIL_MAX,
     CheckResult,
     HealthState,
@@ -41,6 +43,21 @@ def test_starting_to_healthy_after_threshold():
     assert t.observe(OK, 101) == "starting"
     assert t.observe(OK, 102) == "healthy"
     assert t.state is HealthState.HEALTHY and t.reason is None
+
+
+def test_a_booting_instance_is_checked_fast_until_its_first_pass_then_every_interval():
+    t = tracker(t0=100.0)
+    assert t.next_delay(0.2, 100.0) == BOOT_POLL  # nothing passed yet: notice readiness within 50 ms
+    assert t.next_delay(0.01, 100.0) == 0.01  # a shorter interval is kept
+    t.observe(BAD, 100.1)
+    assert t.next_delay(0.2, 100.1) == BOOT_POLL
+    t.observe(OK, 100.2)
+    assert t.next_delay(0.2, 100.2) == 0.2  # the threshold's passes are spaced by interval, as configured
+    t.observe(BAD, 100.4)  # a failure resets the passes: fast again while starting
+    assert t.next_delay(0.2, 100.4) == BOOT_POLL
+    assert t.next_delay(0.2, 100.0 + BOOT_WINDOW) == 0.2  # a slow boot: back to interval
+    h = tracker(initial="healthy")
+    assert h.next_delay(5.0, 100.0) == 5.0  # supervision after go-live keeps its interval
 
 
 def test_a_failure_while_starting_resets_the_pass_count():
@@ -271,7 +288,10 @@ def test_wait_healthy_with_a_fake_clock(closed_port):
     """Deterministic: a fake sleep advances a fake clock; refused until the deadline."""
     now = [0.0]
 
+    sleeps = []
+
     async def fake_sleep(s):
+        sleeps.append(s)
         now[0] += s
 
     t = HealthTracker(2, 3, 1.0, 0.0)
@@ -283,7 +303,9 @@ def test_wait_healthy_with_a_fake_clock(closed_port):
         )
     )
     assert state == "failed" and now[0] == pytest.approx(1.0)
-    assert all(r.detail == "connection refused" for r in t.last_results) and len(t.last_results) == 5
+    # nothing passed yet: checked every BOOT_POLL (50 ms), not every interval (last 10 results kept)
+    assert all(r.detail == "connection refused" for r in t.last_results) and len(t.last_results) == 10
+    assert sleeps.count(BOOT_POLL) >= 19
 
 
 def test_wait_healthy_turns_healthy_when_the_app_comes_up(app):
