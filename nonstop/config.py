@@ -531,5 +531,5 @@ router:
   type: embedded                  # embedded | nginx | haproxy
 
 dashboard:
-  listen: 127.0.0.1:9900          # loopback; changes need the token in <state_dir>/token
+  listen: 127.0.0.1:9900          # loopback; changes need the token file in the state dir
 """

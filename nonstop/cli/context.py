@@ -40,6 +40,12 @@ class Ctx:
         return AgentClient(self.state / "agent.sock")
 
     @cached_property
+    def incident_client(self) -> AgentClient:
+        """For rollback / abort / promote / pause / resume: found without parsing the config
+        when it cannot name a state dir (``locate.state_dir(strict=False)``)."""
+        return AgentClient(state_dir(self.config_file, strict=False) / "agent.sock")
+
+    @cached_property
     def console(self):
         from rich.console import Console
 

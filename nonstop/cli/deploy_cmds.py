@@ -8,7 +8,7 @@ from nonstop.cli.context import Ctx, json_option, pass_ctx
 from nonstop.errors import DeploymentFailed
 
 
-def _follow(c: Ctx, path: str, body: dict) -> None:
+def _follow(c: Ctx, path: str, body: dict, client=None) -> None:
     """Stream a deployment's events; exit 0 when it went live, 1 otherwise."""
     events = []
     result = None
@@ -23,7 +23,7 @@ def _follow(c: Ctx, path: str, body: dict) -> None:
 
         progress = Progress(c.err)
     try:
-        for ev in c.client.stream(path, body):
+        for ev in (client or c.client).stream(path, body):
             events.append(ev)
             if progress:
                 progress.event(ev)
@@ -72,7 +72,7 @@ def deploy(c: Ctx, version: str | None, artifact: str | None, strategy: str | No
 @pass_ctx
 def rollback(c: Ctx, to: str | None) -> None:
     """Go back to the previous release (instant while it is warm)."""
-    _follow(c, "/rollback", {"to": to})
+    _follow(c, "/rollback", {"to": to}, client=c.incident_client)
 
 
 def _steer(action: str, help_text: str):
@@ -81,7 +81,7 @@ def _steer(action: str, help_text: str):
     @pass_ctx
     def cmd(c: Ctx, **kw) -> None:
         act = "promote_full" if kw.get("full") else action
-        res = c.client.post("/steer", {"action": act})
+        res = c.incident_client.post("/steer", {"action": act})
         if c.json:
             c.print_json(res)
         else:

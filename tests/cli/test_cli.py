@@ -41,11 +41,23 @@ def test_config_error_as_json(tmp_path):
     assert body["field"] == "health.interval" and body["exit_code"] == 2
 
 
-def test_broken_yaml_is_exit_2_for_every_verb(tmp_path):
+def test_broken_yaml_is_exit_2_for_the_verbs_that_read_it(tmp_path):
     (tmp_path / "nonstop.yml").write_text("app: shop\nrun: [unclosed\n")
-    for verb in (["status"], ["deploy"], ["rollback"], ["down"]):
+    for verb in (["status"], ["deploy"], ["down"], ["history"], ["up"]):
         code, out, err = run(tmp_path, *verb)
         assert code == 2 and "nonstop.yml" in err and "line" in err, (verb, err)
+
+
+def test_the_incident_verbs_reach_the_agent_past_a_config_broken_mid_edit(tmp_path):
+    # the running agent has the config it validated; only the state dir is needed to reach it
+    (tmp_path / "nonstop.yml").write_text("app: shop\nrun: [unclosed\n")
+    for verb in (["rollback"], ["abort"], ["promote"], ["pause"], ["resume"]):
+        code, out, err = run(tmp_path, *verb)
+        assert code == 3 and "no socket at " + str(tmp_path / ".nonstop") in err, (verb, err)
+    # but a file that may name another state dir must be read: broken, it is exit 2
+    (tmp_path / "nonstop.yml").write_text("app: shop\nstate_dir: /x\nrun: [unclosed\n")
+    code, out, err = run(tmp_path, "rollback")
+    assert code == 2 and "nonstop.yml" in err and "line" in err, err
 
 
 def test_agent_not_running_exits_3(tmp_path):
