@@ -12,18 +12,12 @@ def _follow(c: Ctx, path: str, body: dict, client=None) -> None:
     """Stream a deployment's events; exit 0 when it went live, 1 otherwise."""
     events = []
     result = None
-    if c.json:
-        progress = None
-    elif c.err.is_terminal:
-        from nonstop.cli.watch import DeployView  # lines scroll; a live panel shows step, weight, analysis
-
-        progress = DeployView(c.err)
-    else:
-        from nonstop.cli.render import Progress
-
-        progress = Progress(c.err)
+    progress = None
+    stream = (client or c.client).stream(path, body)
     try:
-        for ev in (client or c.client).stream(path, body):
+        for ev in stream:  # the request goes out first; the terminal view (rich) loads after it
+            if progress is None and not c.json:
+                progress = _progress(c)
             events.append(ev)
             if progress:
                 progress.event(ev)
@@ -45,6 +39,16 @@ def _follow(c: Ctx, path: str, body: dict, client=None) -> None:
                       "detail": result.get("detail", {}), "events": events})
     if not result.get("ok"):
         raise SystemExit(1)
+
+
+def _progress(c: Ctx):
+    if c.err.is_terminal:
+        from nonstop.cli.watch import DeployView  # lines scroll; a live panel shows step, weight, analysis
+
+        return DeployView(c.err)
+    from nonstop.cli.render import Progress
+
+    return Progress(c.err)
 
 
 @click.command()

@@ -73,8 +73,10 @@ public final class App {
             System.exit(1);
         }
         double took = (System.nanoTime() - startNanos) / 1e9;
-        System.out.printf("Started App in %.3f seconds (port %d, version %s)%n",
-                took, app.server.getAddress().getPort(), options.version);
+        // like Spring's "(process running for Y)": the JVM's own uptime, its start-up included
+        double running = java.lang.management.ManagementFactory.getRuntimeMXBean().getUptime() / 1e3;
+        System.out.printf("Started App in %.3f seconds (port %d, version %s) (process running for %.3f)%n",
+                took, app.server.getAddress().getPort(), options.version, running);
         System.out.flush();
     }
 
