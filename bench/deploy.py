@@ -21,7 +21,10 @@ sends ~100 req/s (keep-alive, new connections, POSTs), and reports:
 - for blue-green, a warm rollback: command issued → last response of the
   rolled-back version, and → first response of the restored one; and the
   same from the moment the agent received the command (the CLI's own start-up,
-  a Python interpreter, is the rest).
+  a Python interpreter, is the rest); then v2's jar is deployed again and
+  rolled back through the dashboard's `POST /api/rollback` with the token,
+  sent from this process: what a runbook, a bot or `curl` costs, without
+  the CLI.
 
 Everything runs on loopback; every process started is stopped by PID.
 """
@@ -129,7 +132,7 @@ def seed_script(v1: Path, v2: Path, rate: float, settle: float) -> dict:
 class Nonstop:
     def __init__(self, strategy: str, router: str, tuned: bool) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="nonstop-bench-"))
-        listen, a, b = free_ports(3)
+        listen, a, b, self.dashboard = free_ports(4)
         self.listen = listen
         health = {"path": "/actuator/health", "expect_body": "UP", "startup_timeout": "60s"}
         if tuned:
@@ -141,7 +144,7 @@ class Nonstop:
             "health": health,
             "strategy": {"type": strategy, **({"keep_previous": "10m"} if strategy == "blue-green" else {})},
             "router": {"type": router},
-            "dashboard": {"enabled": False},
+            "dashboard": {"listen": f"127.0.0.1:{self.dashboard}"},
         }
         (self.dir / "nonstop.yml").write_text(yaml.safe_dump(cfg))
 
@@ -156,6 +159,24 @@ class Nonstop:
             return took, json.loads(r.stdout)
         except ValueError:
             return took, r.stdout
+
+    def api_rollback(self) -> float:
+        """POST /api/rollback to the dashboard with the token, from this process (no CLI start-up):
+        what a runbook, a chat-ops bot or `curl` would do. Returns the monotonic time it was sent."""
+        token = (self.dir / ".nonstop" / "token").read_text().strip()
+        body = b"{}"
+        req = (f"POST /api/rollback HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+        with socket.create_connection(("127.0.0.1", self.dashboard), timeout=30) as s:
+            t = time.monotonic()
+            s.sendall(req + body)
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+        if not answer.startswith(b"HTTP/1.1 200"):
+            body_text = answer.partition(b"\r\n\r\n")[2][:300]
+            raise RuntimeError(f"dashboard rollback refused: {body_text!r}")
+        return t
 
     def own_boot(self, release: str) -> float | None:
         """The longest boot the release's instances report in their logs (the example app prints
@@ -209,6 +230,13 @@ def nonstop_scenario(strategy: str, router: str, v1: Path, v2: Path, rate: float
                 rb_wall, rb_res = ns.cli("rollback", "--json")
                 time.sleep(settle)
                 rb = (t_cmd, rb_wall, rb_res)
+                # again through the dashboard's API: v2's jar deployed anew (a rolled-back release is
+                # stopped, not kept warm), then rolled back to the warm v1
+                t_redeploy = time.monotonic()
+                ns.cli("deploy", "--version", "v2-again", "--artifact", str(v2), "--json")
+                time.sleep(settle)
+                t_api = ns.api_rollback()
+                time.sleep(settle)
         r = load.result
         name = f"nonstop {strategy}" + (" (health 25ms x1)" if tuned else " (health 200ms x2)")
         span = _span(res["events"])
@@ -221,7 +249,7 @@ def nonstop_scenario(strategy: str, router: str, v1: Path, v2: Path, rate: float
         if rb:
             t_cmd, rb_wall, rb_res = rb
             recs = sorted((x for x in r.records if x.ok), key=lambda x: x.end)
-            after = [x for x in recs if x.start >= t_cmd - 1e-3 or x.end >= t_cmd]
+            after = [x for x in recs if (x.start >= t_cmd - 1e-3 or x.end >= t_cmd) and x.end < t_redeploy]
             last_v2 = max((x.end for x in after if x.version == "v2"), default=None)
             first_v1 = min((x.end for x in after if x.version == "v1"), default=None)
             # the agent's clock is wall time; the load client's is monotonic: same machine, so shift once
@@ -233,6 +261,13 @@ def nonstop_scenario(strategy: str, router: str, v1: Path, v2: Path, rate: float
                          "first_new_response_ms": round((first_v1 - t_cmd) * 1000, 1) if first_v1 else None,
                          "last_old_after_agent_ms": round((last_v2 - t_agent) * 1000, 1) if last_v2 else None,
                          **_span(rb_res["events"])})
+            after = [x for x in recs if x.start >= t_api - 1e-3 or x.end >= t_api]
+            last_v2 = max((x.end for x in after if x.version == "v2"), default=None)  # the jar says v2
+            first_v1 = min((x.end for x in after if x.version == "v1"), default=None)
+            rows.append({"scenario": "  warm rollback v2 → v1, dashboard API", "router": router, "failed": r.failed,
+                         "served": r.served,
+                         "last_old_response_ms": round((last_v2 - t_api) * 1000, 1) if last_v2 else None,
+                         "first_new_response_ms": round((first_v1 - t_api) * 1000, 1) if first_v1 else None})
     finally:
         ns.close()
     return rows
