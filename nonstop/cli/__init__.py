@@ -1,78 +1,35 @@
 """``nonstop`` — the command line: a thin client of the agent.
 
-Each verb lives in a small module and sends one typed request; only this
-package picks exit codes (from ``NonstopError.exit_code``): 0 ok, 1 failed
-(traffic on the previous release), 2 usage/config error, 3 agent not
-reachable, 4 another deployment in progress.
+``main`` first offers the command line to ``quick`` (the incident verbs —
+rollback, abort, promote, pause, resume — in their plain forms, run without
+loading click: every millisecond of a rollback counts); anything else goes to
+the click command tree in ``app``. Exit codes: 0 ok, 1 failed (traffic on the
+previous release), 2 usage/config error, 3 agent not reachable, 4 another
+deployment in progress.
 """
 
 from __future__ import annotations
 
 import sys
 
-import click
-
-from nonstop import __version__
-from nonstop.cli.context import Ctx, pass_ctx
-from nonstop.errors import NonstopError
-
-
-class _Group(click.Group):
-    # `nonstop proxy` imports the proxy (tens of ms): loaded only when asked for, so the
-    # verbs that must be quick (rollback above all) never pay for it
-    _LAZY = {"proxy": ("nonstop.cli.proxy_cmd", "proxy")}
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *self._LAZY})
-
-    def get_command(self, ctx: click.Context, name: str):
-        if name in self._LAZY and name not in self.commands:
-            module, attr = self._LAZY[name]
-            self.add_command(getattr(__import__(module, fromlist=[attr]), attr))
-        return super().get_command(ctx, name)
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except NonstopError as e:
-            out = ctx.find_object(Ctx)
-            if out is not None and out.json:
-                click.echo(__import__("json").dumps({**e.to_dict(), "exit_code": e.exit_code}))
-            else:
-                click.echo(f"nonstop: {e.message}", err=True)
-                for k in ("checks", "log_tail", "analysis"):
-                    v = e.detail.get(k)
-                    if v:
-                        click.echo(f"{k.replace('_', ' ')}:", err=True)
-                        click.echo("  " + ("\n  ".join(v) if isinstance(v, list) else str(v).replace("\n", "\n  ")), err=True)
-            ctx.exit(e.exit_code)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-c", "--config", "config_path", metavar="FILE", help="nonstop.yml (default: found in this folder or above, or $NONSTOP_CONFIG)")
-@click.version_option(__version__, prog_name="nonstop")
-@click.pass_context
-def cli(ctx: click.Context, config_path: str | None) -> None:
-    """Deploy new versions of a web app without a single failed request."""
-    ctx.obj = Ctx(config_path)
-
-
-def _register() -> None:
-    from nonstop.cli import deploy_cmds, info_cmds, lifecycle_cmds
-
-    for mod in (lifecycle_cmds, deploy_cmds, info_cmds):
-        for cmd in mod.COMMANDS:
-            cli.add_command(cmd)
-
-
-_register()
-
 
 def main() -> None:
+    from nonstop.cli import quick
+
+    code = quick.run(sys.argv[1:])
+    if code is not None:
+        raise SystemExit(code)
+    from nonstop.cli.app import cli
+
     cli(prog_name="nonstop")
 
 
-__all__ = ["cli", "main", "pass_ctx"]
+def __getattr__(name: str):
+    if name in ("cli", "pass_ctx"):  # the click tree, loaded when asked for
+        from nonstop.cli import app
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+        return getattr(app, name)
+    raise AttributeError(f"module 'nonstop.cli' has no attribute {name!r}")
+
+
+__all__ = ["main", "cli", "pass_ctx"]

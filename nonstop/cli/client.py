@@ -16,7 +16,6 @@ import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlencode
 
 from nonstop.errors import AgentUnreachable, NonstopError
@@ -165,23 +164,23 @@ class AgentClient:
             r.close()
 
     @staticmethod
-    def _path(path: str, params: dict[str, Any]) -> str:
+    def _path(path: str, params: dict[str, object]) -> str:
         q = {k: v for k, v in params.items() if v is not None}
         return f"{path}?{urlencode(q)}" if q else path
 
-    def _json(self, raw: bytes) -> Any:
+    def _json(self, raw: bytes) -> object:
         try:
             return json.loads(raw)
         except ValueError:
             raise AgentUnreachable(f"the agent on {self.socket} answered something that is not JSON: {raw[:80]!r}") from None
 
-    def get(self, path: str, **params: Any) -> Any:
+    def get(self, path: str, **params: object) -> object:
         return self._json(self._read("GET", self._path(path, params)))
 
-    def text(self, path: str, **params: Any) -> str:
+    def text(self, path: str, **params: object) -> str:
         return self._read("GET", self._path(path, params)).decode("utf-8", "replace")
 
-    def post(self, path: str, body: dict | None = None) -> Any:
+    def post(self, path: str, body: dict | None = None) -> object:
         return self._json(self._read("POST", path, body or {}))
 
     def stream(self, path: str, body: dict) -> Iterator[dict]:

@@ -1,18 +1,18 @@
-"""What every verb needs: where the agent is, the output mode, and (for ``up``) the validated config."""
+"""What every verb needs: where the agent is, the output mode, (for ``up``) the validated config,
+and how an error is reported. No click here: the quick path (``quick.py``) uses it too."""
 
 from __future__ import annotations
 
 import json as jsonlib
 import os
+import sys
 from functools import cached_property
 from pathlib import Path
-from typing import Any
-
-import click
 
 from nonstop.cli.client import AgentClient
 from nonstop import configfile
 from nonstop.cli.locate import state_dir
+from nonstop.errors import NonstopError
 
 
 class Ctx:
@@ -57,23 +57,30 @@ class Ctx:
 
         return Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")), highlight=False)
 
-    def print_json(self, data: Any) -> None:
-        click.echo(jsonlib.dumps(data, indent=2, default=str))
+    def print_json(self, data: object) -> None:
+        _out(jsonlib.dumps(data, indent=2, default=str))
 
     def say(self, text: str) -> None:
         """A one-line human result, without loading rich (fast paths)."""
-        click.echo(text)
+        _out(text)
 
 
-pass_ctx = click.make_pass_decorator(Ctx)
+def _out(text: str, err: bool = False) -> None:
+    stream = sys.stderr if err else sys.stdout
+    stream.write(text + "\n")
+    stream.flush()
 
 
-def json_option(f):
-    """``--json``: print the result as JSON instead of text."""
-
-    def set_json(ctx: click.Context, _param, value: bool) -> bool:
-        if value:
-            ctx.ensure_object(Ctx).json = True
-        return value
-
-    return click.option("--json", "as_json", is_flag=True, expose_value=False, is_eager=True, callback=set_json, help="print the result as JSON")(f)
+def report(e: NonstopError, *, as_json: bool) -> int:
+    """Print an error the way every verb does (JSON on stdout with ``--json``, else a message and its
+    details on stderr) and return its exit code."""
+    if as_json:
+        _out(jsonlib.dumps({**e.to_dict(), "exit_code": e.exit_code}))
+        return e.exit_code
+    _out(f"nonstop: {e.message}", err=True)
+    for k in ("checks", "log_tail", "analysis"):
+        v = e.detail.get(k)
+        if v:
+            _out(f"{k.replace('_', ' ')}:", err=True)
+            _out("  " + ("\n  ".join(v) if isinstance(v, list) else str(v).replace("\n", "\n  ")), err=True)
+    return e.exit_code

@@ -4,51 +4,9 @@ from __future__ import annotations
 
 import click
 
-from nonstop.cli.context import Ctx, json_option, pass_ctx
-from nonstop.errors import DeploymentFailed
-
-
-def _follow(c: Ctx, path: str, body: dict, client=None) -> None:
-    """Stream a deployment's events; exit 0 when it went live, 1 otherwise."""
-    events = []
-    result = None
-    progress = None
-    stream = (client or c.client).stream(path, body)
-    try:
-        for ev in stream:  # the request goes out first; the terminal view (rich) loads after it
-            if progress is None and not c.json:
-                progress = _progress(c)
-            events.append(ev)
-            if progress:
-                progress.event(ev)
-            if ev.get("type") == "result":
-                result = ev
-    except KeyboardInterrupt:
-        if progress:
-            progress.close()
-        c.err.print("interrupted: the deployment goes on in the agent (see `nonstop status`, `nonstop abort`)")
-        raise SystemExit(130)
-    finally:
-        if progress:
-            progress.close()
-    if result is None:
-        raise DeploymentFailed("the agent closed the stream before the deployment ended (see `nonstop status`)")
-    if c.json:
-        c.print_json({"ok": result.get("ok"), "deployment": result.get("deployment"), "state": result.get("state"),
-                      "release": result.get("release"), "reason": result.get("reason"), "seconds": result.get("seconds"),
-                      "detail": result.get("detail", {}), "events": events})
-    if not result.get("ok"):
-        raise SystemExit(1)
-
-
-def _progress(c: Ctx):
-    if c.err.is_terminal:
-        from nonstop.cli.watch import DeployView  # lines scroll; a live panel shows step, weight, analysis
-
-        return DeployView(c.err)
-    from nonstop.cli.render import Progress
-
-    return Progress(c.err)
+from nonstop.cli.context import Ctx
+from nonstop.cli.options import json_option, pass_ctx
+from nonstop.cli.actions import follow, rollback as do_rollback, steer
 
 
 @click.command()
@@ -67,7 +25,7 @@ def deploy(c: Ctx, version: str | None, artifact: str | None, strategy: str | No
         res = c.client.post("/deploy", {**body, "follow": False})
         c.print_json(res) if c.json else c.say(f"deployment #{res['deployment']} started")
         return
-    _follow(c, "/deploy", body)
+    follow(c, "/deploy", body)
 
 
 @click.command()
@@ -76,7 +34,7 @@ def deploy(c: Ctx, version: str | None, artifact: str | None, strategy: str | No
 @pass_ctx
 def rollback(c: Ctx, to: str | None) -> None:
     """Go back to the previous release (instant while it is warm)."""
-    _follow(c, "/rollback", {"to": to}, client=c.incident_client)
+    do_rollback(c, to)
 
 
 def _steer(action: str, help_text: str):
@@ -84,12 +42,7 @@ def _steer(action: str, help_text: str):
     @json_option
     @pass_ctx
     def cmd(c: Ctx, **kw) -> None:
-        act = "promote_full" if kw.get("full") else action
-        res = c.incident_client.post("/steer", {"action": act})
-        if c.json:
-            c.print_json(res)
-        else:
-            c.say(f"✓ {act.replace('_', ' ')} sent to deployment #{res['deployment']}")
+        steer(c, "promote_full" if kw.get("full") else action)
 
     if action == "promote":
         cmd = click.option("--full", is_flag=True, help="skip the remaining steps: 100% now")(cmd)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from nonstop.cli.context import Ctx, json_option, pass_ctx
+from nonstop.cli.context import Ctx
+from nonstop.cli.options import json_option, pass_ctx
 
 
 @click.command()

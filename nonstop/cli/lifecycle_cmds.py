@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-from nonstop.cli.context import Ctx, json_option, pass_ctx
+from nonstop.cli.context import Ctx
+from nonstop.cli.options import json_option, pass_ctx
 from nonstop.errors import AgentUnreachable, ConfigError, NonstopError
 
 

@@ -1,0 +1,63 @@
+"""What the deployment verbs do, without click: ``follow`` a deployment's event stream, ``rollback``,
+``steer`` a rollout. The click commands (``deploy_cmds``) and the quick path (``quick``) both call these."""
+
+from __future__ import annotations
+
+from nonstop.cli.context import Ctx
+from nonstop.errors import DeploymentFailed
+
+
+def follow(c: Ctx, path: str, body: dict, client=None) -> None:
+    """Stream a deployment's events; exit 0 when it went live, 1 otherwise."""
+    events = []
+    result = None
+    progress = None
+    stream = (client or c.client).stream(path, body)
+    try:
+        for ev in stream:  # the request goes out first; the terminal view (rich) loads after it
+            if progress is None and not c.json:
+                progress = _progress(c)
+            events.append(ev)
+            if progress:
+                progress.event(ev)
+            if ev.get("type") == "result":
+                result = ev
+    except KeyboardInterrupt:
+        if progress:
+            progress.close()
+        c.err.print("interrupted: the deployment goes on in the agent (see `nonstop status`, `nonstop abort`)")
+        raise SystemExit(130)
+    finally:
+        if progress:
+            progress.close()
+    if result is None:
+        raise DeploymentFailed("the agent closed the stream before the deployment ended (see `nonstop status`)")
+    if c.json:
+        c.print_json({"ok": result.get("ok"), "deployment": result.get("deployment"), "state": result.get("state"),
+                      "release": result.get("release"), "reason": result.get("reason"), "seconds": result.get("seconds"),
+                      "detail": result.get("detail", {}), "events": events})
+    if not result.get("ok"):
+        raise SystemExit(1)
+
+
+def _progress(c: Ctx):
+    if c.err.is_terminal:
+        from nonstop.cli.watch import DeployView  # lines scroll; a live panel shows step, weight, analysis
+
+        return DeployView(c.err)
+    from nonstop.cli.render import Progress
+
+    return Progress(c.err)
+
+
+def rollback(c: Ctx, to: str | None) -> None:
+    follow(c, "/rollback", {"to": to}, client=c.incident_client)
+
+
+def steer(c: Ctx, action: str) -> None:
+    """promote, promote_full, abort, pause or resume the running deployment."""
+    res = c.incident_client.post("/steer", {"action": action})
+    if c.json:
+        c.print_json(res)
+    else:
+        c.say(f"✓ {action.replace('_', ' ')} sent to deployment #{res['deployment']}")
