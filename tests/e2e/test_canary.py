@@ -232,8 +232,11 @@ def test_steering_pause_resume_promote_full(stack_factory, arts):
             assert st.cli("resume").code == 0
             at("progressing", 10)
             assert st.cli("promote").code == 0  # skips the 10 minutes
-            cn = at("paused_manual", 50)
-            assert cn["analysis"], cn  # analysis results are shown
+            at("paused_manual", 50)
+            # analysis goes on while paused (every analysis.interval, 1 s here): its results are shown
+            cn = wait_for(lambda: (lambda c: c if c and c["weight"] == 50 and c["analysis"] else None)(
+                canary_of(st.status())), timeout=30, interval=0.3, what="an analysis result at 50%")
+            assert cn["phase"] == "paused_manual", cn
             human = st.cli("status")
             assert "canary weight 50%" in human.out and "step 2/3" in human.out, human.out
             assert st.cli("promote", "--full").code == 0
