@@ -101,7 +101,7 @@ class AdminAPI:
             "revision": srv.state.table.revision,
             "started_at": srv.state.started_at,
             "listen": srv.listen_addr,
-            "stopping": srv.closing,
+            "stopping": srv.state.closing,
         }
 
     def check_routes(self, body: bytes) -> RouteTable:

@@ -17,6 +17,7 @@ cdef class ResponseHead:
 
 cdef bytes _TOKEN_T, _PATH_T, _HOST_T, _VALUE_T, _SPECIAL_FIRST
 cdef frozenset _SPECIAL_NAMES
+cdef tuple _FAST_METHODS
 cdef unsigned int _SPECIAL_LENGTHS
 
 

@@ -566,6 +566,7 @@ _PATH_T = _table(_ALNUM + b"-._~!$&'()*+,;=:@/?%")
 _HOST_T = _table(_ALNUM + b"-._~!$&'()*+,;=:[]%")
 _VALUE_T = _table(b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100)))
 # header names the request fast path does not pass through as they are (see _PLAIN_HEADER), by length
+_FAST_METHODS = (b"GET", b"HEAD", b"DELETE", b"OPTIONS")  # as _FAST_REQUEST: bodyless methods
 _SPECIAL_NAMES = frozenset((
     b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate", b"proxy-authorization", b"te",
     b"trailer", b"transfer-encoding", b"upgrade", b"content-length", b"x-forwarded-for", b"x-forwarded-proto",
@@ -587,18 +588,11 @@ def _scan_request(data: bytes, fwd: bytes) -> RequestHead | None:
     n = len(data)
     if n < 20:
         return None
-    if data.startswith(b"GET "):
-        method = b"GET"
-        i = 4
-    elif data.startswith(b"HEAD "):
-        method = b"HEAD"
-        i = 5
-    elif data.startswith(b"DELETE "):
-        method = b"DELETE"
-        i = 7
-    elif data.startswith(b"OPTIONS "):
-        method = b"OPTIONS"
-        i = 8
+    for method in _FAST_METHODS:
+        i = len(method)
+        if data.startswith(method) and data[i] == 32:  # the method, then one space
+            i += 1
+            break
     else:
         return None
     if data[i] != 47:  # "/": origin form only

@@ -46,30 +46,13 @@ class ProxyServer:
         self._stop = asyncio.Event()
         self._handed_over = False
 
-    # the clock and the stopping flag live on the state, where connections read them
-    @property
-    def now(self) -> float:
-        return self.state.now
-
-    @now.setter
-    def now(self, value: float) -> None:
-        self.state.now = value
-
-    @property
-    def closing(self) -> bool:
-        return self.state.closing
-
-    @closing.setter
-    def closing(self, value: bool) -> None:
-        self.state.closing = value
-
     # -- start ---------------------------------------------------------------
 
     async def start(self) -> None:
         """Get the listening socket and the table, serve, bind the admin socket, then retire a predecessor."""
         cfg = self.cfg
         loop = asyncio.get_running_loop()
-        self.now = loop.time()
+        self.state.now = loop.time()
         sock, old_pid, table = obtain_socket_and_table(cfg)
         self._sock = sock
         self.listen_addr = handoff.address(sock)
@@ -116,7 +99,7 @@ class ProxyServer:
         n = 0
         while True:
             await asyncio.sleep(cfg.tick)
-            now = self.now = loop.time()
+            now = self.state.now = loop.time()
             for c in [c for c in self.connections if c.deadline and now >= c.deadline]:
                 try:
                     c.on_deadline(now)
@@ -150,8 +133,8 @@ class ProxyServer:
     async def stop(self) -> None:
         """Stop accepting, let connections finish within ``shutdown_timeout``, close everything."""
         loop = asyncio.get_running_loop()
-        self.closing = True
-        self.now = loop.time()
+        self.state.closing = True
+        self.state.now = loop.time()
         if self._server is not None:
             self._server.close()
         for c in list(self.connections):
