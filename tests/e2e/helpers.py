@@ -12,8 +12,10 @@ import time
 # test's instance has just released, and one block per xdist worker, so parallel tests never
 # collide. (A dead instance's port picked up by a neighbour test made a request "succeed" in
 # connecting and then fail.)
-_BLOCK = 4000
-_BASE = 20000
+# NONSTOP_TEST_PORTS=LO-HI moves the range (two checkouts testing side by side on one machine).
+_LO, _HI = (int(x) for x in os.environ.get("NONSTOP_TEST_PORTS", "20000-32000").split("-"))
+_BLOCK = (_HI - _LO) // 3
+_BASE = _LO
 
 
 def stack_ports(n: int) -> list[int]:
