@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import re
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Callable, Literal, Union
 
 from pydantic import (
     BaseModel,
@@ -72,8 +73,25 @@ class BuildConfig(_Model):
     timeout: Duration = 1800.0
 
 
+RUNTIMES = ("process", "docker", "podman", "kubernetes")
+CONTAINER_RUNTIMES = ("docker", "podman")
+IMAGE_PLACEHOLDERS = ("version", "release")
+"""What ``run.image`` may name."""
+
+
+def _unknown_placeholders(text: str, known: tuple[str, ...]) -> list[str]:
+    return sorted(set(re.findall(r"(?<![{$])\{([^{}]*)\}(?!\})", text)) - set(known))
+
+
 class RunConfig(_Model):
-    command: Command
+    """How instances run: a command per instance (``process``), a container per instance
+    (``docker`` / ``podman``), or Deployments in a cluster (``kubernetes``)."""
+
+    runtime: Literal["process", "docker", "podman", "kubernetes"] = "process"
+    command: Command | None = None
+    image: str | None = None
+    container_port: int | None = Field(None, ge=1, le=65535)
+    args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     ports: str = "8081-8082"
     instances: int = Field(1, ge=1, le=64)
@@ -84,13 +102,15 @@ class RunConfig(_Model):
 
     @field_validator("command")
     @classmethod
-    def _has_port(cls, v: Command) -> Command:
+    def _command(cls, v: Command | None) -> Command | None:
+        if v is None:
+            return v
         text = v if isinstance(v, str) else " ".join(v)
         if not text.strip():
             raise ValueError("must not be empty")
         if "{port}" not in text:
             raise ValueError("must contain {port}: nonstop picks the port of each instance")
-        unknown = sorted(set(re.findall(r"(?<![{$])\{([^{}]*)\}(?!\})", text)) - set(PLACEHOLDERS))
+        unknown = _unknown_placeholders(text, PLACEHOLDERS)
         if unknown:
             raise ValueError(
                 f"unknown placeholder {{{unknown[0]}}}; known: " + ", ".join("{" + p + "}" for p in PLACEHOLDERS)
@@ -100,6 +120,18 @@ class RunConfig(_Model):
                 shlex.split(v)
             except ValueError as e:
                 raise ValueError(f"cannot be split into arguments: {e}") from None
+        return v
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.strip() or any(c.isspace() for c in v):
+            raise ValueError(f"expected an image reference like roomescape:{{version}}; got {v!r}")
+        unknown = _unknown_placeholders(v, IMAGE_PLACEHOLDERS)
+        if unknown:
+            raise ValueError(f"unknown placeholder {{{unknown[0]}}}; known: {{version}}, {{release}}")
         return v
 
     @field_validator("ports")
@@ -118,9 +150,35 @@ class RunConfig(_Model):
             raise ValueError(f"unknown signal {v!r}")
         return name
 
+    @model_validator(mode="after")
+    def _runtime_fields(self) -> "RunConfig":
+        if self.runtime == "process":
+            if self.command is None:
+                raise ValueError("run.command: required setting is missing (runtime process runs a command per instance)")
+            for name in ("image", "container_port"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"run.{name}: only used with runtime docker, podman or kubernetes")
+            if self.args:
+                raise ValueError("run.args: only used with runtime docker, podman or kubernetes (put arguments in run.command)")
+        else:
+            if self.command is not None:
+                raise ValueError(
+                    f"run.command: not used with runtime {self.runtime}: the image's entrypoint runs; "
+                    "arguments go in run.args"
+                )
+            if self.container_port is None:
+                raise ValueError(f"run.container_port: required with runtime {self.runtime} (the app's port inside the container)")
+            if self.shell:
+                raise ValueError(f"run.shell: not used with runtime {self.runtime}")
+        return self
+
     @property
     def port_list(self) -> list[int]:
         return port_list(self.ports)
+
+    @property
+    def containers(self) -> bool:
+        return self.runtime in CONTAINER_RUNTIMES
 
 
 def port_list(spec: str | int) -> list[int]:
@@ -195,6 +253,99 @@ class AnalysisConfig(_Model):
     failure_limit: int = Field(2, ge=1)
 
 
+class CanaryAnalysis(AnalysisConfig):
+    progress_deadline: Duration = Field(
+        600.0, description="a step whose analysis is still inconclusive after this fails the rollout (rolled back, exit 1)"
+    )
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A threshold: absolute, or relative to the previous release's own figure just before the switch
+    (the baseline): ``factor * baseline + value``. Written ``0.01``, ``1%``, ``800ms``,
+    ``baseline + 0.01``, ``baseline * 2``, ``baseline * 1.5 + 100ms``."""
+
+    value: float
+    factor: float | None = None  # None: absolute
+
+    @property
+    def relative(self) -> bool:
+        return self.factor is not None
+
+    def resolve(self, baseline: float | None) -> float:
+        """The limit in effect; a relative limit without a baseline (nothing to compare with) is its margin alone."""
+        if self.factor is None:
+            return self.value
+        return self.factor * (baseline or 0.0) + self.value
+
+    def words(self, fmt: Callable[[float], str]) -> str:
+        if self.factor is None:
+            return fmt(self.value)
+        times = "" if self.factor == 1 else f" × {self.factor:g}"
+        plus = f" + {fmt(self.value)}" if self.value else ""
+        return f"baseline{times}{plus}"
+
+
+_LIMIT = re.compile(r"^\s*baseline\s*(?:[*×]\s*(?P<factor>\d+(?:\.\d+)?)\s*)?(?:\+\s*(?P<plus>\S+)\s*)?$")
+
+
+def _rate(v: Any) -> float:
+    if isinstance(v, bool):
+        raise ValueError(f"expected a rate like 0.01 or 1%; got {v!r}")
+    if isinstance(v, str) and v.strip().endswith("%"):
+        try:
+            x = float(v.strip()[:-1]) / 100
+        except ValueError:
+            raise ValueError(f"expected a rate like 0.01 or 1%; got {v!r}") from None
+    else:
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a rate like 0.01 or 1%, or baseline + 0.01; got {v!r}") from None
+    if not 0 <= x <= 1:
+        raise ValueError(f"a rate is within 0..1 (0%..100%); got {v!r}")
+    return x
+
+
+def _limit_parser(unit: Callable[[Any], float]) -> Callable[[Any], Limit]:
+    def parse(v: Any) -> Limit:
+        if isinstance(v, Limit):
+            return v
+        if isinstance(v, str) and "baseline" in v:
+            m = _LIMIT.match(v)
+            if not m:
+                raise ValueError(f"expected baseline, baseline + X, baseline * K or baseline * K + X; got {v!r}")
+            factor = float(m.group("factor")) if m.group("factor") else 1.0
+            return Limit(unit(m.group("plus")) if m.group("plus") else 0.0, factor)
+        return Limit(unit(v))
+
+    return parse
+
+
+RateLimit = Annotated[Limit, BeforeValidator(_limit_parser(_rate))]
+"""A 5xx share: ``0.01``, ``1%``, or relative to the baseline (``baseline + 0.01``)."""
+LatencyLimit = Annotated[Limit, BeforeValidator(_limit_parser(parse_duration))]
+"""A latency: ``800ms``, or relative to the baseline (``baseline * 1.5``, ``baseline + 100ms``)."""
+
+
+class WatchAnalysis(_Model):
+    """Watching a release after it took traffic (blue-green after the switch; rolling after each batch)."""
+
+    watch: Duration = Field(120.0, description="how long the new release is watched; a breach within it rolls back")
+    interval: Duration = 5.0
+    max_error_rate: RateLimit = Field(default_factory=lambda: Limit(0.01))
+    max_p99: LatencyLimit | None = None
+    min_requests: int = Field(50, ge=1)
+    failure_limit: int = Field(2, ge=1)
+    baseline: Duration = Field(
+        60.0, description="the previous release's figures over this long before the switch are the baseline"
+    )
+
+
+class RollingAnalysis(WatchAnalysis):
+    watch: Duration = Field(30.0, description="how long each batch's new instances are watched before the next batch")
+
+
 class RecreateStrategy(_Model):
     type: Literal["recreate"]
 
@@ -205,6 +356,20 @@ class BlueGreenStrategy(_Model):
     shell: bool = False
     keep_previous: Duration = 600.0
     auto_promote: bool = True
+    analysis: WatchAnalysis | None = None
+
+
+class SplitKey(_Model):
+    """The app's own user key for the canary split (a cookie or a header), hashed into a bucket."""
+
+    cookie: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    header: str | None = Field(None, pattern=r"^[A-Za-z0-9-]{1,64}$")
+
+    @model_validator(mode="after")
+    def _one(self) -> "SplitKey":
+        if (self.cookie is None) == (self.header is None):
+            raise ValueError("strategy.split_key: name exactly one of cookie or header")
+        return self
 
 
 class CanaryStrategy(_Model):
@@ -212,9 +377,10 @@ class CanaryStrategy(_Model):
     steps: list[Step] = Field(
         default_factory=lambda: [Step(weight=10, pause=30.0), Step(weight=50, pause=60.0)], min_length=1
     )
-    sticky: bool = True
+    sticky: bool | Literal["client_ip"] = True
+    split_key: SplitKey | None = None
     match: MatchConfig | None = None
-    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    analysis: CanaryAnalysis = Field(default_factory=CanaryAnalysis)
 
 
 def _count_or_percent(v: Any) -> Any:
@@ -244,6 +410,7 @@ class RollingStrategy(_Model):
     type: Literal["rolling"]
     max_surge: CountOrPercent = 1
     max_unavailable: CountOrPercent = 0
+    analysis: RollingAnalysis | None = None
 
     @field_validator("max_surge", "max_unavailable")
     @classmethod
@@ -330,6 +497,85 @@ class NotifyConfig(_Model):
         return v
 
 
+class CertificateFiles(_Model):
+    """A certificate chain and its private key, as PEM files."""
+
+    cert: str
+    key: str
+
+
+class AcmeConfig(_Model):
+    """Certificates issued and renewed automatically (ACME, RFC 8555; HTTP-01 answered on ``listen``)."""
+
+    email: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
+    domains: list[str] = Field(min_length=1)
+    directory: str = "https://acme-v02.api.letsencrypt.org/directory"
+    ca_bundle: str | None = Field(None, description="CA certificates to trust for the ACME directory (a private or test CA)")
+    renew_before: Duration = Field(30 * 86400.0, description="renew a certificate this long before it expires")
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, v: list[str]) -> list[str]:
+        for d in v:
+            if not re.fullmatch(r"(\*\.)?[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*", d):
+                raise ValueError(f"not a domain name: {d!r}")
+        return v
+
+    @field_validator("directory")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("https://", "http://")):
+            raise ValueError("must be an https:// URL of an ACME directory")
+        return v
+
+
+class TlsConfig(_Model):
+    """HTTPS on the embedded proxy: certificates from files (several: chosen by SNI) or from ACME."""
+
+    listen: str = "0.0.0.0:443"
+    cert: str | None = None
+    key: str | None = None
+    certificates: list[CertificateFiles] = Field(default_factory=list, description="more certificates, chosen by SNI")
+    acme: AcmeConfig | None = None
+    redirect_http: bool = False
+    hsts: Duration | None = Field(None, description="Strict-Transport-Security max-age on HTTPS responses (e.g. 365d)")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        _addr(v, "tls.listen")
+        return v
+
+    @model_validator(mode="after")
+    def _source(self) -> "TlsConfig":
+        if (self.cert is None) != (self.key is None):
+            missing = "key" if self.key is None else "cert"
+            raise ValueError(f"tls.{missing}: required with tls.{'cert' if missing == 'key' else 'key'}")
+        if self.cert is None and not self.certificates and self.acme is None:
+            raise ValueError("tls.cert: name a certificate (cert and key, certificates) or acme")
+        return self
+
+
+class GatewayRef(_Model):
+    """A Gateway API Gateway that HTTPRoutes attach to."""
+
+    name: str
+    namespace: str | None = None
+    section_name: str | None = None
+
+
+class KubernetesConfig(_Model):
+    """Where and how the ``kubernetes`` runtime deploys (nonstop beyond one host)."""
+
+    context: str | None = Field(None, description="kubeconfig context (default: the current one)")
+    kubeconfig: str | None = Field(None, description="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or in-cluster)")
+    namespace: str = Field("default", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    service_port: int = Field(80, ge=1, le=65535)
+    gateway: GatewayRef | None = None
+    prestop_sleep: Duration = Field(10.0, description="endpoints are removed while the pod keeps serving")
+    prometheus: str | None = Field(None, description="canary analysis source: a Prometheus base URL")
+
+
 class Config(_Model):
     """Everything nonstop knows about one app, as written in ``nonstop.yml``."""
 
@@ -344,6 +590,11 @@ class Config(_Model):
     hold_timeout: Duration = 10.0
     keep_releases: int = Field(5, ge=2)
     router: Router = Field(default_factory=lambda: EmbeddedRouter(type="embedded"))
+    trusted_proxies: list[str] = Field(
+        default_factory=list, description="peers (CIDR) whose X-Forwarded-For/-Proto/-Host are believed"
+    )
+    tls: TlsConfig | None = None
+    kubernetes: KubernetesConfig | None = None
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
     notify: list[NotifyConfig] = Field(default_factory=list)
     hooks: dict[Literal["pre_deploy", "post_deploy"], Command] = Field(default_factory=dict)
@@ -357,8 +608,25 @@ class Config(_Model):
         _addr(v, "listen")
         return v
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        out = []
+        for i, c in enumerate(v):
+            try:
+                out.append(str(ipaddress.ip_network(str(c).strip(), strict=False)))
+            except ValueError:
+                raise ValueError(f"trusted_proxies[{i}]: expected an address or CIDR like 10.0.0.0/8; got {c!r}") from None
+        return out
+
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":
+        if self.run.runtime == "kubernetes":
+            return self._kubernetes_checks()
+        if self.kubernetes is not None:
+            raise ValueError("kubernetes: only used with run.runtime: kubernetes")
         ports = self.run.port_list
         s = self.strategy
         n = self.run.instances
@@ -390,10 +658,48 @@ class Config(_Model):
             self._check_router_can("stats", "canary analysis (it reads per-release stats)")
             if s.match and (s.match.header or s.match.cookie):
                 self._check_router_can("match", "strategy.match")
-            if s.sticky:
+            if s.sticky is not False:
                 self._check_router_can("sticky", "strategy.sticky (set sticky: false for a per-request split)")
+            if s.split_key is not None:
+                self._check_router_can("split_key", "strategy.split_key")
         if isinstance(s, RecreateStrategy):
             self._check_router_can("hold", "strategy recreate (requests held while no instance is ready)")
+        if self.tls is not None:
+            if self.router.type != "embedded":
+                raise ValueError(f"tls: HTTPS is terminated by the embedded proxy; with router {self.router.type}, configure TLS in {self.router.type}")
+            tport = _addr(self.tls.listen, "tls.listen")[1]
+            if tport in ports:
+                raise ValueError(f"tls.listen: port {tport} is also in run.ports")
+            if tport == lport:
+                raise ValueError(f"tls.listen: port {tport} is also the plain listen port")
+        return self
+
+    def _kubernetes_checks(self) -> "Config":
+        """``listen``, ``ports`` and ``router`` are the cluster's (a Service or a Gateway), not nonstop's."""
+        if self.run.image is None:
+            raise ValueError("run.image: required with runtime kubernetes (an image per release, pulled by the cluster)")
+        if self.tls is not None:
+            raise ValueError("tls: not used with runtime kubernetes (terminate TLS at the cluster's Gateway or Ingress)")
+        if self.router.type != "embedded":
+            raise ValueError("router: not used with runtime kubernetes (the Service or the Gateway routes)")
+        s = self.strategy
+        if isinstance(s, CanaryStrategy):
+            gw = self.kubernetes is not None and self.kubernetes.gateway is not None
+            if not gw:
+                if s.sticky is not False:
+                    raise ValueError(
+                        "strategy.sticky: without kubernetes.gateway the canary weight is a replica ratio behind one "
+                        "Service, which cannot keep a user on one version; set sticky: false or name a gateway"
+                    )
+                if s.match and (s.match.header or s.match.cookie):
+                    raise ValueError("strategy.match: needs kubernetes.gateway (an HTTPRoute header/cookie match)")
+                if s.split_key is not None:
+                    raise ValueError("strategy.split_key: needs kubernetes.gateway")
+            if self.kubernetes is None or not self.kubernetes.prometheus:
+                raise ValueError(
+                    "kubernetes.prometheus: canary analysis needs a metrics source in a cluster "
+                    "(the 5xx share and p99 of canary and stable pods); name a Prometheus URL"
+                )
         return self
 
     def _check_router_can(self, capability: str, what: str) -> None:
@@ -423,9 +729,9 @@ class Config(_Model):
 # What each router can do; config load refuses what a router cannot honour
 # (DESIGN.md §6: "says so at config load, not mid-deploy").
 ROUTER_CAPABILITIES: dict[str, frozenset[str]] = {
-    "embedded": frozenset({"weights", "match", "sticky", "stats", "drain", "hold"}),
-    "nginx": frozenset({"weights", "match", "sticky", "stats", "drain"}),
-    "haproxy": frozenset({"weights", "match", "sticky", "stats", "drain"}),
+    "embedded": frozenset({"weights", "match", "sticky", "split_key", "stats", "drain", "hold"}),
+    "nginx": frozenset({"weights", "match", "sticky", "split_key", "stats", "drain"}),
+    "haproxy": frozenset({"weights", "match", "sticky", "split_key", "stats", "drain"}),
 }
 
 
@@ -433,7 +739,7 @@ def router_capabilities(r: "EmbeddedRouter | NginxRouter | HaproxyRouter") -> fr
     """What this router, in this mode, can do."""
     caps = ROUTER_CAPABILITIES[r.type]
     if r.type == "haproxy" and r.mode == "external":
-        caps -= {"match", "sticky"}  # only server weights in the user's backend
+        caps -= {"match", "sticky", "split_key"}  # only server weights in the user's backend
     if r.type == "nginx" and r.mode == "external" and not r.access_log:
         caps -= {"stats"}  # nonstop reads stats from the JSON access log it is pointed at
     return caps

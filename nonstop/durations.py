@@ -1,11 +1,11 @@
-"""Durations as users write them in config and on the command line: ``200ms``, ``30s``, ``10m``, ``1h``, ``1.5s`` or a bare number of seconds."""
+"""Durations as users write them in config and on the command line: ``200ms``, ``30s``, ``10m``, ``1h``, ``30d``, ``1.5s`` or a bare number of seconds."""
 
 from __future__ import annotations
 
 import re
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 
 
 def parse_duration(value: str | int | float) -> float:

@@ -1,0 +1,1 @@
+"""Runtimes: how instances run (``run.runtime``). The interface is ``base.Runtime``."""
