@@ -62,6 +62,7 @@ class Server:
     def __init__(self, cfg: ProxyConfig, state: ProxyState) -> None:
         self.cfg, self.state, self.now, self.closing = cfg, state, 1000.0, False
         self.connections: set = set()
+        self.trusted = None
 
 
 def run(n: int, vary: bool) -> float:

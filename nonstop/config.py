@@ -662,6 +662,11 @@ class Config(_Model):
                 self._check_router_can("sticky", "strategy.sticky (set sticky: false for a per-request split)")
             if s.split_key is not None:
                 self._check_router_can("split_key", "strategy.split_key")
+                if self.router.type == "nginx" and s.split_key.cookie and not re.fullmatch(r"[A-Za-z0-9_]+", s.split_key.cookie):
+                    raise ValueError(
+                        f"strategy.split_key.cookie: nginx reads cookies as $cookie_NAME, so the name may hold only "
+                        f"letters, digits and _; got {s.split_key.cookie!r}"
+                    )
         if isinstance(s, RecreateStrategy):
             self._check_router_can("hold", "strategy recreate (requests held while no instance is ready)")
         if self.tls is not None:

@@ -30,7 +30,7 @@ from nonstop.proxy import stats as _stats
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Mapping
 
-__all__ = ["P99_FLOOR", "Figures", "Verdict", "window", "quantile", "analyse"]
+__all__ = ["P99_FLOOR", "SKEW_MIN_REQUESTS", "Figures", "Verdict", "window", "quantile", "analyse", "received", "skew"]
 
 P99_FLOOR = 0.025  # seconds; relative p99 is not judged below this
 
@@ -70,6 +70,12 @@ class Verdict:
     seconds: float = 0.0  # window length
     at: float = 0.0  # wall-clock time of the end snapshot (for display)
 
+    @property
+    def share(self) -> float | None:
+        """The share of the window's requests the canary received (None: no requests at all)."""
+        total = self.canary.requests + (self.stable.requests if self.stable else 0)
+        return self.canary.requests / total if total else None
+
     def to_json(self) -> dict:
         return {
             "verdict": self.verdict,
@@ -80,7 +86,46 @@ class Verdict:
             "needed": self.needed,
             "seconds": round(self.seconds, 3),
             "at": self.at,
+            "received": received(self.canary, self.stable),
         }
+
+
+def received(canary: Figures, stable: Figures | None) -> dict:
+    """What each side received in a window, beside the weight asked for (status, dashboard, events)."""
+    s = stable.requests if stable else 0
+    total = canary.requests + s
+    return {
+        "canary": canary.requests,
+        "stable": s,
+        "requests": total,
+        "share": round(canary.requests / total, 4) if total else None,
+    }
+
+
+SKEW_MIN_REQUESTS = 200
+
+
+def skew(weight: int, canary: int, stable: int, *, match: bool = False) -> str | None:
+    """Words when the share the canary received is far from its weight, else None. Pure.
+
+    "Far": after at least SKEW_MIN_REQUESTS requests, off by more than four standard deviations of
+    a binomial draw at that weight and by more than 5 points. With match rules the canary may get
+    more than its weight on purpose: only too little counts then.
+    """
+    n = canary + stable
+    if n < SKEW_MIN_REQUESTS or not 0 < weight < 100:
+        return None
+    p = weight / 100
+    expected = n * p
+    sd = (n * p * (1 - p)) ** 0.5
+    off = canary - expected
+    if abs(off) <= max(4 * sd, 0.05 * n) or (match and off > 0):
+        return None
+    return f"the canary received {canary / n:.1%} of {n:,} requests at weight {weight}%"
+
+
+def _span(seconds: float) -> str:
+    return f"{seconds / 60:.0f}m" if seconds >= 120 else f"{seconds:.0f}s"
 
 
 def _ms(s: float | None) -> str:
@@ -132,9 +177,12 @@ def analyse(
     s = window(start, end, stable) if stable else None
     if c.requests < cfg.min_requests:
         need = cfg.min_requests - c.requests
+        total = c.requests + (s.requests if s else 0)
+        share = f", {c.requests / total:.1%} of {total:,}" if total else ""
         return Verdict(
             "inconclusive",
-            f"waiting for {need} more requests (canary {c.requests}/{cfg.min_requests} in {seconds:.0f}s)",
+            f"canary received {c.requests} request(s) in {_span(seconds)}{share} (min_requests {cfg.min_requests}): "
+            f"waiting for {need} more",
             c, s, needed=need, seconds=seconds, at=at,
         )
     failed: list[str] = []
@@ -156,7 +204,10 @@ def analyse(
         and c.p99 > cfg.max_p99_vs_stable * s.p99
     ):
         failed.append(f"canary p99 {_ms(c.p99)} > {cfg.max_p99_vs_stable:g} × stable p99 {_ms(s.p99)}")
-    figures = f"canary {c.words()}" + (f"; stable {s.words()}" if s is not None and s.requests else "")
+    total = c.requests + (s.requests if s else 0)
+    figures = (f"received {c.requests / total:.1%}; " if total and s is not None else "") + f"canary {c.words()}" + (
+        f"; stable {s.words()}" if s is not None and s.requests else ""
+    )
     if failed:
         return Verdict("fail", "; ".join(failed) + f" [{figures}]", c, s, tuple(failed), seconds=seconds, at=at)
     return Verdict("pass", figures, c, s, seconds=seconds, at=at)

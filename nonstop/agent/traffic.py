@@ -32,7 +32,8 @@ class Split:
     canary_weight: int = 0
     match_headers: tuple[tuple[str, str], ...] = ()
     match_cookies: tuple[tuple[str, str], ...] = ()
-    sticky: bool = True
+    sticky: bool | str = True
+    split_key: tuple[str, str] | None = None
 
     def routing(self) -> Routing:
         rels: list[ReleaseRoute] = []
@@ -53,7 +54,7 @@ class Split:
             rels.append(
                 ReleaseRoute(name=self.stable.release, weight=100 - used, targets=tuple(Target(a) for a in self.stable.addrs))
             )
-        return Routing(releases=tuple(rels), sticky=self.sticky)
+        return Routing(releases=tuple(rels), sticky=self.sticky, split_key=self.split_key)
 
     @property
     def routed_addrs(self) -> set[str]:
@@ -90,7 +91,8 @@ class Split:
             canary_weight=int(d.get("canary_weight", 0)),
             match_headers=tuple(tuple(p) for p in d.get("match_headers", ())),
             match_cookies=tuple(tuple(p) for p in d.get("match_cookies", ())),
-            sticky=bool(d.get("sticky", True)),
+            sticky=d["sticky"] if d.get("sticky") == "client_ip" else bool(d.get("sticky", True)),
+            split_key=tuple(d["split_key"]) if d.get("split_key") else None,
         )
 
 

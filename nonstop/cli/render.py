@@ -113,8 +113,13 @@ def status(console: Console, st: dict) -> None:
         console.print(f"[yellow]{line}[/]")
         if d.get("canary"):
             cn = d["canary"]
+            got = cn.get("received") or {}
+            recv = (
+                f" (received {got['share']:.1%} of {got['requests']:,} in the last window)"
+                if got.get("share") is not None else ""
+            )
             console.print(
-                f"  canary weight {cn.get('weight')}%  step {cn.get('step')}/{cn.get('steps')}  "
+                f"  canary weight {cn.get('weight')}%{recv}  step {cn.get('step')}/{cn.get('steps')}  "
                 f"failed checks {cn.get('failures', 0)}/{cn.get('failure_limit', '-')}  waiting for: {cn.get('waiting_for') or '-'}"
             )
             for a in cn.get("analysis", [])[-3:]:

@@ -140,6 +140,9 @@ def render_state(st: DeployState, now_elapsed: float | None = None) -> Table:
         line = Text()
         verdict = a.get("verdict", "?")
         line.append(verdict, style=_VERDICT_STYLE.get(verdict, ""))
+        got = a.get("received") or {}
+        if got.get("share") is not None:
+            line.append(f"  received {got['share']:.1%} of {got['requests']:,}")
         line.append(f"  canary {_figures(a.get('canary'))}")
         if a.get("stable"):
             line.append(f"  │  stable {_figures(a.get('stable'))}", style="dim")

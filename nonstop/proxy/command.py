@@ -51,6 +51,8 @@ DURATION = _Duration()
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="worker processes sharing the listening socket (a supervisor answers the admin API for all)")
 @click.option("--worker", is_flag=True, hidden=True, help="internal: run as one worker of a supervisor")
+@click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="CIDR",
+              help="a peer whose X-Forwarded-For/-Proto/-Host are believed (repeat for more)")
 @click.option("--takeover", is_flag=True, help="take the listening socket from the proxy on --admin-socket, then retire it")
 @click.option("--log-level", default="info", show_default=True)
 def proxy(upstreams, log_level, **kw) -> None:
@@ -58,6 +60,7 @@ def proxy(upstreams, log_level, **kw) -> None:
     from nonstop.proxy.server import run
 
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    kw["trusted_proxies"] = list(kw.get("trusted_proxies") or ())
     cfg = ProxyConfig(upstreams=list(upstreams), **kw)
 
     def ready(server) -> None:

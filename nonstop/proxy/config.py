@@ -30,3 +30,4 @@ class ProxyConfig:
     workers: int = 1  # > 1: a supervisor runs this many worker processes on one listening socket
     worker: bool = False  # this process is one of those workers
     tick: float = 0.1  # resolution of every timeout above
+    trusted_proxies: list[str] = field(default_factory=list)  # CIDRs whose X-Forwarded-* are believed

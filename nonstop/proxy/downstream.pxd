@@ -9,11 +9,11 @@ cdef class Exchange
 
 
 cdef class ClientConnection:
-    cdef public object server, cfg, transport, parser, headers, reading, tunnel, upgrade_rest, wbuf
+    cdef public object server, cfg, transport, parser, headers, reading, tunnel, upgrade_rest, wbuf, trust
     cdef public ProxyState state
     cdef public RequestHead last_head
     cdef public str client_ip
-    cdef public bytes client_ip_b, url, fwd, last_req
+    cdef public bytes client_ip_b, url, fwd, last_req, scheme
     cdef public Py_ssize_t raw_head
     cdef public int phase, paused
     cdef public list queue

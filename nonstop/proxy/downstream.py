@@ -67,7 +67,7 @@ class ClientConnection:  # an asyncio protocol (no base class: compiled, a C typ
         "server", "state", "cfg", "transport", "parser", "client_ip", "client_ip_b", "url", "headers",
         "raw_head", "phase", "queue", "reading", "paused", "write_paused", "deadline",
         "closed", "lingering", "tunnel", "upgrade_rest", "wbuf", "special", "fwd", "last_req", "last_head",
-        "read_timeout", "header_timeout", "idle_timeout", "max_header_bytes",
+        "read_timeout", "header_timeout", "idle_timeout", "max_header_bytes", "trust", "scheme",
     )
 
     def __init__(self, server) -> None:
@@ -101,6 +101,8 @@ class ClientConnection:  # an asyncio protocol (no base class: compiled, a C typ
         self.fwd = b""
         self.last_req = b""  # the last request taken by the fast path, and its head
         self.last_head = None
+        self.trust = None  # the trusted proxies, when this connection's peer is one of them
+        self.scheme = b"http"
 
     # -- asyncio -------------------------------------------------------------
 
@@ -109,7 +111,10 @@ class ClientConnection:  # an asyncio protocol (no base class: compiled, a C typ
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else ""
         self.client_ip_b = self.client_ip.encode()
-        self.fwd = forwarded_lines(self.client_ip_b)
+        self.fwd = forwarded_lines(self.client_ip_b, self.scheme)
+        trusted = self.server.trusted
+        if trusted and trusted.trusts(self.client_ip):
+            self.trust = trusted
         self.server.connections.add(self)
         now = self.state.now
         self.deadline = now + (self.cfg.idle_grace if self.state.closing else self.header_timeout)
@@ -243,7 +248,7 @@ class ClientConnection:  # an asyncio protocol (no base class: compiled, a C typ
         p = self.parser
         head = inspect_request(
             p.get_method(), self.url, p.get_http_version(), self.headers, self.client_ip_b,
-            p.should_upgrade(), cfg.max_body,
+            p.should_upgrade(), cfg.max_body, self.scheme, self.trust,
         )
         if type(head) is Reject:
             self.reject(head.status, head.reason)
@@ -434,7 +439,7 @@ class Exchange:
         state = conn.state
         entry = state.fast
         if entry is None:
-            entry, cookie = state.choose(self.headers, self.head.cookie, conn.client_ip)
+            entry, cookie = state.choose(self.headers, self.head.cookie, self.head.client or conn.client_ip)
             if entry is None:
                 self.task = asyncio.ensure_future(self._hold())
                 return
@@ -479,7 +484,7 @@ class Exchange:
                 continue
             if self.finished:
                 return
-            entry, cookie = state.choose(self.headers, self.head.cookie, self.conn.client_ip)
+            entry, cookie = state.choose(self.headers, self.head.cookie, self.head.client or self.conn.client_ip)
             if entry is not None:
                 self.task = None
                 self.cookie = cookie

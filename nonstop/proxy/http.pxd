@@ -4,6 +4,7 @@ cimport cython
 
 cdef class RequestHead:
     cdef public bytes method, upstream_head
+    cdef public str client
     cdef public object content_length, cookie
     cdef public bint keep_alive, chunked, upgrade, no_body, http10
 

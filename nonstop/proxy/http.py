@@ -30,14 +30,10 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-_REQ_SPECIAL = HOP_BY_HOP | {
-    b"host",
-    b"content-length",
-    b"cookie",
-    b"x-forwarded-for",
-    b"x-forwarded-proto",
-    b"x-forwarded-host",
-}
+# X-Forwarded-*, X-Real-IP and Forwarded say who the client is: believed only from a trusted proxy
+# (forwarded.py), otherwise replaced by what the proxy itself saw.
+_FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip", b"forwarded"})
+_REQ_SPECIAL = HOP_BY_HOP | _FORWARDING | {b"host", b"content-length", b"cookie"}
 _RESP_SPECIAL = HOP_BY_HOP | {b"content-length"}
 
 REASONS = {
@@ -68,9 +64,10 @@ class RequestHead:
     """
 
     __slots__ = ("method", "keep_alive", "chunked", "content_length", "upgrade", "cookie", "upstream_head",
-                 "no_body", "http10")
+                 "no_body", "http10", "client")
 
     def __init__(self) -> None:
+        self.client = ""  # the client's address when a trusted proxy named it; "" means the peer
         self.method = b""
         self.keep_alive = True
         self.chunked = False
@@ -94,11 +91,16 @@ def inspect_request(
     client_ip: bytes,
     upgrade: bool,
     max_body: int | None,
+    scheme: bytes = b"http",
+    trust=None,
 ) -> RequestHead | Reject:
     """Check a parsed request head and build the head to send upstream.
 
     ``version`` is ``parser.get_http_version()``; ``upgrade`` is llhttp's
-    upgrade flag (Connection: upgrade plus Upgrade, or CONNECT).
+    upgrade flag (Connection: upgrade plus Upgrade, or CONNECT). ``client_ip``
+    is the peer's address; ``trust`` (a ``forwarded.TrustedProxies``) is given
+    only when that peer is a trusted proxy, whose forwarded headers are then
+    believed; otherwise they are replaced.
     """
     if version == "1.1":
         http10 = False
@@ -123,6 +125,8 @@ def inspect_request(
     hosts = 0
     te: bytes | None = None
     xff: bytes | None = None
+    xfp: bytes | None = None
+    xfh: bytes | None = None
     conn_tokens: list[bytes] | None = None
     upgrade_value: bytes | None = None
     for name, value in headers:
@@ -151,7 +155,15 @@ def inspect_request(
             conn_tokens = _tokens(value) if conn_tokens is None else conn_tokens + _tokens(value)
         elif lname == b"upgrade":
             upgrade_value = value
-        # x-forwarded-proto / -host, and other hop-by-hop headers: dropped
+        elif trust is not None:
+            if lname == b"x-forwarded-proto":
+                xfp = value
+            elif lname == b"x-forwarded-host":
+                xfh = value
+            elif lname == b"forwarded":
+                out += (name, b": ", value, b"\r\n")
+            # x-real-ip: written by us from the resolved client
+        # from an untrusted peer: forwarding headers dropped (ours replace them); other hop-by-hop: dropped
 
     if not http10 and hosts != 1:
         return Reject(400, "missing-host" if hosts == 0 else "duplicate-host")
@@ -185,12 +197,16 @@ def inspect_request(
         out += (b"Connection: upgrade\r\nUpgrade: ", upgrade_value, b"\r\n")
     elif h.chunked:
         out.append(b"Transfer-Encoding: chunked\r\n")
-    if xff is None:
-        out += (b"X-Forwarded-For: ", client_ip, b"\r\n")
+    if trust is not None and xff is not None:
+        client, chain = trust.resolve(xff, client_ip.decode("latin-1"))
+        h.client = client
+        out += (b"X-Forwarded-For: ", chain, b"\r\nX-Real-IP: ", client.encode("latin-1"), b"\r\n")
     else:
-        out += (b"X-Forwarded-For: ", xff, b", ", client_ip, b"\r\n")
-    out.append(b"X-Forwarded-Proto: http\r\n")
-    if host is not None:
+        out += (b"X-Forwarded-For: ", client_ip, b"\r\nX-Real-IP: ", client_ip, b"\r\n")
+    out += (b"X-Forwarded-Proto: ", xfp if xfp is not None else scheme, b"\r\n")
+    if xfh is not None:
+        out += (b"X-Forwarded-Host: ", xfh, b"\r\n")
+    elif host is not None:
         out += (b"X-Forwarded-Host: ", host, b"\r\n")
     out.append(b"\r\n")
     h.upstream_head = b"".join(out)
@@ -508,7 +524,8 @@ _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _VALUE = rb"[\t !-~\x80-\xff]*"
 _PLAIN_HEADER = (
     rb"(?!(?i:connection|keep-alive|proxy-connection|proxy-authenticate|proxy-authorization|te|trailer"
-    rb"|transfer-encoding|upgrade|content-length|x-forwarded-for|x-forwarded-proto|x-forwarded-host|host):)"
+    rb"|transfer-encoding|upgrade|content-length|x-forwarded-for|x-forwarded-proto|x-forwarded-host|x-real-ip"
+    rb"|forwarded|host):)"
     + _TOKEN + rb":" + _VALUE + rb"\r\n"
 )
 # One whole bodyless HTTP/1.1 request in origin form, exactly one Host, no
@@ -570,7 +587,7 @@ _FAST_METHODS = (b"GET", b"HEAD", b"DELETE", b"OPTIONS")  # as _FAST_REQUEST: bo
 _SPECIAL_NAMES = frozenset((
     b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate", b"proxy-authorization", b"te",
     b"trailer", b"transfer-encoding", b"upgrade", b"content-length", b"x-forwarded-for", b"x-forwarded-proto",
-    b"x-forwarded-host", b"host",
+    b"x-forwarded-host", b"x-real-ip", b"forwarded", b"host",
 ))
 # cheap pre-checks before a name is lowered and looked up: its first letter (lower-cased) and its length
 _SPECIAL_FIRST = _table(bytes({n[0] for n in _SPECIAL_NAMES}) + bytes({n[0] for n in _SPECIAL_NAMES}).upper())
@@ -658,5 +675,6 @@ def _scan_request(data: bytes, fwd: bytes) -> RequestHead | None:
 fast_request = _regex_request if __file__.endswith(".py") else _scan_request
 
 
-def forwarded_lines(client_ip: bytes) -> bytes:
-    return b"X-Forwarded-For: " + client_ip + b"\r\nX-Forwarded-Proto: http\r\n"
+def forwarded_lines(client_ip: bytes, scheme: bytes = b"http") -> bytes:
+    """The forwarding lines of a request whose client is the peer itself (the fast path's, per connection)."""
+    return b"X-Forwarded-For: " + client_ip + b"\r\nX-Real-IP: " + client_ip + b"\r\nX-Forwarded-Proto: " + scheme + b"\r\n"

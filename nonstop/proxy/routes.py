@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 
@@ -69,13 +70,27 @@ class Release:
         return bool(self.match_headers or self.match_cookies)
 
 
+STICKY_MODES = (True, False, "client_ip")
+"""``true``: the proxy's bucket cookie, else a random bucket sent back as a cookie; ``"client_ip"``: a hash
+of the client address; ``false``: a random bucket per request. A ``split_key`` beats all three."""
+
+
+@dataclass(frozen=True)
+class SplitKey:
+    """The app's own user key: a cookie or a header whose value is hashed into a bucket."""
+
+    kind: str  # "cookie" | "header"
+    name: str  # a header name is lower-case
+
+
 @dataclass(frozen=True)
 class RouteTable:
     """A whole routing decision at one revision; swapped as one piece."""
 
     revision: int = 0
-    sticky: bool = True
+    sticky: bool | str = True
     releases: tuple[Release, ...] = field(default=())
+    split_key: SplitKey | None = None
 
     @classmethod
     def static(cls, addrs: list[str], name: str = "static") -> "RouteTable":
@@ -89,7 +104,7 @@ class RouteTable:
         return cls(revision=1, sticky=False, releases=(rel,) if addrs else ())
 
     def with_revision(self, revision: int) -> "RouteTable":
-        return RouteTable(revision=revision, sticky=self.sticky, releases=self.releases)
+        return RouteTable(revision=revision, sticky=self.sticky, releases=self.releases, split_key=self.split_key)
 
     def addrs(self) -> set[str]:
         return {t.addr for r in self.releases for t in r.targets}
@@ -109,22 +124,26 @@ class RouteTable:
                 d["match"] = m
             d["targets"] = [{"addr": t.addr, "draining": t.draining} for t in r.targets]
             out.append(d)
-        return {"revision": self.revision, "sticky": self.sticky, "releases": out}
+        d: dict = {"revision": self.revision, "sticky": self.sticky, "releases": out}
+        if self.split_key is not None:
+            d["split_key"] = {self.split_key.kind: self.split_key.name}
+        return d
 
     @classmethod
     def from_dict(cls, data: object, *, default_revision: int = 0) -> "RouteTable":
         """Validate and build; ``revision`` may be absent (then ``default_revision``)."""
         if not isinstance(data, dict):
             raise InvalidRoutes("table", "expected a JSON object")
-        unknown = set(data) - {"revision", "sticky", "releases"}
+        unknown = set(data) - {"revision", "sticky", "releases", "split_key"}
         if unknown:
             raise InvalidRoutes(sorted(unknown)[0], "unknown field")
         revision = data.get("revision", default_revision)
         if isinstance(revision, bool) or not isinstance(revision, int) or revision < 0:
             raise InvalidRoutes("revision", "expected a non-negative integer")
         sticky = data.get("sticky", True)
-        if not isinstance(sticky, bool):
-            raise InvalidRoutes("sticky", "expected true or false")
+        if sticky not in STICKY_MODES or (not isinstance(sticky, bool) and sticky != "client_ip"):
+            raise InvalidRoutes("sticky", 'expected true, false or "client_ip"')
+        split_key = _split_key(data.get("split_key"))
         rels = data.get("releases", [])
         if not isinstance(rels, list):
             raise InvalidRoutes("releases", "expected a list")
@@ -136,7 +155,7 @@ class RouteTable:
                 raise InvalidRoutes(f"releases[{i}].name", f"duplicate release name {rel.name!r}")
             names.add(rel.name)
             releases.append(rel)
-        return cls(revision=revision, sticky=sticky, releases=tuple(releases))
+        return cls(revision=revision, sticky=sticky, releases=tuple(releases), split_key=split_key)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -148,6 +167,20 @@ class RouteTable:
         except ValueError as e:
             raise InvalidRoutes("table", f"not JSON: {e}") from None
         return cls.from_dict(data, default_revision=default_revision)
+
+
+_KEY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def _split_key(value: object) -> SplitKey | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or len(value) != 1 or next(iter(value)) not in ("cookie", "header"):
+        raise InvalidRoutes("split_key", 'expected {"cookie": NAME} or {"header": NAME}')
+    kind, name = next(iter(value.items()))
+    if not isinstance(name, str) or not _KEY_NAME.match(name):
+        raise InvalidRoutes(f"split_key.{kind}", "expected a cookie or header name")
+    return SplitKey(kind, name.lower() if kind == "header" else name)
 
 
 def _str_map(value: object, where: str) -> tuple[tuple[str, str], ...]:

@@ -23,6 +23,7 @@ from nonstop.proxy import routes as routes_mod
 from nonstop.proxy.admin import AdminAPI
 from nonstop.proxy.config import ProxyConfig
 from nonstop.proxy.downstream import ClientConnection
+from nonstop.proxy.forwarded import TrustedProxies
 from nonstop.proxy.routes import RouteTable
 from nonstop.proxy.state import ProxyState
 from nonstop.unixsock import reachable
@@ -36,6 +37,7 @@ class ProxyServer:
     def __init__(self, cfg: ProxyConfig) -> None:
         self.cfg = cfg
         self.state = ProxyState(cfg.pool_max_idle)
+        self.trusted = TrustedProxies(cfg.trusted_proxies) if cfg.trusted_proxies else None
         self.connections: set[ClientConnection] = set()
         self.listen_addr = ""
         self._sock: socket.socket | None = None

@@ -90,6 +90,8 @@ class Supervisor:
             "--header-timeout", str(c.header_timeout), "--max-header-bytes", str(c.max_header_bytes),
             "--shutdown-timeout", str(c.shutdown_timeout), "--idle-grace", str(c.idle_grace),
         ]
+        for cidr in c.trusted_proxies:
+            args += ["--trusted-proxy", cidr]
         if c.max_body is not None:
             args += ["--max-body", str(c.max_body)]
         return args

@@ -11,6 +11,7 @@ only after booting) and serves:
 - ``GET /slow?ms=N``        sleeps N ms, then 200
 - ``POST /echo``            the request body streamed back (same Content-Length, or chunked)
 - ``GET /version``          the version
+- ``GET /headers``          the request's headers and the peer address, as JSON (what a proxy forwarded)
 
 Every response carries ``X-App-Version``. SIGTERM/SIGINT: stop listening, close idle keep-alive
 connections, answer in-flight requests with ``Connection: close``, exit 0 (1 if some were still
@@ -100,6 +101,8 @@ class _Connection:
         self.error: Exception | None = None  # a parse error, raised once the requests before it are answered
         self.response_started = False  # some byte of the current response was written
         self.idle = True  # waiting for a new request with no byte of it received
+        peer = writer.get_extra_info("peername")
+        self.peer = peer[0] if peer else ""
 
     # -- httptools callbacks (synchronous, called from feed_data) --
 
@@ -325,6 +328,11 @@ class App:
                 await conn.send(req, 200, f"hello from {opts.version}\n".encode(), close=self.draining)
         elif req.path == "/version":
             await conn.send(req, 200, opts.version.encode(), close=self.draining)
+        elif req.path == "/headers":
+            import json
+
+            body = json.dumps({"headers": dict(req.headers), "peer": conn.peer}).encode()
+            await conn.send(req, 200, body, "application/json", close=self.draining)
         elif req.path == "/slow":
             try:
                 ms = max(0, int(req.query.get("ms", ["1000"])[0]))

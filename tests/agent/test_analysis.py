@@ -73,17 +73,18 @@ def test_too_few_requests_is_inconclusive_and_says_how_many_more():
     v = analyse(snap(v2=S(0)), snap(v2=S(20, 20), v1=S(500)), canary="v2", stable="v1", cfg=cfg(), seconds=5)
     assert v.verdict == "inconclusive"
     assert v.needed == 30
-    assert v.summary == "waiting for 30 more requests (canary 20/50 in 5s)"
+    assert v.summary == "canary received 20 request(s) in 5s, 3.8% of 520 (min_requests 50): waiting for 30 more"
     # even 100% errors are not judged on too little traffic (that is min_requests' job)
 
 
 def test_pass_with_figures():
     v = analyse(snap(), snap(v2=S(100), v1=S(900)), canary="v2", stable="v1", cfg=cfg())
     assert v.verdict == "pass"
-    assert v.summary.startswith("canary 5xx 0.0% (0/100), p99 ")
+    assert v.summary.startswith("received 10.0%; canary 5xx 0.0% (0/100), p99 ")
     assert "stable 5xx 0.0% (0/900)" in v.summary
     j = v.to_json()
     assert j["verdict"] == "pass" and j["canary"]["requests"] == 100 and j["stable"]["requests"] == 900
+    assert j["received"] == {"canary": 100, "stable": 900, "requests": 1000, "share": 0.1}
 
 
 def test_absolute_error_rate_breach():
@@ -133,3 +134,18 @@ def test_relative_p99_breach_and_floor():
 def test_several_breaches_are_all_reported():
     v = analyse(snap(), snap(v2=S(100, 50, lat={5.0: 100})), canary="v2", stable=None, cfg=cfg(max_p99=1.0))
     assert v.verdict == "fail" and len(v.failed) == 2
+
+
+def test_skew_says_when_the_share_received_is_far_from_the_weight():
+    from nonstop.agent.analysis import skew
+
+    assert skew(20, 0, 199) is None  # too few requests to tell
+    assert skew(20, 0, 200) == "the canary received 0.0% of 200 requests at weight 20%"
+    assert skew(20, 1000, 0) == "the canary received 100.0% of 1,000 requests at weight 20%"
+    assert skew(20, 190, 810) is None  # 19%: a fair draw
+    assert skew(20, 155, 845) is None  # 15.5%: within 4 sd (~51 of 1000) of the weight
+    assert skew(20, 140, 860) is not None  # 14%: 60 off, more than 4 sd and 5 points
+    assert skew(20, 100, 900) is not None  # 10% of 1000: far off
+    assert skew(20, 600, 400, match=True) is None  # match rules send more on purpose
+    assert skew(20, 0, 1000, match=True) is not None
+    assert skew(0, 0, 1000) is None and skew(100, 1000, 0) is None

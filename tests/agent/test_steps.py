@@ -352,3 +352,68 @@ def test_waiting_for_words():
     p = plan()
     assert sm.waiting_for(p, state_in(PROGRESSING), 10.0) == "pause of step 1/3 ends in 20s"
     assert sm.waiting_for(p, state_in(PROMOTED), 10.0) == ""
+
+
+# -- progress_deadline (DESIGN §2: inconclusive is never an endless wait) ------------------------
+def dplan(deadline=600.0, steps=STEPS):
+    return Plan(steps=steps, failure_limit=2, progress_deadline=deadline)
+
+
+def test_a_step_without_any_conclusive_analysis_is_rolled_back_at_the_deadline():
+    p = dplan()
+    s, acts = run_until_wait(p, sm.start(0.0), 0.0)
+    # the pause of step 1 (30 s) ends first; the wait never extends past the deadline
+    assert acts[-1] == Wait(30.0, "pause of step 1/3 ends in 30s", "pause")
+    s = sm.observe(p, s, "inconclusive", 10.0, "canary received 0 requests in 10s (min_requests 50)")
+    s, acts = run_until_wait(p, s, 31.0)
+    assert s.phase == WAITING_ANALYSIS and acts[-1].until == 600.0  # woken at the deadline
+    s = sm.observe(p, s, "inconclusive", 599.0, "canary received 3 requests in 599s (min_requests 50)")
+    assert s.phase == WAITING_ANALYSIS
+    s2 = sm.observe(p, s, "inconclusive", 600.0, "canary received 3 requests in 600s (min_requests 50)")
+    assert s2.phase == ROLLED_BACK
+    assert "progress_deadline 10m" in s2.reason and "at 10%" in s2.reason
+    assert "canary received 3 requests in 600s (min_requests 50)" in s2.reason
+    # without a verdict at all (stats unreadable), decide applies the deadline by itself
+    s3, acts = run_until_wait(p, s, 600.0)
+    assert s3.phase == ROLLED_BACK and isinstance(acts[-1], RollBack)
+    assert "canary received 3 requests in 599s" in acts[-1].reason
+
+
+def test_a_conclusive_verdict_restarts_the_deadline_and_a_pass_ends_it():
+    p = dplan(100.0)
+    s, _ = run_until_wait(p, sm.start(0.0), 0.0)
+    s = sm.observe(p, s, "fail", 90.0, "5xx")  # conclusive: the clock restarts
+    assert s.evidence_since == 90.0 and s.failures == 1
+    s, acts = run_until_wait(p, s, 150.0)
+    assert s.phase == WAITING_ANALYSIS and acts[-1].until == 190.0
+    s = sm.observe(p, s, "pass", 160.0)
+    s, acts = run_until_wait(p, s, 1000.0)  # passed: step 2 starts with a fresh clock
+    assert s.step == 1 and s.weight == 50 and s.evidence_since == 1000.0
+
+
+def test_the_deadline_stops_while_the_user_holds_and_never_applies_to_a_manual_step():
+    p = dplan(100.0)
+    s, _ = run_until_wait(p, sm.start(0.0), 0.0)
+    s = sm.control(p, s, "pause", 50.0)
+    s, acts = run_until_wait(p, s, 500.0)
+    assert s.phase == PAUSED_USER and isinstance(acts[-1], Wait)
+    s = sm.control(p, s, "resume", 500.0)  # held 450 s: the clock moves with it
+    assert s.evidence_since == 450.0
+    s, acts = run_until_wait(p, s, 549.0)
+    assert s.phase == WAITING_ANALYSIS
+    s, acts = run_until_wait(p, s, 550.0)
+    assert s.phase == ROLLED_BACK
+    # at a manual pause the user decides: no deadline
+    m = dplan(10.0, steps=[Step(weight=10, pause="manual")])
+    s, acts = run_until_wait(m, sm.start(0.0), 0.0)
+    s = sm.observe(m, s, "inconclusive", 5000.0, "nothing")
+    s, acts = run_until_wait(m, s, 9999.0)
+    assert s.phase == PAUSED_MANUAL and acts[-1].until is None
+
+
+def test_no_deadline_configured_waits_as_before():
+    p = plan()
+    s, _ = run_until_wait(p, sm.start(0.0), 0.0)
+    s = sm.observe(p, s, "inconclusive", 1e6, "x")
+    s, acts = run_until_wait(p, s, 1e7)
+    assert s.phase == WAITING_ANALYSIS and acts[-1].until is None

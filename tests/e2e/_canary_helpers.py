@@ -1,9 +1,10 @@
 """Helpers for the canary and rolling end-to-end tests.
 
-- ``StickyUsers``: simulated users, each keeping its ``nonstop_bucket`` cookie
-  (the LoadClient keeps no cookies, and every loopback client hashes to the
-  same bucket, so distinct users must bring their own bucket, as distinct
-  client addresses would).
+- ``StickyUsers``: simulated users, each with its own ``nonstop_bucket`` cookie:
+  a preset bucket (``buckets``), or none at first and whatever the proxy sets
+  kept like a browser keeps it (``browser=True``); optionally an app cookie per
+  user (``app_cookies``, for a ``split_key``). (The LoadClient keeps no cookies:
+  the production shape of many users behind one load balancer.)
 - ``nth_start_fails_artifact``: an artifact whose Nth start never turns healthy.
 - ``StatusSampler``: polls ``nonstop status --json`` in a thread.
 """
@@ -33,9 +34,16 @@ class StickyUsers:
     """``users`` users (buckets spread over 0..99) sending ``rate`` requests/s in total, each over its own keep-alive connection."""
 
     def __init__(self, host: str, port: int, *, users: int = 20, rate: float = 40.0, headers: dict | None = None,
-                 buckets: list[int] | None = None) -> None:
+                 buckets: list[int] | None = None, browser: bool = False, app_cookies: list[str] | None = None) -> None:
         self.host, self.port = host, port
-        self.buckets = list(buckets) if buckets is not None else [round(i * 100 / users) for i in range(users)]
+        if app_cookies is not None:
+            users = len(app_cookies)
+        if browser:
+            self.buckets: list[int | None] = [None] * users
+        else:
+            self.buckets = list(buckets) if buckets is not None else [round(i * 100 / users) for i in range(users)]
+        self.app_cookies = app_cookies
+        self.set_cookies: dict[int, list[str]] = {}  # per user, every Set-Cookie the proxy sent
         self.rate = rate
         self.headers = headers or {}
         self.seen: list[Seen] = []
@@ -58,17 +66,34 @@ class StickyUsers:
         for c in self._conns.values():
             c.close()
 
+    def _cookie(self, user: int) -> str | None:
+        parts = []
+        if self.app_cookies is not None:
+            parts.append(self.app_cookies[user])
+        if self.buckets[user] is not None:
+            parts.append(f"nonstop_bucket={self.buckets[user]}")
+        return "; ".join(parts) or None
+
+    def _keep(self, user: int, resp) -> None:
+        for value in resp.headers.get_all("Set-Cookie") or []:
+            self.set_cookies.setdefault(user, []).append(value)
+            name, _, rest = value.partition("=")
+            if name.strip() == "nonstop_bucket":
+                self.buckets[user] = int(rest.split(";", 1)[0])
+
     def _one(self, user: int) -> Seen:
-        bucket = self.buckets[user]
         t = time.monotonic()
         for attempt in (1, 2):
             conn = self._conns.get(user)
             if conn is None:
                 conn = self._conns[user] = http.client.HTTPConnection(self.host, self.port, timeout=15)
+            cookie = self._cookie(user)
+            bucket = self.buckets[user]
             try:
-                conn.request("GET", "/", headers={"Cookie": f"nonstop_bucket={bucket}", **self.headers})
+                conn.request("GET", "/", headers={**({"Cookie": cookie} if cookie else {}), **self.headers})
                 resp = conn.getresponse()
                 resp.read()
+                self._keep(user, resp)
                 if resp.getheader("Connection", "").lower() == "close":
                     conn.close()
                     self._conns.pop(user, None)

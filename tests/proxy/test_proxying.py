@@ -20,7 +20,9 @@ def test_get_is_proxied_with_release_header_and_forwarded_headers():
             info = r.json()
             assert info["path"] == "/hello?x=1"
             assert info["headers"]["host"] == "example.test"  # Host kept
-            assert info["headers"]["x-forwarded-for"] == "10.0.0.9, 127.0.0.1"
+            # 127.0.0.1 is not a trusted proxy here: its X-Forwarded-For is replaced, not extended
+            assert info["headers"]["x-forwarded-for"] == "127.0.0.1"
+            assert info["headers"]["x-real-ip"] == "127.0.0.1"
             assert info["headers"]["x-forwarded-proto"] == "http"
             assert info["headers"]["x-forwarded-host"] == "example.test"
         await app.stop()

@@ -37,11 +37,23 @@ def test_route_table_json_round_trip_matches_the_documented_example():
     assert RouteTable.from_json(t.to_json()) == t
 
 
+def test_split_modes_round_trip():
+    for extra in ({"sticky": "client_ip"}, {"sticky": False}, {"split_key": {"header": "X-User"}},
+                  {"split_key": {"cookie": "account_id"}}):
+        t = RouteTable.from_dict({**EXAMPLE, **extra})
+        assert RouteTable.from_json(t.to_json()) == t
+    assert RouteTable.from_dict({**EXAMPLE, "split_key": {"header": "X-User"}}).split_key.name == "x-user"
+
+
 @pytest.mark.parametrize(
     "mutate,field",
     [
         (lambda d: d.update(revision=-1), "revision"),
         (lambda d: d.update(sticky="yes"), "sticky"),
+        (lambda d: d.update(sticky=1), "sticky"),
+        (lambda d: d.update(split_key={"query": "a"}), "split_key"),
+        (lambda d: d.update(split_key={"cookie": "a", "header": "b"}), "split_key"),
+        (lambda d: d.update(split_key={"cookie": "a b"}), "split_key.cookie"),
         (lambda d: d.update(extra=1), "extra"),
         (lambda d: d["releases"][0].update(weight=101), "releases[0].weight"),
         (lambda d: d["releases"][0].update(weight=True), "releases[0].weight"),
@@ -85,10 +97,13 @@ def test_state_refuses_stale_revisions_and_assigns_next_when_absent():
 
 # -- split ------------------------------------------------------------------
 
-def _split(weights, sticky=True, draining=()):
+def _split(weights, sticky=True, draining=(), split_key=None):
     rels = [{"name": f"r{i}", "weight": w, "targets": [{"addr": f"127.0.0.1:{9000 + i}", "draining": i in draining}]}
             for i, w in enumerate(weights)]
-    return split.Split(RouteTable.from_dict({"revision": 1, "sticky": sticky, "releases": rels}))
+    table = {"revision": 1, "sticky": sticky, "releases": rels}
+    if split_key:
+        table["split_key"] = split_key
+    return split.Split(RouteTable.from_dict(table))
 
 
 def test_buckets_follow_list_order_and_raising_the_canary_only_adds_users():
@@ -104,15 +119,70 @@ def test_buckets_follow_list_order_and_raising_the_canary_only_adds_users():
         assert d1.set_cookie is None  # a valid cookie is not re-set
 
 
-def test_no_cookie_uses_a_stable_client_hash_and_sets_the_cookie():
-    s = _split([50, 50])
-    d = s.choose([], None, "10.1.2.3", lambda: 0)
-    b = split.bucket_from_client("10.1.2.3")
-    assert d.set_cookie == b and d.release == (0 if b < 50 else 1)
-    assert s.choose([], b"a=1; nonstop_bucket=xx", "10.1.2.3", lambda: 0).set_cookie == b  # invalid cookie
+def test_no_cookie_draws_a_random_bucket_and_pins_it_in_a_cookie():
+    """DESIGN §2 "The split": a client without the cookie gets a random bucket (never its address's
+    hash, or every user behind one load balancer would land on one side), sent back in Set-Cookie."""
+    s = _split([20, 80])
+    d = s.choose([], None, "10.1.2.3", lambda: 7)
+    assert d == split.Decision(0, 7)
+    assert s.choose([], None, "10.1.2.3", lambda: 250) == split.Decision(1, 50)  # 250 % 100
+    assert s.choose([], b"a=1; nonstop_bucket=xx", "10.1.2.3", lambda: 42) == split.Decision(1, 42)  # invalid cookie
     assert split.set_cookie_header(7) == (
         b"Set-Cookie: nonstop_bucket=7; Path=/; Max-Age=86400; HttpOnly; SameSite=Lax\r\n"
     )
+
+
+def test_one_address_without_cookies_is_split_by_weight():
+    """Many cookie-less requests from one address (a load balancer in front): the canary gets its weight."""
+    import random
+
+    rng = random.Random(1234)
+    s = _split([20, 80])
+    got = [s.choose([], None, "127.0.0.1", lambda: rng.getrandbits(16)).release for _ in range(20000)]
+    share = got.count(0) / len(got)
+    assert 0.18 < share < 0.22, share
+
+
+def test_client_ip_mode_hashes_the_address_and_sets_no_cookie():
+    s = _split([50, 50], sticky="client_ip")
+    b = split.bucket_from_client("10.1.2.3")
+    for r in (0, 99):
+        d = s.choose([], b"nonstop_bucket=99", "10.1.2.3", lambda r=r: r)
+        assert d == split.Decision(0 if b < 50 else 1, None)
+
+
+def test_split_key_beats_the_cookie_and_pins_users_by_their_own_id():
+    s = _split([30, 70], split_key={"cookie": "account_id"})
+    for uid in (b"1", b"42", b"alice", b"9999"):
+        want = 0 if split.bucket_from_key(uid) < 30 else 1
+        for bucket_cookie in (b"nonstop_bucket=0", b"nonstop_bucket=99", b""):
+            cookie = b"account_id=" + uid + (b"; " + bucket_cookie if bucket_cookie else b"")
+            assert s.choose([], cookie, "x", lambda: 55) == split.Decision(want, None)
+    # no key in the request: the sticky rule applies (here: the bucket cookie, else random + cookie)
+    assert s.choose([], b"nonstop_bucket=5", "x", lambda: 55) == split.Decision(0, None)
+    assert s.choose([], b"other=1", "x", lambda: 55) == split.Decision(1, 55)
+    h = _split([30, 70], split_key={"header": "X-User-Id"})
+    want = 0 if split.bucket_from_key(b"u-17") < 30 else 1
+    assert h.choose([(b"x-user-ID", b"u-17")], None, "x", lambda: 99) == split.Decision(want, None)
+
+
+def test_bucket_of_order_is_key_then_sticky_rule():
+    rand = iter(range(1000)).__next__
+    assert split.bucket_of(True, b"k", b"nonstop_bucket=3", "1.2.3.4", rand) == (split.bucket_from_key(b"k"), False)
+    assert split.bucket_of(True, None, b"nonstop_bucket=3", "1.2.3.4", rand) == (3, False)
+    assert split.bucket_of(True, None, b"nonstop_bucket=300", "1.2.3.4", rand) == (0, True)  # invalid: random
+    assert split.bucket_of(True, b"", None, "1.2.3.4", rand) == (1, True)  # an empty key is no key
+    assert split.bucket_of("client_ip", None, b"nonstop_bucket=3", "1.2.3.4", rand) == (split.bucket_from_client("1.2.3.4"), False)
+    assert split.bucket_of(False, None, b"nonstop_bucket=3", "1.2.3.4", rand) == (2, False)
+
+
+def test_cookie_value_parsing():
+    cv = split.cookie_value
+    assert cv(b"a=1; account_id=7; b=2", b"account_id") == b"7"
+    assert cv(b"xaccount_id=5; account_id=6", b"account_id") == b"6"  # a whole name only
+    assert cv(b"account_id2=5", b"account_id") is None
+    assert cv(b"account_id = 8 ;x=1", b"account_id") == b"8"
+    assert cv(None, b"account_id") is None and cv(b"", b"x") is None
 
 
 def test_not_sticky_draws_a_fresh_bucket_and_sets_no_cookie():
@@ -206,8 +276,8 @@ def test_prometheus_text_parses():
 
 # -- http heads ---------------------------------------------------------------
 
-def _req(headers, method=b"GET", url=b"/", version="1.1", upgrade=False, max_body=None):
-    return http.inspect_request(method, url, version, headers, b"9.9.9.9", upgrade, max_body)
+def _req(headers, method=b"GET", url=b"/", version="1.1", upgrade=False, max_body=None, trust=None):
+    return http.inspect_request(method, url, version, headers, b"9.9.9.9", upgrade, max_body, b"http", trust)
 
 
 def test_request_head_rewrites():
@@ -216,9 +286,54 @@ def test_request_head_rewrites():
     head = h.upstream_head
     assert head.startswith(b"GET / HTTP/1.1\r\nHost: a.test\r\n")
     assert b"X-Drop" not in head and b"X-Keep: 2\r\n" in head and b"evil" not in head
-    assert b"X-Forwarded-For: 1.1.1.1, 9.9.9.9\r\n" in head
+    # an untrusted peer's forwarded headers are replaced, never believed (DESIGN §2 trusted_proxies)
+    assert b"X-Forwarded-For: 9.9.9.9\r\n" in head and b"1.1.1.1" not in head
+    assert b"X-Real-IP: 9.9.9.9\r\n" in head and h.client == ""
     assert b"X-Forwarded-Host: a.test\r\n" in head and head.endswith(b"\r\n\r\n")
     assert h.keep_alive
+
+
+def test_untrusted_peer_cannot_forge_any_forwarding_header():
+    h = _req([(b"Host", b"a.test"), (b"X-Forwarded-For", b"6.6.6.6"), (b"X-Forwarded-Proto", b"https"),
+              (b"X-Forwarded-Host", b"evil"), (b"X-Real-IP", b"6.6.6.6"), (b"Forwarded", b"for=6.6.6.6")])
+    head = h.upstream_head
+    assert b"6.6.6.6" not in head and b"evil" not in head and b"Forwarded: for" not in head
+    assert b"X-Forwarded-Proto: http\r\n" in head
+    assert head.count(b"X-Forwarded-For:") == 1 and head.count(b"X-Real-IP:") == 1
+
+
+def test_trusted_peer_names_the_rightmost_untrusted_hop():
+    from nonstop.proxy.forwarded import TrustedProxies
+
+    trust = TrustedProxies(["9.9.9.0/24", "10.0.0.0/8"])
+    h = _req([(b"Host", b"a.test"), (b"X-Forwarded-For", b"6.6.6.6, 203.0.113.7, 10.1.2.3"),
+              (b"X-Forwarded-Proto", b"https"), (b"X-Forwarded-Host", b"shop.example"), (b"X-Real-IP", b"6.6.6.6")],
+             trust=trust)
+    head = h.upstream_head
+    assert h.client == "203.0.113.7"  # 10.1.2.3 is a trusted hop; 6.6.6.6 left of the client proves nothing
+    assert b"X-Forwarded-For: 203.0.113.7, 10.1.2.3, 9.9.9.9\r\n" in head
+    assert b"X-Real-IP: 203.0.113.7\r\n" in head and b"6.6.6.6" not in head
+    assert b"X-Forwarded-Proto: https\r\n" in head and b"X-Forwarded-Host: shop.example\r\n" in head
+    # a trusted peer without X-Forwarded-For is itself the client
+    h = _req([(b"Host", b"a.test")], trust=trust)
+    assert h.client == "" and b"X-Forwarded-For: 9.9.9.9\r\n" in h.upstream_head
+
+
+def test_trusted_proxies_resolve_pure():
+    from nonstop.proxy.forwarded import TrustedProxies
+
+    t = TrustedProxies(["127.0.0.1/32", "10.0.0.0/8", "::1/128"])
+    assert t.trusts("127.0.0.1") and t.trusts("10.9.9.9") and t.trusts("::1") and not t.trusts("8.8.8.8")
+    assert t.trusts("::ffff:10.0.0.1")  # IPv4-mapped, as a dual-stack socket reports it
+    assert not t.trusts("not-an-ip")
+    assert t.resolve(b"1.2.3.4", "127.0.0.1") == ("1.2.3.4", b"1.2.3.4, 127.0.0.1")
+    assert t.resolve(b"1.2.3.4, 10.0.0.2", "127.0.0.1") == ("1.2.3.4", b"1.2.3.4, 10.0.0.2, 127.0.0.1")
+    # every hop trusted: the leftmost is the client
+    assert t.resolve(b"10.0.0.5, 10.0.0.6", "127.0.0.1") == ("10.0.0.5", b"10.0.0.5, 10.0.0.6, 127.0.0.1")
+    # garbage where the client should be: the peer is the client
+    assert t.resolve(b"unknown", "127.0.0.1") == ("127.0.0.1", b"127.0.0.1")
+    assert t.resolve(b"", "127.0.0.1") == ("127.0.0.1", b"127.0.0.1")
+    assert t.resolve(b" , 1.2.3.4 ,", "10.0.0.1") == ("1.2.3.4", b"1.2.3.4, 10.0.0.1")
 
 
 @pytest.mark.parametrize(

@@ -289,3 +289,59 @@ def _without(result, records):
     from nonstop.testing.load import LoadResult
 
     return LoadResult([r for r in result.records if id(r) not in ids], result.started, result.ended)
+
+
+def _headers_seen(port: int, source: str, headers: dict | None = None) -> dict:
+    """GET /headers through ``port`` from the loopback address ``source``: what the app was forwarded."""
+    import http.client
+    import json
+
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
+    try:
+        c.request("GET", "/headers", headers=headers or {})
+        r = c.getresponse()
+        assert r.status == 200, (r.status, r.read())
+        return json.loads(r.read())["headers"]
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("kind", kinds("nginx-managed", "haproxy-managed"))
+def test_split_from_one_address_and_forwarded_headers(kind, router_stack, tmp_path):
+    """DESIGN §2 on nginx and HAProxy: a cookie-less client on one address is split by weight (random
+    bucket, pinned in a cookie it never returns); forwarded headers believed only from trusted_proxies."""
+    from tests.e2e._canary_helpers import warm
+
+    good = make_artifact(tmp_path / "artifacts", "good", "--boot-seconds", "0.3")
+    st = router_stack(
+        kind,
+        trusted_proxies=["127.0.0.3/32"],
+        strategy={
+            "type": "canary",
+            "steps": [{"weight": 20, "pause": "5s"}],
+            "analysis": {"interval": "1s", "min_requests": 10, "max_error_rate": 0.05},
+        },
+        health={"startup_timeout": "15s"},
+    )
+    st.deploy("v1", "--artifact", str(good), "--strategy", "blue-green")
+    # an untrusted client forging every forwarding header: replaced by what the router saw
+    h = _headers_seen(st.listen, "127.0.0.2", {"X-Forwarded-For": "6.6.6.6", "X-Real-IP": "6.6.6.6",
+                                               "X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil"})
+    assert h["x-forwarded-for"] == "127.0.0.2" and h["x-real-ip"] == "127.0.0.2", h
+    assert h["x-forwarded-proto"] == "http" and h["x-forwarded-host"] != "evil", h
+    # a trusted proxy (127.0.0.3) naming its client: believed
+    h = _headers_seen(st.listen, "127.0.0.3", {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"})
+    assert h["x-real-ip"] == "203.0.113.9" and h["x-forwarded-for"] == "203.0.113.9, 127.0.0.3", h
+    assert h["x-forwarded-proto"] == "https", h
+    offset = time.time() - time.monotonic()
+    with LoadClient(st.url, rate=60, keepalive=3, new=2, post=0, slow=0, timeout=15) as load:
+        warm(load, 40, stack=st)
+        res = st.deploy("v2", "--artifact", str(good))
+        warm(load, 20, stack=st)
+    assert res["state"] == "promoted", res
+    t0 = next(e["ts"] for e in res["events"] if e["type"] == "weight") - offset
+    t1 = next(e["ts"] for e in res["events"] if e["type"] == "switched") - offset
+    during = [r for r in load.result.records if t0 + 0.5 < r.start < t1 - 0.2 and r.ok]
+    share = sum(1 for r in during if r.version == "v2") / max(1, len(during))
+    print(f"\n{kind}: canary got {share:.1%} of {len(during)} cookie-less requests from one address at 20%")
+    assert len(during) >= 120 and 0.13 <= share <= 0.27, (share, len(during))

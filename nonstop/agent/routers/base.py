@@ -59,7 +59,8 @@ class Routing:
     """Desired traffic. Releases in split order: the canary first (see docs/internals.md, buckets)."""
 
     releases: tuple[ReleaseRoute, ...] = ()
-    sticky: bool = True
+    sticky: bool | str = True  # True (bucket cookie, else random + cookie), "client_ip", False (random per request)
+    split_key: tuple[str, str] | None = None  # ("cookie" | "header", name): the app's own user key
 
     def to_table(self) -> dict:
         """The embedded proxy's route-table JSON (without revision)."""
@@ -73,7 +74,10 @@ class Routing:
             if r.match_headers or r.match_cookies:
                 rel["match"] = {"headers": dict(r.match_headers), "cookies": dict(r.match_cookies)}
             out.append(rel)
-        return {"sticky": self.sticky, "releases": out}
+        table: dict[str, Any] = {"sticky": self.sticky, "releases": out}
+        if self.split_key is not None:
+            table["split_key"] = {self.split_key[0]: self.split_key[1]}
+        return table
 
     @classmethod
     def from_table(cls, table: dict) -> "Routing":
@@ -89,7 +93,13 @@ class Routing:
                     match_cookies=tuple(sorted((m.get("cookies") or {}).items())),
                 )
             )
-        return cls(releases=tuple(rels), sticky=bool(table.get("sticky", True)))
+        sticky = table.get("sticky", True)
+        key = table.get("split_key") or None
+        return cls(
+            releases=tuple(rels),
+            sticky=sticky if sticky == "client_ip" else bool(sticky),
+            split_key=next(iter(key.items())) if key else None,
+        )
 
     @property
     def addrs(self) -> set[str]:

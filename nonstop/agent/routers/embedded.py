@@ -55,6 +55,8 @@ class EmbeddedRouter(Router):
         ]
         if r.max_body is not None:
             argv += ["--max-body", str(r.max_body)]
+        for cidr in self.cfg.trusted_proxies:
+            argv += ["--trusted-proxy", cidr]
         if r.workers > 1:
             argv += ["--workers", str(r.workers)]
         return argv

@@ -47,6 +47,7 @@ from nonstop.agent.routers.haproxy_conf import (
     match_entries,
     render_config,
     server_name,
+    sticky_setting,
 )
 from nonstop.agent.routers.haproxy_stats import add_snapshots, haproxy_record, stat_snapshot, sum_stat
 from nonstop.agent.routers.nginx_accesslog import LogTail, StatsBook
@@ -86,6 +87,8 @@ class HaproxyRouter(Router):
         self.external_backend = rc.backend
         match = cfg.strategy.match if isinstance(cfg.strategy, CanaryStrategy) else None
         self.key = MatchKey.of(match.header if match else (), match.cookie if match else ())
+        sk = cfg.strategy.split_key if isinstance(cfg.strategy, CanaryStrategy) else None
+        self.split_key = None if sk is None else (("cookie", sk.cookie) if sk.cookie else ("header", sk.header))
         self.sidecar = self.dir / "routing.json"
         self._lock = asyncio.Lock()
         self._proc: subprocess.Popen | None = None
@@ -236,7 +239,7 @@ class HaproxyRouter(Router):
             await self.api.replace_map(self.paths.map("release"), [(n, backend_name(self.app, s)) for n, s in both.items()])
             splits = len(set(p.by_bucket)) > 1  # the bucket cookie is sent only while buckets matter
             await self.api.replace_map(
-                self.paths.map("settings"), [("sticky", "1" if routing.sticky else "0"), ("split", "1" if splits else "0")]
+                self.paths.map("settings"), [("sticky", sticky_setting(routing.sticky)), ("split", "1" if splits else "0")]
             )
             if not self.key.empty:  # without match names the config never loads match.map
                 await self.api.replace_map(self.paths.map("match"), matches)
@@ -403,6 +406,8 @@ class HaproxyRouter(Router):
             user=_drop_to(),
             hold_timeout=self.cfg.hold_timeout,
             drain_timeout=self.cfg.drain_timeout,
+            trusted_proxies=self.cfg.trusted_proxies,
+            split_key=self.split_key,
         )
 
     async def _show_stat(self) -> list[ServerStat]:

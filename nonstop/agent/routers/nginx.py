@@ -272,6 +272,7 @@ class NginxRouter(Router):
             worker_shutdown_timeout=self.rc.worker_shutdown_timeout,
             access_log=self.access_log,
             keepalive_timeout=self.client_keepalive_timeout,
+            trusted_proxies=self.cfg.trusted_proxies,
         )
 
     def _worker_user(self) -> str | None:

@@ -96,6 +96,14 @@ def ident(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", text)
 
 
+def _split_clients(source: str, var: str) -> str:
+    """A ``split_clients`` block spreading ``source`` over the buckets 0..99 (1% each)."""
+    lines = [f'\nsplit_clients "{source}" {var} {{\n']
+    lines += [f"    1% {b};\n" for b in range(BUCKETS - 1)]
+    lines.append(f"    * {BUCKETS - 1};\n}}\n")
+    return "".join(lines)
+
+
 def _regex_exact(value: str) -> str:
     """A PCRE matching exactly ``value``; every non-alphanumeric as ``\\xHH`` so nginx quoting never interferes."""
     return "".join(c if c.isalnum() else f"\\x{ord(c):02x}" for c in value)
@@ -160,32 +168,45 @@ def render_upstreams(app: str, routing: Routing, *, keepalive: int = 32, log_for
     none = f"{v}__none"
     out.append(f"\n# nothing routable: answer 502 at once\nupstream {none} {{\n    server 127.0.0.1:9 down;\n}}\n")
 
-    # User bucket: the nonstop_bucket cookie when valid (0..99), else a hash.
+    # User bucket (the embedded proxy's rule, proxy/split.py): the split_key's value hashed, else by
+    # `sticky`: the nonstop_bucket cookie when valid (0..99), else a random bucket pinned in a cookie;
+    # "client_ip": a hash of the client address; false: a random bucket per request.
+    splits = len(set(p.by_bucket)) > 1  # a cookie pins a bucket only while buckets matter
     out.append(
         f"\nmap $cookie_{COOKIE_NAME} ${v}_cookie_bucket {{\n"
         f'    "~^(?<b>[0-9]|[1-9][0-9])$" $b;\n'
         f'    default "";\n}}\n'
     )
-    hash_source = "${remote_addr}" if routing.sticky else "${request_id}"
-    out.append(f'\nsplit_clients "{hash_source}" ${v}_hash_bucket {{\n')
-    for b in range(BUCKETS - 1):
-        out.append(f"    1% {b};\n")
-    out.append(f"    * {BUCKETS - 1};\n}}\n")
-    if routing.sticky:
-        # The cookie pins a new user's bucket only while buckets matter (more than one release splits).
-        splits = len(set(p.by_bucket)) > 1
-        pin = f'"{COOKIE_NAME}=${v}_hash_bucket; {COOKIE_ATTRS}"' if splits else '""'
+    out.append(_split_clients("${request_id}", f"${v}_rand_bucket"))
+    if routing.sticky is True:
         out.append(
-            f"\nmap ${v}_cookie_bucket ${v}_bucket {{\n"
-            f'    "" ${v}_hash_bucket;\n    default ${v}_cookie_bucket;\n}}\n'
-            f"\nmap ${v}_cookie_bucket ${v}_set_cookie {{\n"
-            f'    "" {pin};\n    default "";\n}}\n'
+            f"\nmap ${v}_cookie_bucket ${v}_sticky_bucket {{\n"
+            f'    "" ${v}_rand_bucket;\n    default ${v}_cookie_bucket;\n}}\n'
         )
+        pin = f'"{COOKIE_NAME}=${v}_rand_bucket; {COOKIE_ATTRS}"' if splits else '""'
+        cookie_state = f"${v}_cookie_bucket"
     else:
+        if routing.sticky == "client_ip":
+            out.append(_split_clients("${remote_addr}", f"${v}_sticky_bucket"))
+        else:
+            out.append(f"\nmap ${v}_rand_bucket ${v}_sticky_bucket {{\n    default ${v}_rand_bucket;\n}}\n")
+        pin = '""'
+        cookie_state = '"none"'
+    if routing.split_key is not None:
+        kind, name = routing.split_key
+        key_var = f"$cookie_{name}" if kind == "cookie" else f"$http_{name.lower().replace('-', '_')}"
+        out.append(_split_clients(f"${{{key_var[1:]}}}", f"${v}_key_bucket"))
         out.append(
-            f"\nmap ${v}_hash_bucket ${v}_bucket {{\n    default ${v}_hash_bucket;\n}}\n"
-            f'\nmap ${v}_hash_bucket ${v}_set_cookie {{\n    default "";\n}}\n'
+            f'\nmap {key_var} ${v}_bucket {{\n    "" ${v}_sticky_bucket;\n    default ${v}_key_bucket;\n}}\n'
+            f'\nmap {key_var} ${v}_cookie_state {{\n    "" {cookie_state};\n    default "key";\n}}\n'
         )
+        cookie_state = f"${v}_cookie_state"
+    else:
+        out.append(f"\nmap ${v}_sticky_bucket ${v}_bucket {{\n    default ${v}_sticky_bucket;\n}}\n")
+    if cookie_state.startswith("$"):
+        out.append(f'\nmap {cookie_state} ${v}_set_cookie {{\n    "" {pin};\n    default "";\n}}\n')
+    else:
+        out.append(f'\nmap ${v}_bucket ${v}_set_cookie {{\n    default "";\n}}\n')
 
     # Bucket → release (list order: canary first, so raising its weight only adds buckets).
     out.append(f"\nmap ${v}_bucket ${v}_bucket_release {{\n")
@@ -276,11 +297,21 @@ def render_managed(
     read_timeout: float = 60.0,
     keepalive_timeout: float = 75.0,
     access_log: str | None = None,
+    trusted_proxies: tuple[str, ...] | list[str] = (),
 ) -> str:
-    """The whole ``nginx.conf`` of a managed nginx: own pid, logs and temp paths; no ``/etc/nginx``."""
+    """The whole ``nginx.conf`` of a managed nginx: own pid, logs and temp paths; no ``/etc/nginx``.
+
+    Forwarded headers (DESIGN §2 ``trusted_proxies``): from a trusted peer the client is the rightmost
+    untrusted hop of X-Forwarded-For (the realip module, recursive) and X-Forwarded-Proto/-Host pass
+    through; from anyone else they are replaced by what nginx saw.
+    """
     v = f"nonstop_{ident(app)}"
     t = paths.temp
     user_line = f"user {user};\n" if user else ""
+    realip = "".join(f"        set_real_ip_from {c};\n" for c in trusted_proxies)
+    if realip:
+        realip += "        real_ip_header X-Forwarded-For;\n        real_ip_recursive on;\n"
+    geo = "".join(f"        {c} 1;\n" for c in trusted_proxies)
     return f"""# Generated by nonstop for app {app} (router nginx, mode managed). Do not edit.
 {user_line}worker_processes {worker_processes};
 pid {paths.pid};
@@ -305,19 +336,41 @@ http {{
 
     include {upstreams_file};
 
+    # 1 when the connection's peer is a trusted proxy (its forwarded headers are believed)
+    geo $realip_remote_addr ${v}_trusted {{
+        default 0;
+{geo}    }}
+    map "${v}_trusted$http_x_forwarded_for" ${v}_xff {{
+        "~^1(?<hops>.+)$" "$hops, $realip_remote_addr";
+        default $realip_remote_addr;
+    }}
+    map "${v}_trusted$http_x_forwarded_proto" ${v}_xfp {{
+        "~^1(?<proto>.+)$" $proto;
+        default $scheme;
+    }}
+    map "${v}_trusted$http_x_forwarded_host" ${v}_xfh {{
+        "~^1(?<fhost>.+)$" $fhost;
+        default $host;
+    }}
+    map ${v}_trusted ${v}_forwarded {{
+        1 $http_forwarded;
+        default "";
+    }}
+
     server {{
         listen {listen};
         access_log {access_log or paths.access_log} {log_format_name(app)};
-
+{realip}
         location / {{
             proxy_pass http://${v}_upstream;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $http_host;
             proxy_set_header X-Real-IP $remote_addr;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-Host $host;
+            proxy_set_header X-Forwarded-For ${v}_xff;
+            proxy_set_header X-Forwarded-Proto ${v}_xfp;
+            proxy_set_header X-Forwarded-Host ${v}_xfh;
+            proxy_set_header Forwarded ${v}_forwarded;
             # Retry the next server on connect errors and timeouts. nginx never passes a
             # non-idempotent request (POST...) on once it was sent, so a POST is retried only
             # when its connection failed: safe.

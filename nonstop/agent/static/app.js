@@ -417,6 +417,10 @@
     if (cn) {
       kids.push(h("div", { class: "facts", "data-testid": "canary" },
         h("span", {}, "canary weight ", h("b", { "data-testid": "canary-weight" }, `${cn.weight}%`)),
+        cn.received && cn.received.share != null
+          ? h("span", { "data-testid": "canary-received" }, "received ", h("b", {}, fmtPct(cn.received.share)),
+              ` of ${cn.received.requests} req`)
+          : null,
         h("span", {}, "step ", h("b", {}, `${cn.step}/${cn.steps}`)),
         h("span", {}, "analysis failures ", h("b", {}, `${cn.failures}/${cn.failure_limit}`)),
       ));

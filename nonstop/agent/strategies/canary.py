@@ -43,6 +43,13 @@ class AnalysisFailed(DeploymentFailed):
     """The canary failed its analysis ``failure_limit`` times; traffic went back to the stable release."""
 
 
+def _split_key(s: CanaryStrategy) -> tuple[str, str] | None:
+    k = s.split_key
+    if k is None:
+        return None
+    return ("cookie", k.cookie) if k.cookie else ("header", k.header.lower())
+
+
 class CanaryDriver:
     """Performs one canary rollout's actions; owns its step state and analysis results."""
 
@@ -55,7 +62,8 @@ class CanaryDriver:
         self.match_headers = tuple(sorted((match.header if match else {}).items()))
         self.match_cookies = tuple(sorted((match.cookie if match else {}).items()))
         self.plan = sm.Plan(
-            steps=s.steps, failure_limit=s.analysis.failure_limit, has_match=bool(self.match_headers or self.match_cookies)
+            steps=s.steps, failure_limit=s.analysis.failure_limit, has_match=bool(self.match_headers or self.match_cookies),
+            progress_deadline=s.analysis.progress_deadline,
         )
         self.state = sm.start(time.monotonic())
         self.results: list[dict] = []
@@ -65,6 +73,7 @@ class CanaryDriver:
         self.next_analysis = float("inf")
         self.finishing = False
         self._said = ""  # the last "waiting" message emitted, to say each once
+        self._skew_said: int | None = None  # the step whose skewed share was reported
 
     # -- hooks the deployer calls -----------------------------------------------------
     def status(self) -> dict:
@@ -81,6 +90,10 @@ class CanaryDriver:
                 "failure_limit": self.plan.failure_limit,
                 "sticky": self.s.sticky,
                 "match": {"headers": dict(self.match_headers), "cookies": dict(self.match_cookies)},
+                "split_key": dict([_split_key(self.s)]) if self.s.split_key else None,
+                "progress_deadline": self.plan.progress_deadline,
+                # what each side received over the last analysis window, beside the weight asked for
+                "received": self.results[-1]["received"] if self.results else None,
                 "analysis": self.results[-5:],
             }
         }
@@ -193,6 +206,7 @@ class CanaryDriver:
             match_headers=self.match_headers,
             match_cookies=self.match_cookies,
             sticky=self.s.sticky,
+            split_key=_split_key(self.s),
         )
 
     async def _stats(self) -> dict | None:
@@ -207,6 +221,9 @@ class CanaryDriver:
         end = await self._stats()
         if end is None:
             await r.emit("analysis", "analysis skipped: the router's stats cannot be read", verdict="inconclusive")
+            before = self.state
+            self.state = sm.observe(self.plan, self.state, "inconclusive", now, "the router's stats could not be read")
+            self._sync_paused(before)
             return
         v = an.analyse(
             self.window_snap, end, canary=r.release.id, stable=r.stable.id, cfg=self.s.analysis,
@@ -222,8 +239,31 @@ class CanaryDriver:
         self._sync_paused(before)
         kind = "analysis_failed" if v.verdict == "fail" else "analysis"
         extra = f" ({self.state.failures}/{self.plan.failure_limit} failures)" if v.verdict == "fail" else ""
-        await r.emit(kind, f"analysis {v.verdict} at {self.state.weight}%: {v.summary}{extra}", **_event_data(rec))
+        await r.emit(kind, f"analysis {v.verdict} at {rec['weight']}%: {v.summary}{extra}", **_event_data(rec))
         r.deployer.store.update_deployment(r.dep.id, data={"analysis": self.results[-5:]})
+        await self._check_skew(rec)
+
+    async def _check_skew(self, rec: dict) -> None:
+        """Say once per step when the share the canary received is far from its weight, and why it may be."""
+        got = rec["received"]
+        words = an.skew(rec["weight"], got["canary"], got["stable"], match=self.plan.has_match)
+        if words is None or self._skew_said == rec["step"]:
+            return
+        self._skew_said = rec["step"]
+        await self.r.emit("split_skew", f"{words}: {self._skew_reasons()}", weight=rec["weight"], received=got)
+
+    def _skew_reasons(self) -> str:
+        s = self.s
+        if s.split_key is not None:
+            return ("most requests carry the same split_key value (one user, or a service account), "
+                    "or none carries it and the sticky rule applies")
+        if s.sticky == "client_ip":
+            return ("sticky: client_ip hashes the client address, and most requests come from few addresses "
+                    "(a load balancer or proxy in front? list it in trusted_proxies, or use sticky: true)")
+        if s.sticky is True:
+            return ("most requests carry the same nonstop_bucket cookie (one client that keeps cookies: a load "
+                    "test, a monitor), so they stay on one side by design")
+        return "with sticky: false every request is drawn at random; a skew this large means very few clients"
 
     async def _say_waiting(self, action: sm.Wait, now: float) -> None:
         """Emit what the rollout waits for, once per change (not on every wake-up)."""

@@ -34,6 +34,13 @@ Rules (what the tests pin down):
   the timer's remaining time intact.
 - ``failure_limit`` counts failed analyses over the whole rollout (like Argo
   Rollouts' failureLimit); passes do not reset it.
+- ``progress_deadline``: a step that needs a passing analysis and has had no
+  conclusive verdict (pass or fail) for that long — too little traffic reached
+  the canary — is rolled back, the reason naming the figures of the last
+  inconclusive analysis. Never an endless wait. The clock starts when the
+  step's weight is applied, restarts at each conclusive verdict, and stops
+  while the user holds the rollout; a manual pause has no deadline (the user
+  decides).
 - Finished states (promoted, aborted, rolled_back) accept no control;
   late verdicts in them are ignored.
 """
@@ -104,6 +111,7 @@ class Plan:
     steps: Sequence[StepLike]
     failure_limit: int = 2
     has_match: bool = False
+    progress_deadline: float | None = None
 
     @property
     def count(self) -> int:
@@ -124,6 +132,8 @@ class CanaryState:
     passes: int = 0  # passing analyses in the current step
     failures: int = 0  # failed analyses in the whole rollout
     reason: str = ""  # why it finished (rolled back / aborted / promoted)
+    evidence_since: float = 0.0  # the progress_deadline clock: step start or the last conclusive verdict
+    note: str = ""  # the last inconclusive verdict's figures (for the progress_deadline reason)
 
     @property
     def finished(self) -> bool:
@@ -172,7 +182,7 @@ Action = Union[SetWeight, Wait, Finish, RollBack, Abort]
 
 def start(now: float) -> CanaryState:
     """The state before the first step: canary at 0%."""
-    return CanaryState(step_started=now)
+    return CanaryState(step_started=now, evidence_since=now)
 
 
 def _gated(plan: Plan, state: CanaryState) -> bool:
@@ -183,8 +193,36 @@ def _gated(plan: Plan, state: CanaryState) -> bool:
 def _advance(state: CanaryState, now: float) -> CanaryState:
     return replace(
         state, step=state.step + 1, phase=PROGRESSING, step_started=now, pause_until=None,
-        held_from=None, held_at=None, passes=0,
+        held_from=None, held_at=None, passes=0, evidence_since=now, note="",
     )
+
+
+def _deadline(plan: Plan, state: CanaryState) -> float | None:
+    """When the progress_deadline runs out for this step, or None when it does not apply now."""
+    if plan.progress_deadline is None or state.phase not in (PROGRESSING, WAITING_ANALYSIS):
+        return None
+    if state.passes > 0 or not _gated(plan, state) or state.step >= len(plan.steps):
+        return None
+    st = plan.steps[state.step]
+    if st.pause is None or st.pause == "manual":
+        return None  # no gate: the step moves on at once, or the user decides
+    return state.evidence_since + plan.progress_deadline
+
+
+def _expired(plan: Plan, state: CanaryState, now: float) -> CanaryState | None:
+    end = _deadline(plan, state)
+    if end is None or now < end:
+        return None
+    why = (
+        f"no conclusive analysis for {_secs(plan.progress_deadline)} at {state.weight}% "
+        f"(progress_deadline {_secs(plan.progress_deadline)})"
+    )
+    return replace(state, phase=ROLLED_BACK, reason=f"{why}: {state.note}" if state.note else why)
+
+
+def _secs(s: float | None) -> str:
+    s = s or 0.0
+    return f"{s / 60:g}m" if s >= 120 and s % 60 == 0 else f"{s:g}s"
 
 
 def decide(plan: Plan, state: CanaryState, now: float) -> tuple[CanaryState, Action]:
@@ -200,9 +238,12 @@ def decide(plan: Plan, state: CanaryState, now: float) -> tuple[CanaryState, Act
             return state, Wait(None, waiting_for(plan, state, now), "user")
         if state.phase == PAUSED_MANUAL:
             return state, Wait(None, waiting_for(plan, state, now), "manual")
+        expired = _expired(plan, state, now)
+        if expired is not None:
+            return expired, RollBack(expired.reason)
         if state.phase == WAITING_ANALYSIS:
             if state.passes == 0:
-                return state, Wait(None, waiting_for(plan, state, now), "analysis")
+                return state, Wait(_deadline(plan, state), waiting_for(plan, state, now), "analysis")
             state = _advance(state, now)
             continue
         # PROGRESSING
@@ -211,7 +252,8 @@ def decide(plan: Plan, state: CanaryState, now: float) -> tuple[CanaryState, Act
             return state, Finish(state.reason)
         st = plan.steps[state.step]
         if st.weight is not None and st.weight != state.weight:
-            state = replace(state, weight=st.weight, step_started=now, pause_until=None, passes=0)
+            state = replace(state, weight=st.weight, step_started=now, pause_until=None, passes=0,
+                            evidence_since=now, note="")
             return state, SetWeight(st.weight)
         if st.pause is None:
             state = _advance(state, now)
@@ -222,10 +264,12 @@ def decide(plan: Plan, state: CanaryState, now: float) -> tuple[CanaryState, Act
         if state.pause_until is None:
             state = replace(state, pause_until=state.step_started + float(st.pause))
         if now < state.pause_until:
-            return state, Wait(state.pause_until, waiting_for(plan, state, now), "pause")
+            end = _deadline(plan, state)
+            return state, Wait(state.pause_until if end is None else min(end, state.pause_until),
+                               waiting_for(plan, state, now), "pause")
         if _gated(plan, state) and state.passes == 0:
             state = replace(state, phase=WAITING_ANALYSIS)
-            return state, Wait(None, waiting_for(plan, state, now), "analysis")
+            return state, Wait(_deadline(plan, state), waiting_for(plan, state, now), "analysis")
         state = _advance(state, now)
     raise AssertionError("step machine did not settle")  # pragma: no cover
 
@@ -273,9 +317,10 @@ def control(plan: Plan, state: CanaryState, action: str, now: float) -> CanarySt
             phase=state.held_from or PROGRESSING,
             held_from=None,
             held_at=None,
-            # the pause timer does not run while the user holds the rollout
+            # the pause timer (and the progress deadline) do not run while the user holds the rollout
             step_started=state.step_started + held,
             pause_until=None if state.pause_until is None else state.pause_until + held,
+            evidence_since=state.evidence_since + held,
         )
     raise AssertionError(effect)  # pragma: no cover
 
@@ -287,7 +332,7 @@ def observe(
     if state.finished:
         return state
     if verdict == "pass":
-        state = replace(state, passes=state.passes + 1)
+        state = replace(state, passes=state.passes + 1, evidence_since=now, note="")
         if state.phase == WAITING_ANALYSIS:
             state = replace(state, phase=PROGRESSING)
         return state
@@ -296,9 +341,10 @@ def observe(
         if failures >= plan.failure_limit:
             why = f"analysis failed {failures} time(s) (failure_limit {plan.failure_limit})"
             return replace(state, failures=failures, phase=ROLLED_BACK, reason=f"{why}: {reason}" if reason else why)
-        return replace(state, failures=failures)
+        return replace(state, failures=failures, evidence_since=now, note="")
     if verdict == "inconclusive":
-        return state
+        state = replace(state, note=reason)
+        return _expired(plan, state, now) or state
     raise ValueError(f"unknown verdict {verdict!r}")
 
 
