@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Union
@@ -25,6 +26,7 @@ from pydantic import (
 )
 
 from nonstop import configfile
+from nonstop.names import CONTAINER_RUNTIMES, ROUTERS, RUNTIMES, STRATEGIES
 from nonstop.durations import parse_duration
 from nonstop.errors import ConfigError
 
@@ -73,8 +75,6 @@ class BuildConfig(_Model):
     timeout: Duration = 1800.0
 
 
-RUNTIMES = ("process", "docker", "podman", "kubernetes")
-CONTAINER_RUNTIMES = ("docker", "podman")
 IMAGE_PLACEHOLDERS = ("version", "release")
 """What ``run.image`` may name."""
 
@@ -179,6 +179,9 @@ class RunConfig(_Model):
     @property
     def containers(self) -> bool:
         return self.runtime in CONTAINER_RUNTIMES
+
+
+assert typing.get_args(RunConfig.model_fields["runtime"].annotation) == RUNTIMES, "nonstop.names.RUNTIMES and run.runtime disagree"
 
 
 def port_list(spec: str | int) -> list[int]:
@@ -420,6 +423,8 @@ class RollingStrategy(_Model):
         return v
 
 
+STRATEGY_BLOCKS = {"recreate": RecreateStrategy, "blue-green": BlueGreenStrategy, "canary": CanaryStrategy, "rolling": RollingStrategy}
+assert tuple(STRATEGY_BLOCKS) == STRATEGIES, "nonstop.names.STRATEGIES and the strategy blocks disagree"
 Strategy = Annotated[
     Union[RecreateStrategy, BlueGreenStrategy, CanaryStrategy, RollingStrategy],
     Field(discriminator="type"),
@@ -740,6 +745,9 @@ ROUTER_CAPABILITIES: dict[str, frozenset[str]] = {
 }
 
 
+assert tuple(ROUTER_CAPABILITIES) == ROUTERS, "nonstop.names.ROUTERS and the router capabilities disagree"
+
+
 def router_capabilities(r: "EmbeddedRouter | NginxRouter | HaproxyRouter") -> frozenset[str]:
     """What this router, in this mode, can do."""
     caps = ROUTER_CAPABILITIES[r.type]
@@ -755,7 +763,7 @@ def _field_path(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("recreate", "blue-green", "canary", "rolling", "embedded", "nginx", "haproxy"):
+        elif part in STRATEGIES or part in ROUTERS:
             continue  # discriminator tag pydantic inserts; the user never wrote it
         elif str(part).startswith("function-"):
             continue

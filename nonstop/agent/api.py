@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from nonstop.errors import NonstopError, UsageError
+from nonstop.names import STEER_ACTIONS
 
 _STATUS = {1: 500, 2: 400, 3: 503, 4: 409}
 
@@ -72,7 +73,7 @@ def make_app(agent, on_down: Callable[[], None]) -> Starlette:
     async def steer(request: Request) -> Response:
         b = await json_body(request)
         action = b.get("action")
-        if action not in ("promote", "promote_full", "abort", "pause", "resume"):
+        if action not in STEER_ACTIONS:
             raise UsageError(f"unknown action {action!r}")
         dep = agent.deployer.steer(action)
         return JSONResponse({"ok": True, "deployment": dep.id, "action": action})

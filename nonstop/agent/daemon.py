@@ -25,6 +25,9 @@ import uvicorn
 
 from nonstop.agent.api import make_app
 from nonstop.agent.deployer import LIVE, Deployer
+from nonstop.agent.liveconfig import LiveConfig
+from nonstop.agent.stats_history import StatsHistory
+from nonstop.agent.strategies.run import Parts
 from nonstop.agent.events import EventBus
 from nonstop.agent.fleet import Fleet, in_crash_loop
 from nonstop.agent.notify import Notifier
@@ -33,7 +36,7 @@ from nonstop.agent.routers import make_router
 from nonstop.agent.store import Store
 from nonstop.agent.traffic import Side, Split, Traffic
 from nonstop.config import Config
-from nonstop.errors import ConfigError, NonstopError, RouterError
+from nonstop.errors import NonstopError, RouterError
 from nonstop.unixsock import reachable
 
 log = logging.getLogger("nonstop.agent")
@@ -43,18 +46,20 @@ class Agent:
     """Owns the agent's parts and its lifecycle; each part owns one thing."""
 
     def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
+        self.config = LiveConfig(cfg)
         self.state = cfg.state_path
         self.state.mkdir(parents=True, exist_ok=True)
         (self.state / "logs").mkdir(exist_ok=True)
         self.store = Store(self.state / "nonstop.db")
         self.events = EventBus(self.store)
         self.router = make_router(cfg, self.state)
-        self.fleet = Fleet(cfg, self.store, self.events)
+        self.fleet = Fleet(self.config, self.store, self.events)
         self.traffic = Traffic(self.router, self.store)
         self.releases = Releases(self.state, self.store)
-        self.deployer = Deployer(cfg, self.store, self.events, self.fleet, self.traffic, self.releases, self.router)
-        self.deployer.reload = self.reload_config
+        self.stats = StatsHistory(self.router.stats)
+        self.deployer = Deployer(
+            Parts(self.config, self.store, self.events, self.fleet, self.traffic, self.releases, self.router, self.stats)
+        )
         self.started_at = time.time()
         self.stopping = asyncio.Event()
         self.down_requested = False
@@ -65,20 +70,9 @@ class Agent:
             self.events.listen(self.notifier)
         self._tasks: list[asyncio.Task] = []
 
-    def reload_config(self) -> Config:
-        """Read nonstop.yml again (before a deploy). Settings that shape running processes need a restart."""
-        from nonstop import config as configmod
-
-        new = configmod.load(self.cfg.source) if self.cfg.source else self.cfg
-        for name in ("app", "listen", "state_dir", "router", "dashboard"):
-            if getattr(new, name) != getattr(self.cfg, name):
-                raise ConfigError(
-                    "changed since `nonstop up`; it takes effect after `nonstop down` and `nonstop up`",
-                    file=self.cfg.source,
-                    field=name,
-                )
-        self.cfg = self.fleet.cfg = self.deployer.cfg = new
-        return new
+    @property
+    def cfg(self) -> Config:
+        return self.config.current
 
     # -- start -------------------------------------------------------------------
     async def start(self) -> None:
@@ -101,6 +95,7 @@ class Agent:
             )
         )
         self._tasks.append(loop.create_task(self._watch_router()))
+        self._tasks.append(loop.create_task(self.stats.feed(self.stopping)))
         log.info("agent ready")
 
     async def _bring_up_live(self) -> None:

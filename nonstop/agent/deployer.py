@@ -2,9 +2,9 @@
 
 ``Deployer`` owns the deployment lifecycle: it takes the single-deployment
 lock (a row in the store, so even two agents cannot both deploy), builds
-and stores the release, hands a ``Run`` to the strategy, and records the
-outcome. Strategies (``nonstop.agent.strategies``) only sequence steps
-through the ``Run`` they are given.
+and stores the release, hands a ``Run`` to the strategy (from the registry in
+``nonstop.agent.strategies``), and records the outcome. After an agent
+restart it finishes what a killed agent left (``recover``).
 """
 
 from __future__ import annotations
@@ -12,170 +12,40 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
 
-from nonstop.agent.events import EventBus
+from nonstop.agent import strategies
 from nonstop.agent.fleet import Fleet
-from nonstop.agent.releases import Releases
-from nonstop.agent.routers.base import Router
-from nonstop.agent.store import Deployment, InstanceRecord, Release, Store
-from nonstop.agent.traffic import Side, Split, Traffic
-from nonstop.config import Config
-from nonstop.errors import DeploymentFailed, NonstopError, UsageError
+from nonstop.agent.store import Deployment, Release
+from nonstop.agent.strategies.run import Aborted, Parts, Run, default_undo
+from nonstop.errors import NonstopError, UsageError
+from nonstop.names import STRATEGIES
 
 log = logging.getLogger("nonstop.agent")
 
 LIVE = "live_release"
 LIVE_HISTORY = "live_history"  # release ids in the order they went live
 
-
-class Aborted(DeploymentFailed):
-    """The user aborted the deployment; traffic is back on the stable release."""
-
-
-@dataclass
-class Run:
-    """One deployment in progress: what a strategy may see and do."""
-
-    deployer: "Deployer"
-    dep: Deployment
-    release: Release
-    stable: Release | None
-    strategy: str
-    started: float = field(default_factory=time.monotonic)
-    new: list[InstanceRecord] = field(default_factory=list)
-    control: asyncio.Queue = field(default_factory=asyncio.Queue)
-    paused: bool = False
-    task: asyncio.Task | None = None
-    abort_requested: bool = False
-    listens_for_abort: bool = False  # a strategy waiting in wait_control() handles abort itself
-    # Set by a strategy (canary, rolling): what `status` shows under "deployment", and a
-    # check that refuses a control action the rollout cannot take now (raises UsageError).
-    status_hook: Callable[[], dict] | None = None
-    check_control: Callable[[str], None] | None = None
-
-    def status(self) -> dict:
-        """Strategy-specific status (``{"canary": {...}}``), merged into ``status``'s deployment."""
-        return self.status_hook() if self.status_hook is not None else {}
-
-    @property
-    def cfg(self) -> Config:
-        return self.deployer.cfg
-
-    @property
-    def fleet(self) -> Fleet:
-        return self.deployer.fleet
-
-    @property
-    def traffic(self) -> Traffic:
-        return self.deployer.traffic
-
-    @property
-    def router(self) -> Router:
-        return self.deployer.router
-
-    @property
-    def events(self) -> EventBus:
-        return self.deployer.events
-
-    async def step(self, phase: str, message: str, **data: Any) -> None:
-        """Record that the deployment enters ``phase`` (saved before acting, for recovery)."""
-        self.dep = self.deployer.store.update_deployment(
-            self.dep.id, step=self.dep.step + 1, data={"phase": phase, **data}
-        )
-        await self.events.emit(self.dep.id, "step", message, phase=phase, step=self.dep.step, **data)
-
-    async def emit(self, type: str, message: str, **data: Any) -> None:
-        await self.events.emit(self.dep.id, type, message, **data)
-
-    def stable_instances(self) -> list[InstanceRecord]:
-        if not self.stable:
-            return []
-        routed = self.traffic.split.routed_addrs
-        return [r for r in self.fleet.running(self.stable.id) if Fleet.addr(r) in routed]
-
-    async def start_new(self, n: int, ports: list[int] | None = None) -> list[InstanceRecord]:
-        if ports is None:
-            await self.make_room(n)
-        artifact = self.deployer.releases.artifact_path(self.release)
-        recs = await self.fleet.start(self.release, n, str(artifact) if artifact else None, self.dep.id, ports=ports)
-        self.new.extend(recs)
-        self.deployer.store.update_deployment(self.dep.id, data={"new_instances": [r.id for r in self.new]})
-        return recs
-
-    async def make_room(self, n: int) -> None:
-        """Stop instances kept warm for rollback (oldest first) when the new ones need their ports."""
-        short = n - self.fleet.free_port_count()
-        if short <= 0:
-            return
-        routed = self.traffic.split.routed_addrs
-        warm = sorted(
-            (r for r in self.fleet.running() if (r.data or {}).get("retire_at") and Fleet.addr(r) not in routed),
-            key=lambda r: r.data["retire_at"],
-        )[:short]
-        if warm:
-            await self.emit("evicting", f"stopping warm {', '.join(r.id for r in warm)} to free its port for {self.release.id}")
-            await self.fleet.stop(warm, self.dep.id, reason="port needed")
-
-    async def retire(self, recs: list[InstanceRecord], *, keep_warm: float = 0.0, reason: str = "") -> None:
-        """Drain instances that are out of the split, then stop them (or keep them warm)."""
-        if not recs:
-            return
-        addrs = [Fleet.addr(r) for r in recs]
-        if keep_warm <= 0:
-            for r in recs:
-                self.fleet.set_state(r, "draining")
-        await self.emit("draining", f"draining {', '.join(r.id for r in recs)}", instances=[r.id for r in recs])
-        t0 = time.monotonic()
-        drained = await self.router.drain(addrs, self.cfg.drain_timeout)
-        await self.emit(
-            "drained",
-            f"drained in {time.monotonic() - t0:.2f}s" if drained else f"drain_timeout {self.cfg.drain_timeout:g}s passed with requests in flight",
-            drained=drained,
-        )
-        if keep_warm > 0:
-            for r in recs:
-                self.fleet.set_state(r, r.state, retire_at=time.time() + keep_warm)
-            await self.emit("kept_warm", f"{', '.join(r.id for r in recs)} kept warm for {keep_warm:g}s (instant rollback)")
-        else:
-            await self.fleet.stop(recs, self.dep.id, reason=reason or "retired")
-
-    async def wait_control(self, timeout: float | None) -> str | None:
-        """Wait for promote/abort/pause/resume (None on timeout). The caller handles ``abort``."""
-        self.listens_for_abort = True
-        try:
-            return await asyncio.wait_for(self.control.get(), timeout)
-        except asyncio.TimeoutError:
-            return None
-        finally:
-            self.listens_for_abort = False
+__all__ = ["Deployer", "LIVE", "LIVE_HISTORY", "Aborted"]
 
 
 class Deployer:
     """Runs deployments and rollbacks, one at a time."""
 
-    def __init__(
-        self, cfg: Config, store: Store, events: EventBus, fleet: Fleet, traffic: Traffic, releases: Releases, router: Router
-    ) -> None:
-        self.cfg = cfg
-        self.store = store
-        self.events = events
-        self.fleet = fleet
-        self.traffic = traffic
-        self.releases = releases
-        self.router = router
+    def __init__(self, parts: Parts) -> None:
+        self.parts = parts
+        self.store = parts.store
+        self.events = parts.events
         self.current: Run | None = None
         self.task: asyncio.Task | None = None
-        # Re-reads nonstop.yml before each deploy (set by the agent): config
-        # changes take effect on the next deployment, and a broken file is
-        # refused (exit 2) before anything changes.
-        self.reload: Callable[[], None] | None = None
+
+    @property
+    def cfg(self):
+        return self.parts.config.current
 
     # -- what is live -----------------------------------------------------------
     def live(self) -> Release | None:
-        rid = self.traffic.live_release or self.store.get_meta(LIVE)
+        rid = self.parts.traffic.live_release or self.store.get_meta(LIVE)
         return self.store.get_release(rid) if rid else None
 
     def rollback_target(self, to: str | None) -> Release:
@@ -199,11 +69,13 @@ class Deployer:
 
     # -- entry points (return once the deployment is recorded and started) -------
     async def deploy(self, version: str | None, artifact: str | None, strategy: str | None) -> int:
-        if self.reload is not None and self.current is None:
-            self.reload()
+        if self.current is None:
+            # Config changes take effect on the next deployment; a broken file is refused
+            # (exit 2) before anything changes.
+            self.parts.config.reload()
         strategy = strategy or self.cfg.strategy.type
-        if strategy not in ("recreate", "blue-green", "canary", "rolling"):
-            raise UsageError(f"--strategy: unknown strategy {strategy!r} (recreate, blue-green, canary, rolling)")
+        if strategy not in STRATEGIES:
+            raise UsageError(f"--strategy: unknown strategy {strategy!r} ({', '.join(STRATEGIES)})")
         if strategy != self.cfg.strategy.type and strategy in ("canary", "rolling"):
             raise UsageError(f"--strategy {strategy}: needs a strategy block of that type in the config")
         if artifact and not Path(artifact).exists():
@@ -242,8 +114,11 @@ class Deployer:
         t0 = time.monotonic()
         self.store.update_deployment(dep.id, state="progressing")
         await self.events.emit(
-            dep.id, "start", f"deploy started strategy={strategy} from={live.id if live else '-'}", strategy=strategy
+            dep.id, "start", f"deploy started strategy={strategy} from={live.id if live else '-'}",
+            strategy=strategy, from_release=live.id if live else None,
         )
+        # the stable release's figures from here on can be a baseline (the history keeps older ones)
+        await self.parts.stats.sample()
         try:
             release = await self._build(dep, version, artifact)
         except NonstopError as e:
@@ -253,11 +128,9 @@ class Deployer:
             log.exception("deploy crashed")
             await self._finish(dep, "failed", f"internal error: {e!r}", t0)
             return
-        run = Run(self, self.store.get_deployment(dep.id), release, live, strategy)
+        run = Run(self.parts, self.store.get_deployment(dep.id), release, live, strategy)
         self.current = run
-        from nonstop.agent.strategies import get_strategy
-
-        strat = get_strategy(strategy)
+        strat = strategies.get(strategy)
         try:
             # The strategy runs as its own task so that `abort` can interrupt it at
             # any step (a health wait, a pause); the agent shutting down cancels
@@ -295,25 +168,20 @@ class Deployer:
         if build and build.commands:
             await self.events.emit(dep.id, "step", f"building ({len(build.commands)} command(s))", phase="build")
         loop = asyncio.get_running_loop()
+        cfg = self.cfg
         release = await loop.run_in_executor(
             None,
-            lambda: self.releases.create(
-                version, Path(artifact) if artifact else None, build, self.cfg.base_dir, None
-            ),
+            lambda: self.parts.releases.create(version, Path(artifact) if artifact else None, build, cfg.base_dir, None),
         )
         self.store.update_deployment(dep.id, release=release.id)
         await self.events.emit(dep.id, "release", f"release {release.id} stored", release=release.id)
         return release
 
-    async def _undo(self, run: Run, strat) -> bool:
+    async def _undo(self, run: Run, strat: strategies.Strategy) -> bool:
         """Put traffic back on the stable release and stop the new instances. True when traffic had moved."""
         moved = run.dep.data.get("phase") not in (None, "starting", "smoke")
         try:
-            undo = getattr(strat, "undo", None)
-            if undo is not None:
-                await undo(run)
-            else:
-                await default_undo(run)
+            await strat.undo(run)
         except Exception as e:  # keep going: report, never leave the lock held
             log.exception("undo failed")
             await run.emit("error", f"rollback step failed: {e}")
@@ -349,9 +217,9 @@ class Deployer:
 
     def _prune(self) -> None:
         hist = self.store.get_meta(LIVE_HISTORY, [])
-        protect = set(hist[-2:]) | {r.release for r in self.fleet.running()}
+        protect = set(hist[-2:]) | {r.release for r in self.parts.fleet.running()}
         try:
-            removed = self.releases.prune(self.cfg.keep_releases, protect)
+            removed = self.parts.releases.prune(self.cfg.keep_releases, protect)
         except Exception:
             log.exception("prune failed")
             return
@@ -362,24 +230,26 @@ class Deployer:
     async def _rollback(self, dep: Deployment, target: Release, live: Release | None) -> None:
         t0 = time.monotonic()
         self.store.update_deployment(dep.id, state="progressing")
-        await self.events.emit(dep.id, "start", f"rollback to {target.id} started", strategy="rollback")
-        run = Run(self, self.store.get_deployment(dep.id), target, live, "rollback")
+        await self.events.emit(dep.id, "start", f"rollback to {target.id} started", strategy="rollback",
+                               from_release=live.id if live else None)
+        run = Run(self.parts, self.store.get_deployment(dep.id), target, live, "rollback")
         self.current = run
+        fleet = self.parts.fleet
         try:
             n = self.cfg.run.instances
-            warm = [r for r in self.fleet.running(target.id) if r.state == "healthy" and self.fleet.alive(r)]
+            warm = [r for r in fleet.running(target.id) if r.state == "healthy" and fleet.alive(r)]
             if len(warm) >= n:
                 warm = warm[:n]
                 await run.step("switch", f"switching to warm {target.id} ({', '.join(r.id for r in warm)})", instant=True)
                 for r in warm:
-                    self.fleet.set_state(r, "healthy", retire_at=None)
+                    fleet.set_state(r, "healthy", retire_at=None)
                 ready = warm
             else:
                 await run.step("starting", f"{target.id} is not warm: starting {n} instance(s)")
                 ready = await run.start_new(n)
                 await run.step("switch", f"switching to {target.id}")
             old = run.stable_instances()
-            await self.traffic.set(Split(stable=Side(target.id, tuple(Fleet.addr(r) for r in ready)), sticky=self.traffic.split.sticky))
+            await run.switch_to(target, ready)
             await run.emit("switched", f"100% of traffic on {target.id}", release=target.id)
             if live:
                 self.store.mark_release(live.id, "bad")
@@ -401,59 +271,50 @@ class Deployer:
 
     # -- after an agent restart --------------------------------------------------------
     async def recover(self) -> None:
-        """Finish what a killed agent left: roll back a deployment caught before its switch, complete one caught after."""
+        """Finish what a killed agent left: the strategy's own recovery when it has one (a watch goes on
+        for the rest of its window), else roll back a deployment caught before its switch and complete
+        one caught after it."""
         dep = self.store.active_deployment()
         if dep is None:
             return
         phase = dep.data.get("phase")
         release = self.store.get_release(dep.release)
-        live_now = self.traffic.live_release
+        stable = self.store.get_release(dep.from_release) if dep.from_release else None
         await self.events.emit(dep.id, "recover", f"agent restarted during deployment #{dep.id} (phase {phase})", phase=phase)
         t0 = time.monotonic()
-        split = self.traffic.split
-        if release is not None and live_now == release.id and not split.canary:
+        strat = strategies.get(dep.strategy) if dep.strategy in STRATEGIES else None
+        if release is not None and strat is not None and strat.recover is not None:
+            run = Run(self.parts, dep, release, stable, dep.strategy)
+            self.current = run
+            try:
+                done = await strat.recover(run)
+            except asyncio.CancelledError:
+                self.current = None
+                raise
+            if done is not None:
+                if done.state == "promoted":
+                    self._went_live(release)
+                else:
+                    self.store.mark_release(release.id, "bad")
+                await self._finish(run.dep, done.state, done.reason, t0, release=release)
+                return
+        split = self.parts.traffic.split
+        fleet = self.parts.fleet
+        if release is not None and self.parts.traffic.live_release == release.id and not split.canary:
             # The switch happened: finish (stop what is left of the old release).
-            old = [r for r in self.fleet.running() if r.release != release.id and r.state in ("healthy", "draining") and not (r.data or {}).get("retire_at")]
-            stable = self.store.get_release(dep.from_release) if dep.from_release else None
-            run = Run(self, dep, release, stable, dep.strategy)
-            keep = self.cfg.strategy.keep_previous if dep.strategy in ("blue-green", "rollback") and hasattr(self.cfg.strategy, "keep_previous") else 0
-            await run.retire([r for r in old if Fleet.addr(r) not in split.routed_addrs], keep_warm=keep if dep.strategy == "blue-green" else 0)
+            old = [r for r in fleet.running() if r.release != release.id and r.state in ("healthy", "draining")
+                   and not (r.data or {}).get("retire_at")]
+            run = Run(self.parts, dep, release, stable, dep.strategy)
+            keep = getattr(self.cfg.strategy, "keep_previous", 0) if dep.strategy == "blue-green" else 0
+            await run.retire([r for r in old if Fleet.addr(r) not in split.routed_addrs], keep_warm=keep)
             self._went_live(release)
             await self._finish(dep, "promoted", f"{release.id} is live (completed after agent restart)", t0, release=release)
             return
         # Not switched (or split mid-canary): back to the stable release.
-        stable = self.store.get_release(dep.from_release) if dep.from_release else None
-        run = Run(self, dep, release or Release(dep.release, dep.release, None, time.time(), "ok", None), stable, dep.strategy)
-        run.new = [r for r in self.fleet.running(dep.release)] if release else []
-        strat = None
-        if dep.strategy in ("recreate", "blue-green", "canary", "rolling"):
-            from nonstop.agent.strategies import get_strategy
-
-            strat = get_strategy(dep.strategy)
+        run = Run(self.parts, dep, release or Release(dep.release, dep.release, None, time.time(), "ok", None), stable, dep.strategy)
+        run.new = [r for r in fleet.running(dep.release)] if release else []
         # The strategy's own undo knows its shape (rolling restarts the old instances it retired).
-        await (getattr(strat, "undo", None) or default_undo)(run)
+        await (strat.undo if strat is not None else default_undo)(run)
         if release:
             self.store.mark_release(release.id, "bad")
         await self._finish(dep, "rolled_back", "the agent was killed mid-deployment; rolled back on restart", t0, release=release)
-
-
-async def default_undo(run: Run) -> None:
-    """Traffic on the stable release only; the new release's instances drained and stopped."""
-    d = run.deployer
-    stable_addrs = tuple(Fleet.addr(r) for r in run.stable_instances()) if run.stable else ()
-    if run.stable and not stable_addrs:
-        # The stable instances are not routed (a recreate that stopped them, or a switch that happened):
-        # take the ones still running, or start the stable release again.
-        running = [r for r in d.fleet.running(run.stable.id) if d.fleet.alive(r)]
-        if not running:
-            artifact = d.releases.artifact_path(run.stable)
-            running = await d.fleet.start(run.stable, d.cfg.run.instances, str(artifact) if artifact else None, run.dep.id)
-        for r in running:
-            d.fleet.set_state(r, "healthy", retire_at=None)
-        stable_addrs = tuple(Fleet.addr(r) for r in running)
-    new_running = [r for r in d.fleet.running(run.release.id)] if run.release else []
-    split = Split(stable=Side(run.stable.id, stable_addrs), sticky=d.traffic.split.sticky) if run.stable else Split(sticky=d.traffic.split.sticky)
-    if run.stable or d.traffic.split.routed_addrs & {Fleet.addr(r) for r in new_running}:
-        await d.traffic.set(split)
-        await run.emit("switched", f"traffic back on {run.stable.id if run.stable else '(nothing)'}")
-    await run.retire(new_running, reason="rolled back")

@@ -18,6 +18,7 @@ import httpx
 
 from nonstop.agent import health as healthmod
 from nonstop.agent.events import EventBus
+from nonstop.agent.liveconfig import LiveConfig
 from nonstop.agent.runtime import InstanceSpec, ProcessHandle, ProcessRuntime, render
 from nonstop.agent.store import InstanceRecord, Release, Store
 from nonstop.config import Config
@@ -52,8 +53,9 @@ class StartFailure:
 class Fleet:
     """Owns instances: their processes, records, health, restarts."""
 
-    def __init__(self, cfg: Config, store: Store, events: EventBus, runtime: ProcessRuntime | None = None) -> None:
-        self.cfg = cfg
+    def __init__(self, config: LiveConfig, store: Store, events: EventBus, runtime: ProcessRuntime | None = None) -> None:
+        self.config = config
+        cfg = config.current
         self.store = store
         self.events = events
         self.runtime = runtime or ProcessRuntime()
@@ -62,6 +64,10 @@ class Fleet:
         self._http = httpx.AsyncClient(timeout=cfg.health.timeout, trust_env=False)  # loopback checks never go through an HTTP_PROXY
         self._busy: set[str] = set()  # instance ids a deployment is acting on; supervision keeps off
         self._restart_tasks: dict[str, asyncio.Task] = {}
+
+    @property
+    def cfg(self) -> Config:
+        return self.config.current
 
     # -- queries -----------------------------------------------------------
     def running(self, release: str | None = None) -> list[InstanceRecord]:

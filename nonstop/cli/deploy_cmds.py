@@ -7,12 +7,13 @@ import click
 from nonstop.cli.context import Ctx
 from nonstop.cli.options import json_option, pass_ctx
 from nonstop.cli.actions import follow, rollback as do_rollback, steer
+from nonstop.names import STRATEGIES
 
 
 @click.command()
 @click.option("--version", "version", default=None, help="version name of the release (default: a timestamp + git sha)")
 @click.option("--artifact", type=click.Path(), default=None, help="the file or folder to deploy (copied into releases/<id>/)")
-@click.option("--strategy", type=click.Choice(["recreate", "blue-green", "canary", "rolling"]), default=None, help="override strategy.type")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default=None, help="override strategy.type")
 @click.option("--detach", is_flag=True, help="return once the deployment has started")
 @json_option
 @pass_ctx

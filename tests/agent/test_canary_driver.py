@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from nonstop.agent.deployer import Aborted
+from nonstop.agent.strategies.run import Aborted
 from nonstop.agent.strategies.canary import AnalysisFailed, CanaryDriver
 from nonstop.agent.traffic import Side, Split
 from nonstop.config import CanaryStrategy
@@ -69,7 +69,7 @@ class FakeRun:
         self.router = router
         self.traffic = FakeTraffic()
         self.release, self.stable = Rel("v2"), Rel("v1")
-        self.deployer = type("D", (), {"store": FakeStore()})()
+        self.store = FakeStore()
         self.dep = FakeDep()
         self.control: asyncio.Queue = asyncio.Queue()
         self.events: list[tuple[str, str, dict]] = []
@@ -81,6 +81,14 @@ class FakeRun:
 
     async def emit(self, type, message, **data):
         self.events.append((type, message, data))
+
+    def save(self, **data):
+        self.store.update_deployment(self.dep.id, data=data)
+
+    def set_paused(self, paused):
+        if paused != self.paused:
+            self.paused = paused
+            self.store.update_deployment(self.dep.id, state="paused" if paused else "progressing")
 
     async def wait_control(self, timeout):
         try:
@@ -162,7 +170,7 @@ def test_match_rules_route_the_canary_at_zero_before_the_first_step():
     first = run.traffic.applied[0]
     assert first.canary_weight == 0 and first.match_headers == (("X-Canary", "1"),)
     assert first.routing().releases[0].name == "v2"  # routed for matching requests
-    assert run.deployer.store.states == ["paused", "progressing"]
+    assert run.store.states == ["paused", "progressing"]
 
 
 def test_abort_and_illegal_controls():

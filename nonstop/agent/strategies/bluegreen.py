@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from nonstop.agent.deployer import Aborted, Run
+from nonstop.agent.strategies import Strategy
+from nonstop.agent.strategies.run import Aborted, Run, default_undo
 from nonstop.agent.fleet import Fleet
 from nonstop.agent.runtime import render
 from nonstop.agent.traffic import Side, Split
@@ -66,3 +67,6 @@ async def smoke(r: Run, s: BlueGreenStrategy, new) -> None:
     if proc.returncode != 0:
         raise DeploymentFailed(f"smoke test failed (exit {proc.returncode})", detail={"smoke_output": text})
     await r.emit("smoke_passed", "smoke test passed", output=text[-500:])
+
+
+STRATEGY = Strategy("blue-green", run, default_undo)

@@ -27,7 +27,8 @@ import time
 from typing import Any
 
 from nonstop.agent import analysis as an
-from nonstop.agent.deployer import Aborted, Run
+from nonstop.agent.strategies import Strategy
+from nonstop.agent.strategies.run import Aborted, Run, default_undo
 from nonstop.agent.fleet import Fleet
 from nonstop.agent.strategies import steps as sm
 from nonstop.agent.traffic import Side, Split
@@ -240,7 +241,7 @@ class CanaryDriver:
         kind = "analysis_failed" if v.verdict == "fail" else "analysis"
         extra = f" ({self.state.failures}/{self.plan.failure_limit} failures)" if v.verdict == "fail" else ""
         await r.emit(kind, f"analysis {v.verdict} at {rec['weight']}%: {v.summary}{extra}", **_event_data(rec))
-        r.deployer.store.update_deployment(r.dep.id, data={"analysis": self.results[-5:]})
+        r.save(analysis=self.results[-5:])
         await self._check_skew(rec)
 
     async def _check_skew(self, rec: dict) -> None:
@@ -281,10 +282,8 @@ class CanaryDriver:
         """The deployment shows ``paused`` while a manual step or the user holds it."""
         if before.paused == self.state.paused:
             return
-        r = self.r
-        r.paused = self.state.paused
         try:
-            r.dep = r.deployer.store.update_deployment(r.dep.id, state="paused" if self.state.paused else "progressing")
+            self.r.set_paused(self.state.paused)
         except NonstopError:  # the lifecycle table refused: keep going, status still shows the phase
             log.exception("could not record the canary's paused state")
 
@@ -339,3 +338,6 @@ async def run(r: Run) -> None:
         await driver.run()
     finally:
         r.check_control = None
+
+
+STRATEGY = Strategy("canary", run, default_undo)

@@ -6,7 +6,8 @@ while nothing is ready wait up to ``hold_timeout`` instead of failing.
 
 from __future__ import annotations
 
-from nonstop.agent.deployer import Run
+from nonstop.agent.strategies import Strategy
+from nonstop.agent.strategies.run import Run, default_undo
 from nonstop.agent.fleet import Fleet
 from nonstop.agent.traffic import Side, Split
 
@@ -22,3 +23,6 @@ async def run(r: Run) -> None:
     await r.step("switch", f"routing to {r.release.id}")
     await r.traffic.set(Split(stable=Side(r.release.id, tuple(Fleet.addr(x) for x in new)), sticky=r.traffic.split.sticky))
     await r.emit("switched", f"100% of traffic on {r.release.id}", release=r.release.id)
+
+
+STRATEGY = Strategy("recreate", run, default_undo)

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import logging
 
-from nonstop.agent.deployer import Run, default_undo
+from nonstop.agent.strategies import Strategy
+from nonstop.agent.strategies.run import Run, default_undo
 from nonstop.agent.fleet import Fleet
 from nonstop.agent.store import InstanceRecord
 from nonstop.agent.strategies import plan as planner
@@ -49,7 +50,7 @@ def _split(r: Run, old_release: str | None, old: list[InstanceRecord], new_relea
 
     An instance that supervision took out of rotation (unhealthy, being restarted) stays out
     until it is healthy again."""
-    store = r.deployer.store
+    store = r.store
 
     def healthy(x: InstanceRecord) -> bool:
         cur = store.get_instance(x.id)
@@ -156,7 +157,7 @@ async def undo(r: Run) -> None:
         await default_undo(r)
         return
     n, surge, unavailable = _limits(r)
-    d = r.deployer
+    d = r
     sticky = d.traffic.split.sticky
     routed = d.traffic.split.routed_addrs
     old = [x for x in d.fleet.running(r.stable.id) if Fleet.addr(x) in routed and d.fleet.alive(x)]
@@ -166,13 +167,12 @@ async def undo(r: Run) -> None:
     prog.old, prog.new = len(old), len(new)
     r.status_hook = prog.status
     await r.emit("rolling_back", f"rolling back: {len(old)} {r.stable.id} and {len(new)} {r.release.id} instance(s) serving")
-    artifact = d.releases.artifact_path(r.stable)
     # Roles swapped: the new release's instances are retired, the stable ones started.
     while (b := planner.next_batch(n, surge, unavailable, len(new), len(old))) is not None:
         prog.batch += 1
         if b.start:
             prog.doing = f"starting {b.start} instance(s) of {r.stable.id}"
-            started = await d.fleet.start(r.stable, b.start, str(artifact) if artifact else None, r.dep.id)
+            started = await r.start_stable(b.start)
             old += started
             prog.old = len(old)
             await d.traffic.set(_split(r, r.stable.id, old, r.release.id, new, sticky))
@@ -189,3 +189,6 @@ async def undo(r: Run) -> None:
     if rest:
         await r.retire(rest, reason="rolled back")
     prog.doing = "done"
+
+
+STRATEGY = Strategy("rolling", run, undo)

@@ -51,6 +51,7 @@ from dataclasses import dataclass, replace
 from typing import Literal, Protocol, Sequence, Union
 
 from nonstop.errors import UsageError
+from nonstop.names import STEER_ACTIONS
 
 __all__ = [
     "PROGRESSING",
@@ -92,7 +93,7 @@ ROLLED_BACK = "rolled_back"
 PHASES = (PROGRESSING, WAITING_ANALYSIS, PAUSED_MANUAL, PAUSED_USER, PROMOTED, ABORTED, ROLLED_BACK)
 FINISHED = frozenset({PROMOTED, ABORTED, ROLLED_BACK})
 LIVE = tuple(p for p in PHASES if p not in FINISHED)
-ACTIONS = ("promote", "promote_full", "abort", "pause", "resume")
+ACTIONS = STEER_ACTIONS
 
 
 class IllegalControl(UsageError):
