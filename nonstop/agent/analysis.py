@@ -211,3 +211,45 @@ def analyse(
     if failed:
         return Verdict("fail", "; ".join(failed) + f" [{figures}]", c, s, tuple(failed), seconds=seconds, at=at)
     return Verdict("pass", figures, c, s, seconds=seconds, at=at)
+
+
+def watch_verdict(
+    start: Mapping[str, Any] | None,
+    end: Mapping[str, Any],
+    *,
+    release: str,
+    baseline: Figures | None,
+    cfg: Any,
+    seconds: float = 0.0,
+    at: float = 0.0,
+) -> Verdict:
+    """The verdict on ``release`` alone for the window ``start`` → ``end`` (blue-green after its switch,
+    rolling after a batch). ``cfg`` is a ``WatchAnalysis``: its limits are absolute or relative to
+    ``baseline`` (the previous release's own figures from just before the switch), shown beside."""
+    f = window(start, end, release)
+    base = f" (baseline {baseline.words()})" if baseline is not None else ""
+    if f.requests < cfg.min_requests:
+        need = cfg.min_requests - f.requests
+        return Verdict(
+            "inconclusive",
+            f"{release} received {f.requests} request(s) in {_span(seconds)} (min_requests {cfg.min_requests}): "
+            f"waiting for {need} more",
+            f, baseline, needed=need, seconds=seconds, at=at,
+        )
+    failed: list[str] = []
+    err_limit = cfg.max_error_rate.resolve(baseline.error_rate if baseline else None)
+    if (f.error_rate or 0.0) > err_limit:
+        how = "" if not cfg.max_error_rate.relative else f" = {cfg.max_error_rate.words(_pct)}"
+        failed.append(f"5xx {f.error_rate:.1%} ({f.errors}/{f.requests}) > {err_limit:.1%}{how}")
+    if cfg.max_p99 is not None and f.p99 is not None:
+        p99_limit = cfg.max_p99.resolve(baseline.p99 if baseline else None)
+        if f.p99 > p99_limit and not (cfg.max_p99.relative and f.p99 <= P99_FLOOR):
+            how = "" if not cfg.max_p99.relative else f" = {cfg.max_p99.words(_ms)}"
+            failed.append(f"p99 {_ms(f.p99)} > {_ms(p99_limit)}{how}")
+    if failed:
+        return Verdict("fail", "; ".join(failed) + base, f, baseline, tuple(failed), seconds=seconds, at=at)
+    return Verdict("pass", f"{release} {f.words()}{base}", f, baseline, seconds=seconds, at=at)
+
+
+def _pct(x: float) -> str:
+    return f"{x:.1%}"

@@ -131,6 +131,22 @@ def status(console: Console, st: dict) -> None:
                 f"  rolling batch {rl.get('batch')}/{rl.get('batches')}  old {rl.get('old')}  new {rl.get('new')}  "
                 f"floor {rl.get('floor')}  {rl.get('doing') or ''}"
             )
+        for key in ("watch", "batch_watch"):
+            w = d.get(key)
+            if not w:
+                continue
+            base = w.get("baseline")
+            base_words = (
+                f"baseline {base['requests']} req, 5xx {base['error_rate']:.1%}" if base and base.get("error_rate") is not None
+                else "no baseline"
+            )
+            console.print(
+                f"  watching {w.get('release')}: {w.get('remaining', 0):.0f}s left  "
+                f"failed checks {w.get('failures', 0)}/{w.get('failure_limit', '-')}  {base_words}"
+            )
+            for a in w.get("analysis", [])[-3:]:
+                style = {"pass": "green", "fail": "red"}.get(a.get("verdict"), "yellow")
+                console.print(f"  analysis +{a.get('after', 0):g}s: [{style}]{a.get('verdict')}[/]  {a.get('summary') or ''}")
     else:
         console.print("no deployment in progress")
 

@@ -52,6 +52,7 @@ class AppOptions:
     fail_rate: float = 0.0
     latency_ms: int = 0
     die_after_seconds: float | None = None
+    faulty_after_seconds: float = 0.0  # --fail-rate applies only this long after the port is bound
     shutdown_seconds: float = 30.0
 
 
@@ -227,6 +228,7 @@ class App:
         self.in_flight = 0
         self.root_count = 0
         self.draining = False
+        self.serving_since = 0.0
         self._server: asyncio.AbstractServer | None = None
         self._stop = asyncio.Event()
 
@@ -247,6 +249,7 @@ class App:
         self._server = await asyncio.start_server(
             self._serve_connection, self.options.host, self.options.port, backlog=1024)
         host, port = self._server.sockets[0].getsockname()[:2]
+        self.serving_since = loop.time()
         print(f"listening on {host}:{port}", flush=True)
         await self._stop.wait()
         return await self._drain()
@@ -322,7 +325,8 @@ class App:
             self.root_count += 1
             n = self.root_count
             # Request n fails when floor(n*rate) steps up: exactly `rate` of them, evenly spread.
-            if opts.fail_rate and math.floor(n * opts.fail_rate) != math.floor((n - 1) * opts.fail_rate):
+            faulty = opts.fail_rate and asyncio.get_running_loop().time() - self.serving_since >= opts.faulty_after_seconds
+            if faulty and math.floor(n * opts.fail_rate) != math.floor((n - 1) * opts.fail_rate):
                 await conn.send(req, 500, f"simulated failure from {opts.version}\n".encode(), close=self.draining)
             else:
                 await conn.send(req, 200, f"hello from {opts.version}\n".encode(), close=self.draining)
@@ -385,13 +389,16 @@ def parse_args(argv: list[str] | None = None) -> AppOptions:
     p.add_argument("--fail-rate", type=float, default=0.0, help="fraction of / answered 500")
     p.add_argument("--latency-ms", type=int, default=0, help="added to every endpoint but health")
     p.add_argument("--die-after-seconds", type=float, default=None, help="crash (exit 1) after S seconds")
+    p.add_argument("--faulty-after-seconds", type=float, default=0.0,
+                   help="--fail-rate applies only this long after the port is bound (a fault that shows late)")
     p.add_argument("--shutdown-seconds", type=float, default=30.0, help="how long SIGTERM waits for in-flight")
     a = p.parse_args(argv)
     if not 0 <= a.fail_rate <= 1:
         p.error("--fail-rate must be within 0..1")
     return AppOptions(host=a.host, port=a.port, version=a.version, boot_seconds=a.boot_seconds,
                       health_up=a.health == "UP", fail_rate=a.fail_rate, latency_ms=a.latency_ms,
-                      die_after_seconds=a.die_after_seconds, shutdown_seconds=a.shutdown_seconds)
+                      die_after_seconds=a.die_after_seconds, faulty_after_seconds=a.faulty_after_seconds,
+                      shutdown_seconds=a.shutdown_seconds)
 
 
 def main(argv: list[str] | None = None) -> int:

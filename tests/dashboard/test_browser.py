@@ -64,6 +64,8 @@ def test_updates_while_a_canary_runs(agent_stack: AgentStack, page, canary):
     open_dashboard(page, agent_stack)
     expect(page.get_by_test_id("dep-state")).to_have_text("paused", timeout=30_000)
     expect(page.get_by_test_id("canary-weight")).to_have_text("20%")
+    # the share the canary received in the last analysis window, beside the weight asked for
+    expect(page.get_by_test_id("canary-received")).to_contain_text("%", timeout=15_000)
     expect(page.locator("#split-bar .seg[data-release=v2]")).to_have_text("v2 20%")
     expect(page.locator("#split-bar .seg[data-release=v1]")).to_have_text("v1 80%")
     expect(page.get_by_test_id("waiting-for")).to_contain_text("promote")
@@ -146,4 +148,33 @@ def test_rollback_button_goes_back_to_the_previous_release(agent_stack: AgentSta
     expect(page.locator("#releases tbody tr[data-release=v2] .badge")).to_have_text("bad")
     # with v2 marked bad and v1 live, there is nothing left to roll back to
     expect(button).to_be_disabled()
+    assert page.errors == []
+
+
+def test_a_blue_green_watch_is_shown_while_it_runs(agent_stack: AgentStack, page):
+    """After the switch the new color is watched (DESIGN §2 blue-green analysis): the page shows the watch,
+    its remaining time and baseline, its checks in the timeline; Promote ends it."""
+    import yaml
+
+    cfg = yaml.safe_load(agent_stack.cfg_path.read_text())
+    cfg["strategy"] = {"type": "blue-green", "keep_previous": "1m",
+                       "analysis": {"watch": "60s", "interval": "1s", "min_requests": 5, "max_error_rate": 0.5}}
+    agent_stack.cfg_path.write_text(yaml.safe_dump(cfg))
+    load = LoadClient(agent_stack.url, rate=40, keepalive=3, new=1, post=0, slow=0).start()
+    try:
+        load.wait_served(20)
+        deploy = agent_stack.cli_async("deploy", "--version", "v3")
+        open_dashboard(page, agent_stack, f"#token={agent_stack.token}")
+        expect(page.get_by_test_id("watch")).to_contain_text("v3", timeout=30_000)
+        expect(page.get_by_test_id("watch")).to_contain_text("baseline")
+        expect(page.locator("#timeline li[data-type=analysis]").first).to_contain_text("watch", timeout=15_000)
+        with page.expect_response(lambda r: r.url.endswith("/api/promote")) as resp:
+            page.get_by_test_id("btn-promote").click()
+        assert resp.value.status == 200, resp.value.text()
+        out, err = deploy.communicate(timeout=60)
+        assert deploy.returncode == 0, out[-2000:] + err[-2000:]
+        expect(page.get_by_test_id("live-release")).to_have_text("v3", timeout=30_000)
+    finally:
+        res = load.stop()
+    assert res.failed == 0, res.format()
     assert page.errors == []

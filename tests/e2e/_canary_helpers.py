@@ -156,17 +156,20 @@ with open(counter, "a+") as f:
     f.seek(0)
     n = len(f.read().split()) + 1
     f.write("x\\n")
-extra = ["--health", "DOWN"] if n in {fail_on!r} else []
+extra = {when_failing!r} if n in {fail_on!r} else []
 sys.argv = [sys.argv[0], *sys.argv[1:], *{extra!r}, *extra]
 runpy.run_module("nonstop.testing.app", run_name="__main__", alter_sys=True)
 """
 
 
-def nth_start_fails_artifact(dir: Path, name: str, fail_on: tuple[int, ...], *extra: str) -> Path:
-    """An artifact running the test app whose ``fail_on``-th starts (1-based, counted across all instances) report DOWN."""
+def nth_start_fails_artifact(dir: Path, name: str, fail_on: tuple[int, ...], *extra: str,
+                             when_failing: tuple[str, ...] = ("--health", "DOWN")) -> Path:
+    """An artifact running the test app whose ``fail_on``-th starts (1-based, counted across all instances)
+    report DOWN (or run with ``when_failing`` instead: ``("--fail-rate", "0.33")`` makes a faulty one)."""
     dir.mkdir(parents=True, exist_ok=True)
     p = dir / f"{name}.py"
-    p.write_text(_NTH_TEMPLATE.format(counter=str(dir / f"{name}.starts"), fail_on=set(fail_on), extra=list(extra)))
+    p.write_text(_NTH_TEMPLATE.format(counter=str(dir / f"{name}.starts"), fail_on=set(fail_on), extra=list(extra),
+                                      when_failing=list(when_failing)))
     return p
 
 

@@ -345,3 +345,38 @@ def test_split_from_one_address_and_forwarded_headers(kind, router_stack, tmp_pa
     share = sum(1 for r in during if r.version == "v2") / max(1, len(during))
     print(f"\n{kind}: canary got {share:.1%} of {len(during)} cookie-less requests from one address at 20%")
     assert len(during) >= 120 and 0.13 <= share <= 0.27, (share, len(during))
+
+
+@pytest.mark.parametrize("kind", kinds("nginx-managed", "haproxy-managed"))
+def test_blue_green_watch_switches_back_from_a_faulty_version(kind, router_stack, tmp_path):
+    """DESIGN §2 (blue-green analysis) on nginx and HAProxy, from their own stats (access log, show stat)."""
+    from tests.e2e._canary_helpers import warm
+
+    good = make_artifact(tmp_path / "artifacts", "good", "--boot-seconds", "0.3")
+    faulty = make_artifact(tmp_path / "artifacts", "faulty", "--boot-seconds", "0.3", "--fail-rate", "0.33")
+    rate, interval, min_req = 60.0, 1.0, 20
+    st = router_stack(
+        kind,
+        strategy={"type": "blue-green", "keep_previous": "10m",
+                  "analysis": {"watch": "30s", "interval": f"{interval}s", "min_requests": min_req,
+                               "max_error_rate": 0.05, "failure_limit": 2}},
+        health={"startup_timeout": "15s"},
+    )
+    st.deploy("v1", "--artifact", str(good))
+    load_cfg = dict(rate=rate, keepalive=3, new=2, post=0, slow=0, timeout=15)
+    with LoadClient(st.url, **load_cfg) as load:
+        warm(load, 60, stack=st)
+        res = st.deploy("v2", "--artifact", str(faulty), expect=1)
+        warm(load, 60, stack=st)
+    assert res["state"] == "rolled_back" and "5xx" in res["reason"], res
+    switched = [e["ts"] for e in res["events"] if e["type"] == "switched"]
+    took = switched[1] - switched[0]
+    print(f"\n{kind}: switched back {took:.2f}s after the switch")
+    assert took <= min_req / rate + 2 * interval + 2.5, took
+    result = load.result
+    app_500s = [r for r in result.failures if r.status == 500]
+    assert app_500s and all(r.version == "v2" for r in app_500s)
+    assert len(app_500s) <= 0.34 * rate * (took + 0.5) + 5
+    _allowed_router_losses(kind, _without(result, app_500s), switches=2, keepalive_conns=load_cfg["keepalive"])
+    s = st.status()
+    assert s["live_release"] == "v1" and not [i for i in s["instances"] if i["release"] == "v2"]

@@ -431,6 +431,18 @@
       const lastA = (cn.analysis || [])[(cn.analysis || []).length - 1];
       if (lastA) kids.push(h("div", { class: "facts" }, "last analysis ", h("span", { class: `badge ${lastA.verdict}` }, lastA.verdict), ` ${lastA.summary || ""}`));
     }
+    const wt = d && (d.watch || d.batch_watch);
+    if (wt && active) {
+      const b = wt.baseline;
+      kids.push(h("div", { class: "facts", "data-testid": "watch" },
+        h("span", {}, "watching ", h("code", {}, wt.release)),
+        h("span", {}, h("b", { "data-testid": "watch-remaining" }, fmtDur(wt.remaining)), " left"),
+        h("span", {}, "failed checks ", h("b", {}, `${wt.failures}/${wt.failure_limit}`)),
+        h("span", {}, "baseline ", h("b", {}, b ? `${fmtPct(b.error_rate)} 5xx, p99 ${fmtMs(b.p99)}` : "none")),
+      ));
+      const lastW = (wt.analysis || [])[(wt.analysis || []).length - 1];
+      if (lastW) kids.push(h("div", { class: "facts" }, `+${lastW.after}s `, h("span", { class: `badge ${lastW.verdict}` }, lastW.verdict), ` ${lastW.summary || ""}`));
+    }
     if (!active && d.reason) kids.push(h("div", { class: "reason muted" }, d.reason));
     box.replaceChildren(...kids);
   }

@@ -24,7 +24,9 @@ from __future__ import annotations
 import logging
 
 from nonstop.agent.strategies import Strategy
+from nonstop.agent.strategies import watch as wm
 from nonstop.agent.strategies.run import Run, default_undo
+from nonstop.agent.strategies.watcher import Watcher, baseline
 from nonstop.agent.fleet import Fleet
 from nonstop.agent.store import InstanceRecord
 from nonstop.agent.strategies import plan as planner
@@ -117,6 +119,8 @@ async def run(r: Run) -> None:
     r.check_control = _only_abort
     new: list[InstanceRecord] = []
     prog_start_old = len(old)
+    a = r.cfg.strategy.analysis if isinstance(r.cfg.strategy, RollingStrategy) else None
+    base = await baseline(r, old_release, a.baseline) if a is not None and old_release and old else None
     await r.emit(
         "plan",
         f"rolling {len(old)} → {n} instance(s) in {batches} batch(es): max_surge {surge}, max_unavailable {unavailable} "
@@ -140,6 +144,15 @@ async def run(r: Run) -> None:
                 f"{', '.join(x.id for x in started)} in rotation ({len(new)} new, {len(old)} old serving)",
                 release=r.release.id, new=len(new), old=len(old),
             )
+            if a is not None and old:
+                # the new instances' own figures decide whether the rollout goes on (a breach rolls back)
+                prog.doing = f"watching batch {prog.batch}'s new instance(s)"
+                w = Watcher(r, a, r.release.id, base, until_pass=True, label="batch_watch")
+                await w.start()
+                result = await w.run()
+                if isinstance(result, wm.Breached):
+                    raise w.failed(result)
+                await r.emit("watch_passed", f"batch {prog.batch}: {result.reason}", release=r.release.id, batch=prog.batch)
         if b.retire:
             out, old = old[: b.retire], old[b.retire:]
             prog.old = len(old)
