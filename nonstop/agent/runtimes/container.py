@@ -103,6 +103,7 @@ class ContainerRuntime(Runtime):
         self.engine_calls = 0  # CLI calls made to answer alive() (the cost the event stream saves)
         self.watch = EventWatch(self.engine, self._filters(), self.states)
         self._last_poll = 0.0
+        self._starting = 0  # starts in flight
 
     # -- labels ----------------------------------------------------------------------
     def _filters(self) -> list[str]:
@@ -148,8 +149,10 @@ class ContainerRuntime(Runtime):
         for d in docs:
             seen.add(d["Id"])
             self.states.observe(d["Id"], state_from_inspect(d, as_of))
-        for cid, st in list(self.states.by_id.items()):
-            if cid not in seen and not st.removed:
+        # Ours but not listed: removed behind our back. Not while a start runs: its container may
+        # have been created after the list was taken.
+        for cid, st in list(self.states.by_id.items()) if not self._starting else []:
+            if cid not in seen and not st.removed and st.as_of_ns < as_of:
                 self.states.observe(cid, ContainerState(False, st.exit_code, as_of, removed=True))
         return docs
 
@@ -164,12 +167,15 @@ class ContainerRuntime(Runtime):
             raise InstanceError(f"instance {spec.id}: run.env name {bad[0]!r} is not a valid variable name")
         self.watch.ensure()
         name = container_name(self.app, spec.release, spec.port, self.key)
+        self._starting += 1
         try:
             await self._refuse_taken_port(spec)
             await self._clear_leftover(spec, name)
             return await self._run(spec, name)
         except EngineUnreachable as e:
             raise InstanceError(f"instance {spec.id}: {e.message}", detail={"instance": spec.id}) from e
+        finally:
+            self._starting -= 1
 
     async def _refuse_taken_port(self, spec: InstanceSpec) -> None:
         """A running container (anyone's) publishing our host port would get this instance's traffic."""
@@ -453,7 +459,9 @@ class ContainerRuntime(Runtime):
         if not self.engine.resolved_binary():
             return [self.engine._missing().message]
         try:
-            res = await self.engine.run("info", "--format", "{{json .ServerVersion}}" if self.name == "docker" else "json", timeout=15.0)
+            # docker: `version` (20.10's `info` hides "Cannot connect" behind a template error);
+            # podman: `info` opens the storage, which is what can fail without a service
+            res = await self.engine.run(*(("version",) if self.name == "docker" else ("info", "--format", "json")), timeout=15.0)
         except EngineUnreachable as e:
             return [e.message]
         if not res.ok:
