@@ -21,7 +21,8 @@ if [ "$want_test" = 1 ]; then
   [ -x /usr/bin/chromium ] || missing+=(chromium)   # the dashboard's browser tests (Playwright drives it)
   have dockerd || missing+=(docker.io)               # the container runtime's tests start their own dockerd
   have podman || missing+=(podman)
-  [ -x /bin/busybox ] || missing+=(busybox-static)   # the example app's image: a shell in a FROM scratch image
+  # the example app's image: a shell in a FROM scratch image (a static one; Debian's plain busybox is dynamic)
+  dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" || missing+=(busybox-static)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]} from Debian's packages"
