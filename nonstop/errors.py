@@ -45,6 +45,10 @@ class UsageError(NonstopError):
     exit_code = 2
 
 
+class EngineUnreachable(UsageError):
+    """The container engine (docker, podman) does not answer where its CLI looks; names the socket."""
+
+
 class AgentUnreachable(NonstopError):
     """The agent's control socket does not answer."""
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh Debian machine: a virtualenv with nonstop and its
-# pinned dependencies in .venv; with --test also nginx, HAProxy and wrk from
-# Debian's packages (the tests drive the real binaries). Java 17 is needed for
+# pinned dependencies in .venv; with --test also nginx, HAProxy, wrk, docker.io,
+# podman and busybox-static from Debian's packages (the tests drive the real
+# binaries; the container tests start their own dockerd). Java 17 is needed for
 # the example app; installed from Debian's packages when javac is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,10 @@ if [ "$want_test" = 1 ]; then
   have haproxy || missing+=(haproxy)
   have wrk || missing+=(wrk)
   [ -x /usr/bin/chromium ] || missing+=(chromium)   # the dashboard's browser tests (Playwright drives it)
+  have dockerd || missing+=(docker.io)               # the container runtime's tests start their own dockerd
+  have podman || missing+=(podman)
+  # the example app's image: a shell in a FROM scratch image (a static one; Debian's plain busybox is dynamic)
+  dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" || missing+=(busybox-static)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]} from Debian's packages"
@@ -28,6 +33,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
   for svc in nginx haproxy; do
     if [[ " ${missing[*]} " == *" $svc"* ]]; then $SUDO service "$svc" stop >/dev/null 2>&1 || true; fi
   done
+  # docker.io's postinst starts dockerd (and containerd) where an init system runs; the tests start
+  # their own dockerd in a temp dir, so stop the packaged one this install started (never one that
+  # was running before: docker.io was missing, so none was).
+  if [[ " ${missing[*]} " == *" docker.io "* ]]; then
+    $SUDO service docker stop >/dev/null 2>&1 || true
+    $SUDO service containerd stop >/dev/null 2>&1 || true
+  fi
 fi
 
 py=${PYTHON:-python3}

@@ -113,6 +113,16 @@ class Runtime(ABC):
         """Instances of this app the runtime can find by itself (containers: by label). Processes: none."""
         return []
 
+    async def adopt(self, handle: Handle) -> bool:
+        """Take over an instance an earlier agent started (from the store or ``discover``): True when
+        that very instance still runs; resumes what the runtime does for it (a container's log follower)."""
+        return await self.alive(handle)
+
+    async def diagnose(self, handle: Handle) -> str | None:
+        """A sentence on why health checks of this running instance may keep failing, when the runtime
+        can tell (containers: nothing listens on ``container_port`` inside); None otherwise."""
+        return None
+
     async def forget(self, handle: Handle) -> None:
         """Release what the runtime keeps for a stopped instance (a container's remains, a log follower)."""
 
