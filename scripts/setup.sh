@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh Debian machine: a virtualenv with nonstop and its
-# pinned dependencies in .venv; with --test also nginx, HAProxy and wrk from
-# Debian's packages (the tests drive the real binaries). Java 17 is needed for
+# pinned dependencies in .venv; with --test also nginx, HAProxy, wrk, chromium,
+# pebble and systemd's tools from Debian's packages (the tests drive the real
+# binaries). Java 17 is needed for
 # the example app; installed from Debian's packages when javac is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,8 @@ if [ "$want_test" = 1 ]; then
   have haproxy || missing+=(haproxy)
   have wrk || missing+=(wrk)
   [ -x /usr/bin/chromium ] || missing+=(chromium)   # the dashboard's browser tests (Playwright drives it)
+  have pebble || missing+=(pebble)                   # ACME test CA (and pebble-challtestsrv) for tests/tls
+  have systemd-analyze || missing+=(systemd)         # systemd-analyze verify, systemd-socket-activate (not started)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]} from Debian's packages"
