@@ -257,6 +257,28 @@ def test_chain_order(tmp_path: Path, ca) -> None:
         load_pair(CertSource("tls", str(foreign), str(key)), NOW())
 
 
+def test_an_rsa_pair_serves(tmp_path: Path) -> None:
+    import trustme
+
+    rsa_ca = trustme.CA(key_type=trustme.KeyType.RSA)
+    leaf = rsa_ca.issue_cert("rsa.test", key_type=trustme.KeyType.RSA)
+    cert, key = tmp_path / "rsa.crt", tmp_path / "rsa.key"
+    cert.write_bytes(b"".join(p.bytes() for p in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
+    contexts = TlsContexts([CertSource("tls", str(cert), str(key))], NOW())
+    client = client_context(rsa_ca)
+    client.maximum_version = ssl.TLSVersion.TLSv1_2
+
+    async def main() -> None:
+        async with EchoServer(contexts.base) as srv:
+            _, w, got = await connect(srv.port, client, "rsa.test")
+            assert got == contexts.certs[0].fingerprint
+            assert w.get_extra_info("ssl_object").cipher()[0].startswith("ECDHE-RSA-")
+            w.close()
+
+    uvloop.run(main())
+
+
 def test_a_bad_pair_at_start_starts_nothing(tmp_path: Path, ca) -> None:
     good = write_pair(tmp_path, ca, "good.test", stem="good")
     bad = CertSource("tls.certificates[0]", good.cert, _other_key(tmp_path, ca))
