@@ -20,6 +20,7 @@ import datetime as dt
 import inspect
 import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -29,7 +30,7 @@ from nonstop import __version__
 from nonstop.agent.acme_files import AcmePaths, read_json, write_atomic
 from nonstop.config import AcmeConfig
 from nonstop.errors import ConfigError, TlsConfigError
-from nonstop.proxy.certs import CertSource, load_pair
+from nonstop.proxy.certs import CertSource, load_pair, stamp_of
 
 __all__ = ["AcmeManager", "AcmeProblem", "Issued", "IssueFailed", "AcmeResult", "renew_at",
            "BACKOFF_START", "BACKOFF_MAX"]
@@ -88,6 +89,11 @@ class Issued:
     seconds: float
     ok: bool = True
 
+    def event(self) -> dict:
+        """Type, message and fields for ``EventBus.emit(None, **event())``: events carry fields, not prose."""
+        return {"type": "tls_certificate", "message": self.message(), "domains": list(self.domains),
+                "serial": self.serial, "not_after": _iso(self.not_after), "cert": self.cert, "key": self.key}
+
     def message(self) -> str:
         end = dt.datetime.fromtimestamp(self.not_after, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         return f"certificate issued for {', '.join(self.domains)} (serial {self.serial}, valid until {end}) in {self.seconds:.1f}s"
@@ -103,6 +109,11 @@ class IssueFailed:
     at: float
     retry_at: float = 0.0
     ok: bool = False
+
+    def event(self) -> dict:
+        """Type, message and fields for ``EventBus.emit(None, **event())``; ``problems`` are the CA's own."""
+        return {"type": "tls_error", "message": self.message(), "domains": list(self.domains), "stage": self.stage,
+                "problems": [asdict(p) for p in self.problems], "retry_at": _iso(self.retry_at) if self.retry_at else None}
 
     def message(self) -> str:
         one = len(self.domains) == 1  # the domain is in the sentence already
@@ -153,6 +164,7 @@ class AcmeManager:
         self.paths.make_dirs()
         self._record = self._load_record()
         self._lock = asyncio.Lock()
+        self._current = None
         self.issuing = False
 
     # -- what the proxy and status read -------------------------------------------------
@@ -162,15 +174,24 @@ class AcmeManager:
         """The certificate pair for the proxy (``TlsContexts``), once ``current()`` is not ``None``."""
         return CertSource(FIELD, str(self.paths.fullchain), str(self.paths.privkey))
 
+    def has_files(self) -> bool:
+        """Whether a certificate was stored (servable or not: ``TlsContexts`` checks it, and keeps the
+        old one serving for the names it covers while a grown ``domains`` list waits for its order)."""
+        return self.paths.fullchain.is_file() and self.paths.privkey.is_file()
+
     def current(self):
         """The stored certificate (a ``LoadedCert``) if it is servable now and covers the domains, else ``None``."""
+        now = self.clock()
+        cached = self._current
+        if cached is not None and cached.not_before <= now < cached.not_after and _stamps(self.source) == cached.stamps:
+            return cached  # status is polled: read and check the files again only when they change
         try:
-            cert = load_pair(self.source, self.clock())
+            cert = load_pair(self.source, now)
         except TlsConfigError:
+            self._current = None
             return None
-        if not all(cert.covers(d) for d in self.domains):
-            return None
-        return cert
+        self._current = cert if all(cert.covers(d) for d in self.domains) else None
+        return self._current
 
     def next_attempt(self, now: float | None = None) -> float:
         now = self.clock() if now is None else now
@@ -410,6 +431,13 @@ def _from_error(err, identifier: str | None) -> list[AcmeProblem]:
     for sub in err.subproblems or ():
         out += _from_error(sub, ident)
     return out
+
+
+def _stamps(src: CertSource):
+    try:
+        return tuple(stamp_of(os.stat(p)) for p in (src.cert, src.key))
+    except OSError:
+        return None
 
 
 def _iso(ts: float | None) -> str | None:

@@ -80,6 +80,7 @@ def test_issuance(pebble: Pebble, tmp_path: Path) -> None:
     res = uvloop.run(main())
     assert isinstance(res, Issued), res
     assert res.domains == ("app.nonstop.test", "www.app.nonstop.test")
+    assert res.event()["type"] == "tls_certificate" and res.event()["serial"] == res.serial
     assert len(gaps) > 20 and max(gaps) < 0.25, max(gaps)
     paths = m.paths
     assert res.cert == str(paths.fullchain) and res.key == str(paths.privkey)
@@ -169,6 +170,7 @@ def test_a_refusing_ca_leaves_the_certificate_and_says_why(pebble: Pebble, tmp_p
     # the user adds a name the CA's policy forbids: same certificate (named by its first domain)
     grown = _manager(pebble, tmp_path, "keep.nonstop.test", BLOCKED, on_result=results.append)
     assert grown.current() is None and grown.next_attempt() <= time.time()  # does not cover the new name
+    assert grown.has_files()  # but what is stored keeps serving the names it covers
     res = _issue(grown)
     assert isinstance(res, IssueFailed) and results == [res]
     assert res.stage == "order"
@@ -182,6 +184,11 @@ def test_a_refusing_ca_leaves_the_certificate_and_says_why(pebble: Pebble, tmp_p
     assert st["state"] == "failing" and st["failures"] == 1
     assert st["last_error"]["problems"][0]["type"] == "urn:ietf:params:acme:error:rejectedIdentifier"
     assert abs(res.retry_at - (res.at + BACKOFF_START)) < 1
+    ev = res.event()
+    assert ev["type"] == "tls_error" and ev["stage"] == "order" and ev["message"] == res.message()
+    assert ev["problems"][0] == {"type": "urn:ietf:params:acme:error:rejectedIdentifier",
+                                 "detail": res.problems[0].detail, "identifier": None}
+    assert json.loads(json.dumps(ev)) == ev  # storable as an event's data
     # the record survives a restart of the agent: no hammering the CA after a crash loop
     again = _manager(pebble, tmp_path, "keep.nonstop.test", BLOCKED)
     assert again.status()["failures"] == 1 and again.next_attempt() >= res.at + BACKOFF_START - 1
