@@ -9,9 +9,9 @@ machine) the files are written and the commands are printed for later.
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
-import grp
 import shutil
 import subprocess
 import sys
