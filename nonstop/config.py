@@ -524,6 +524,12 @@ class AcmeConfig(_Model):
         for d in v:
             if not re.fullmatch(r"(\*\.)?[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*", d):
                 raise ValueError(f"not a domain name: {d!r}")
+            if d.startswith("*."):
+                # HTTP-01 (the only challenge nonstop answers) cannot prove a wildcard (RFC 8555 §8.3)
+                raise ValueError(f"{d!r}: a wildcard needs a DNS-01 challenge, which nonstop does not answer; "
+                                 "list the names, or use tls.cert/tls.key from another ACME client")
+        if len({d.lower() for d in v}) != len(v):
+            raise ValueError("a domain is listed twice")
         return v
 
     @field_validator("directory")

@@ -71,6 +71,19 @@ class ProxyError(NonstopError):
     """The proxy's admin API refused a request or could not be reached."""
 
 
+class TlsConfigError(ProxyError):
+    """A certificate or key the config names cannot be served: unreadable, not PEM, not a
+    matching pair, out of its validity dates, or a chain out of order. Names the field
+    (``tls.cert``, ``tls.certificates[1].key``, ``tls.acme``) and the file."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, field: str, path: str | None = None) -> None:
+        super().__init__(f"{field}: {message}", detail={"field": field, "path": path})
+        self.field = field
+        self.path = path
+
+
 class RouterError(NonstopError):
     """A router (embedded, nginx, haproxy) could not apply a change; nothing was changed."""
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh Debian machine: a virtualenv with nonstop and its
-# pinned dependencies in .venv; with --test also nginx, HAProxy, wrk, docker.io,
-# podman and busybox-static from Debian's packages (the tests drive the real
-# binaries; the container tests start their own dockerd). Java 17 is needed for
+# pinned dependencies in .venv; with --test also nginx, HAProxy, wrk, chromium,
+# docker.io, podman, busybox-static, pebble and systemd's tools from Debian's
+# packages (the tests drive the real binaries; the container tests start their
+# own dockerd, the ACME tests their own pebble). Java 17 is needed for
 # the example app; installed from Debian's packages when javac is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,8 @@ if [ "$want_test" = 1 ]; then
   have podman || missing+=(podman)
   # the example app's image: a shell in a FROM scratch image (a static one; Debian's plain busybox is dynamic)
   dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" || missing+=(busybox-static)
+  have pebble || missing+=(pebble)                   # ACME test CA (and pebble-challtestsrv) for tests/tls
+  have systemd-analyze || missing+=(systemd)         # systemd-analyze verify, systemd-socket-activate (not started)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]} from Debian's packages"
