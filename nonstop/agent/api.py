@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from nonstop.agent import logfiles
 from nonstop.errors import NonstopError, UsageError
 from nonstop.names import STEER_ACTIONS
 
@@ -62,7 +63,7 @@ def make_app(agent, on_down: Callable[[], None]) -> Starlette:
 
     async def deploy(request: Request) -> Response:
         b = await json_body(request)
-        dep_id = await agent.deployer.deploy(b.get("version"), b.get("artifact"), b.get("strategy"))
+        dep_id = await agent.deployer.deploy(b.get("version"), b.get("artifact"), b.get("strategy"), b.get("image"))
         return stream_deployment(dep_id) if b.get("follow", True) else JSONResponse({"deployment": dep_id})
 
     async def rollback(request: Request) -> Response:
@@ -137,5 +138,5 @@ def agent_logs(agent, release: str, lines: int) -> str:
     out = []
     for f in files:
         out.append(f"==> {f.name} <==")
-        out.append(agent.fleet.runtime.tail(f, lines))
+        out.append(logfiles.tail(f, lines))
     return "\n".join(out) + "\n" if out else f"(no logs for {release})\n"

@@ -53,9 +53,9 @@ class Agent:
         self.store = Store(self.state / "nonstop.db")
         self.events = EventBus(self.store)
         self.router = make_router(cfg, self.state)
-        self.fleet = Fleet(self.config, self.store, self.events)
-        self.traffic = Traffic(self.router, self.store)
         self.releases = Releases(self.state, self.store)
+        self.fleet = Fleet(self.config, self.store, self.events, self.releases)
+        self.traffic = Traffic(self.router, self.store)
         self.stats = StatsHistory(self.router.stats)
         self.deployer = Deployer(
             Parts(self.config, self.store, self.events, self.fleet, self.traffic, self.releases, self.router, self.stats)
@@ -105,7 +105,7 @@ class Agent:
         if release is None:
             await self.traffic.reapply()
             return
-        alive = {Fleet.addr(r) for r in self.fleet.running(live_id) if self.fleet.alive(r)}
+        alive = {Fleet.addr(r) for r in self.fleet.running(live_id) if await self.fleet.alive(r)}
         routed = self.traffic.split.routed_addrs
         if alive & routed:
             # Routed instances that died while no agent watched: out of the split, restarted like any crash.
@@ -123,9 +123,8 @@ class Agent:
                 self.fleet.restart(rec, self._instance_up, self.store.get_release)
             return
         await self.events.emit(None, "up", f"starting the live release {live_id}")
-        artifact = self.releases.artifact_path(release)
         try:
-            recs = await self.fleet.start(release, self.cfg.run.instances, str(artifact) if artifact else None, None)
+            recs = await self.fleet.start(release, self.cfg.run.instances, None)
         except NonstopError as e:
             await self.events.emit(None, "error", f"could not start the live release {live_id}: {e.message}", **e.detail)
             return
@@ -201,7 +200,7 @@ class Agent:
                     "port": r.port,
                     "pid": r.pid,
                     "state": r.state,
-                    "alive": self.fleet.alive(r),
+                    "alive": await self.fleet.alive(r),
                     "routed": Fleet.addr(r) in routed,
                     "uptime": round(now - r.started_at, 1),
                     "restarts": r.restarts,

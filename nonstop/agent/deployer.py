@@ -16,6 +16,7 @@ from pathlib import Path
 
 from nonstop.agent import strategies
 from nonstop.agent.fleet import Fleet
+from nonstop.agent.releases import default_version
 from nonstop.agent.store import Deployment, Release
 from nonstop.agent.strategies.run import Aborted, Parts, Run, default_undo
 from nonstop.errors import NonstopError, UsageError
@@ -68,7 +69,7 @@ class Deployer:
         raise UsageError("no previous release to roll back to (releases rolled back as bad are skipped; use --to)")
 
     # -- entry points (return once the deployment is recorded and started) -------
-    async def deploy(self, version: str | None, artifact: str | None, strategy: str | None) -> int:
+    async def deploy(self, version: str | None, artifact: str | None, strategy: str | None, image: str | None = None) -> int:
         if self.current is None:
             # Config changes take effect on the next deployment; a broken file is refused
             # (exit 2) before anything changes.
@@ -80,9 +81,21 @@ class Deployer:
             raise UsageError(f"--strategy {strategy}: needs a strategy block of that type in the config")
         if artifact and not Path(artifact).exists():
             raise UsageError(f"--artifact: no such file or directory: {artifact}")
+        run = self.cfg.run
+        if image is not None and not run.containers:
+            raise UsageError(f"--image: runtime {run.runtime} runs no images (run.runtime: docker or podman)")
+        if run.containers and image is None and run.image is None:
+            raise UsageError("run.image: no image to deploy: set run.image (like roomescape:{version}) or pass --image",
+                             detail={"field": "run.image"})
+        if run.containers and not (self.cfg.build and self.cfg.build.commands):
+            # nothing will build the image: it must be there now (exit 2 before anything is recorded)
+            if version is None:
+                version = default_version(self.cfg.base_dir)
+            ref = image or run.image.replace("{version}", version).replace("{release}", self.store.release_id(version))
+            await self.parts.fleet.runtime.resolve_image(ref)
         live = self.live()
         dep = self.store.create_deployment(version or "(building)", strategy, live.id if live else None)
-        self.task = asyncio.get_running_loop().create_task(self._deploy(dep, version, artifact, strategy, live))
+        self.task = asyncio.get_running_loop().create_task(self._deploy(dep, version, artifact, strategy, live, image))
         return dep.id
 
     async def rollback(self, to: str | None) -> int:
@@ -110,7 +123,8 @@ class Deployer:
         return run.dep
 
     # -- the deployment task --------------------------------------------------
-    async def _deploy(self, dep: Deployment, version: str | None, artifact: str | None, strategy: str, live: Release | None) -> None:
+    async def _deploy(self, dep: Deployment, version: str | None, artifact: str | None, strategy: str,
+                      live: Release | None, image: str | None = None) -> None:
         t0 = time.monotonic()
         self.store.update_deployment(dep.id, state="progressing")
         await self.events.emit(
@@ -120,7 +134,7 @@ class Deployer:
         # the stable release's figures from here on can be a baseline (the history keeps older ones)
         await self.parts.stats.sample()
         try:
-            release = await self._build(dep, version, artifact)
+            release = await self._build(dep, version, artifact, image)
         except NonstopError as e:
             await self._finish(dep, "failed", e.message, t0, detail=e.detail)
             return
@@ -163,15 +177,25 @@ class Deployer:
         self._went_live(release)
         await self._finish(run.dep, "promoted", f"{release.id} is live", t0, release=release)
 
-    async def _build(self, dep: Deployment, version: str | None, artifact: str | None) -> Release:
+    async def _build(self, dep: Deployment, version: str | None, artifact: str | None, image: str | None) -> Release:
         build = self.cfg.build
         if build and build.commands:
             await self.events.emit(dep.id, "step", f"building ({len(build.commands)} command(s))", phase="build")
         loop = asyncio.get_running_loop()
         cfg = self.cfg
+        resolve = None
+        if cfg.run.containers:
+            runtime = self.parts.fleet.runtime
+
+            def resolve(rid: str, ver: str):
+                # after the build (which may have made the image): the id the release will run, exactly
+                ref = image or cfg.run.image.replace("{version}", ver).replace("{release}", rid)
+                return asyncio.run_coroutine_threadsafe(runtime.resolve_image(ref), loop).result()
+
         release = await loop.run_in_executor(
             None,
-            lambda: self.parts.releases.create(version, Path(artifact) if artifact else None, build, cfg.base_dir, None),
+            lambda: self.parts.releases.create(version, Path(artifact) if artifact else None, build, cfg.base_dir, None,
+                                               image=resolve),
         )
         self.store.update_deployment(dep.id, release=release.id)
         await self.events.emit(dep.id, "release", f"release {release.id} stored", release=release.id)
@@ -206,7 +230,7 @@ class Deployer:
         )
         self.current = None
         if ok:
-            self._prune()
+            await self._prune()
 
     def _went_live(self, release: Release) -> None:
         self.store.set_meta(LIVE, release.id)
@@ -215,16 +239,27 @@ class Deployer:
         if release.status == "bad":
             self.store.mark_release(release.id, "ok")
 
-    def _prune(self) -> None:
+    async def _prune(self) -> None:
+        """Releases beyond ``keep_releases`` go, never the live or previous one (nor one still running);
+        so do their images, unless a kept release runs the same image."""
+        releases = self.parts.releases
         hist = self.store.get_meta(LIVE_HISTORY, [])
         protect = set(hist[-2:]) | {r.release for r in self.parts.fleet.running()}
+        images = {r.id: releases.image(r) for r in self.store.list_releases()}
         try:
-            removed = self.parts.releases.prune(self.cfg.keep_releases, protect)
+            removed = releases.prune(self.cfg.keep_releases, protect)
         except Exception:
             log.exception("prune failed")
             return
-        if removed:
-            log.info("pruned releases %s", ", ".join(removed))
+        if not removed:
+            return
+        log.info("pruned releases %s", ", ".join(removed))
+        kept = {img.id for rid, img in images.items() if img is not None and rid not in removed}
+        for img in {images[rid].id for rid in removed if images.get(rid) is not None} - kept:
+            try:
+                await self.parts.fleet.runtime.remove_image(img)
+            except NonstopError as e:
+                log.warning("could not remove image %s: %s", img, e.message)
 
     # -- rollback -------------------------------------------------------------------
     async def _rollback(self, dep: Deployment, target: Release, live: Release | None) -> None:
@@ -237,7 +272,7 @@ class Deployer:
         fleet = self.parts.fleet
         try:
             n = self.cfg.run.instances
-            warm = [r for r in fleet.running(target.id) if r.state == "healthy" and fleet.alive(r)]
+            warm = [r for r in fleet.running(target.id) if r.state == "healthy" and await fleet.alive(r)]
             if len(warm) >= n:
                 warm = warm[:n]
                 await run.step("switch", f"switching to warm {target.id} ({', '.join(r.id for r in warm)})", instant=True)

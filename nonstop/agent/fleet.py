@@ -1,9 +1,9 @@
 """The app's instances: start, health-gate, stop, re-adopt, and keep them alive.
 
-``Fleet`` owns the instance records (in the store) and the processes behind
-them (through ``ProcessRuntime``). It never decides who gets traffic; the
-supervision loop asks ``on_down`` / ``on_up`` callbacks to take an instance
-out of, or back into, the split.
+``Fleet`` owns the instance records (in the store) and, through a ``Runtime``
+(``runtimes/``: processes, containers), what runs behind them. It never
+decides who gets traffic; the supervision loop asks ``on_down`` / ``on_up``
+callbacks to take an instance out of, or back into, the split.
 """
 
 from __future__ import annotations
@@ -19,7 +19,11 @@ import httpx
 from nonstop.agent import health as healthmod
 from nonstop.agent.events import EventBus
 from nonstop.agent.liveconfig import LiveConfig
-from nonstop.agent.runtime import InstanceSpec, ProcessHandle, ProcessRuntime, render
+from nonstop.agent import logfiles
+from nonstop.agent.commands import render
+from nonstop.agent.releases import Releases
+from nonstop.agent.runtimes import Handle, InstanceSpec, Runtime, make_runtime
+from nonstop.agent.runtimes.process import process_handle
 from nonstop.agent.store import InstanceRecord, Release, Store
 from nonstop.config import Config
 from nonstop.errors import InstanceError
@@ -53,12 +57,14 @@ class StartFailure:
 class Fleet:
     """Owns instances: their processes, records, health, restarts."""
 
-    def __init__(self, config: LiveConfig, store: Store, events: EventBus, runtime: ProcessRuntime | None = None) -> None:
+    def __init__(self, config: LiveConfig, store: Store, events: EventBus, releases: Releases,
+                 runtime: Runtime | None = None) -> None:
         self.config = config
         cfg = config.current
         self.store = store
         self.events = events
-        self.runtime = runtime or ProcessRuntime()
+        self.releases = releases
+        self.runtime = runtime or make_runtime(cfg)
         self.logs_dir = cfg.state_path / "logs"
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self._http = httpx.AsyncClient(timeout=cfg.health.timeout, trust_env=False)  # loopback checks never go through an HTTP_PROXY
@@ -91,67 +97,75 @@ class Fleet:
     def addr(rec: InstanceRecord) -> str:
         return f"127.0.0.1:{rec.port}"
 
-    def handle(self, rec: InstanceRecord) -> ProcessHandle | None:
+    @staticmethod
+    def handle(rec: InstanceRecord) -> Handle | None:
+        """How the runtime finds ``rec``'s instance (records of older nonstop versions have a pid only)."""
+        h = (rec.data or {}).get("handle")
+        if h:
+            return Handle.from_json(h)
         if rec.pid is None:
             return None
-        return ProcessHandle(pid=rec.pid, create_time=rec.pid_create_time, port=rec.port, started_at=rec.started_at)
+        return process_handle(rec.pid, rec.pid_create_time, rec.started_at)
 
-    def alive(self, rec: InstanceRecord) -> bool:
+    async def alive(self, rec: InstanceRecord) -> bool:
         h = self.handle(rec)
-        return bool(h and self.runtime.alive(h))
+        return bool(h and await self.runtime.alive(h))
 
     def log_path(self, release: str, port: int):
         return self.logs_dir / f"{release}-{port}.log"
 
     # -- start ---------------------------------------------------------------
-    def _spec(self, release: Release, port: int, artifact: str | None) -> InstanceSpec:
+    def _spec(self, release: Release, port: int) -> InstanceSpec:
+        run = self.cfg.run
         iid = f"{release.id}@{port}"
+        artifact = self.releases.artifact_path(release)
         values = {
-            "port": str(port),
-            "artifact": artifact or "",
+            # inside a container the app listens on container_port; {port} names the port it binds
+            "port": str(run.container_port if run.containers else port),
+            "artifact": str(artifact) if artifact else "",
             "release": release.id,
             "version": release.version,
             "instance": iid,
             "state_dir": str(self.cfg.state_path),
         }
-        argv = render(self.cfg.run.command, values, shell=self.cfg.run.shell)
-        env = {k: v.format_map(_Default(values)) for k, v in self.cfg.run.env.items()}
+        env = {k: v.format_map(_Default(values)) for k, v in run.env.items()}
         env.setdefault("NONSTOP_RELEASE", release.id)
         env.setdefault("NONSTOP_VERSION", release.version)
-        cwd = str(self.cfg.path(self.cfg.run.workdir)) if self.cfg.run.workdir else str(self.cfg.base_dir)
-        return InstanceSpec(
-            id=iid,
-            release=release.id,
-            version=release.version,
-            port=port,
-            argv=argv,
-            env=env,
-            cwd=cwd,
-            log_path=self.log_path(release.id, port),
-            stop_signal=self.cfg.run.stop_signal,
-            stop_timeout=self.cfg.run.stop_timeout,
+        common = dict(
+            app=self.cfg.app, id=iid, release=release.id, version=release.version, port=port, env=env,
+            log_path=self.log_path(release.id, port), stop_signal=run.stop_signal, stop_timeout=run.stop_timeout,
         )
+        if run.containers:
+            image = self.releases.image(release)
+            if image is None:
+                raise InstanceError(f"release {release.id} has no image recorded (it was stored for another runtime)",
+                                    detail={"release": release.id})
+            argv = tuple(a for arg in run.args for a in render([arg], values, shell=False))
+            return InstanceSpec(**common, argv=argv, image=image.id, container_port=run.container_port)
+        argv = tuple(render(run.command, values, shell=run.shell))
+        cwd = str(self.cfg.path(run.workdir)) if run.workdir else str(self.cfg.base_dir)
+        return InstanceSpec(**common, argv=argv, cwd=cwd)
 
-    def _launch(self, release: Release, port: int, artifact: str | None, restarts: int = 0) -> InstanceRecord:
-        spec = self._spec(release, port, artifact)
-        h = self.runtime.start(spec)
+    async def _launch(self, release: Release, port: int, restarts: int = 0) -> InstanceRecord:
+        spec = self._spec(release, port)
+        h = await self.runtime.start(spec)
         rec = InstanceRecord(
             id=spec.id,
             release=release.id,
             port=port,
-            pid=h.pid,
-            pid_create_time=h.create_time,
+            pid=h.ref.get("pid"),
+            pid_create_time=h.ref.get("create_time"),
             state="starting",
             started_at=h.started_at,
             slot=None,
             restarts=restarts,
-            data={"artifact": artifact},
+            data={"handle": h.to_json(), **({"image": spec.image} if spec.image else {})},
         )
         self.store.put_instance(rec)
         return rec
 
     async def start(
-        self, release: Release, n: int, artifact: str | None, deployment_id: int | None, ports: list[int] | None = None
+        self, release: Release, n: int, deployment_id: int | None, ports: list[int] | None = None
     ) -> list[InstanceRecord]:
         """Start ``n`` instances of ``release`` and wait until all are healthy.
 
@@ -161,11 +175,11 @@ class Fleet:
         started: list[InstanceRecord] = []
         try:
             for port in ports:
-                rec = self._launch(release, port, artifact)
+                rec = await self._launch(release, port)
                 self._busy.add(rec.id)
                 started.append(rec)
                 await self.events.emit(
-                    deployment_id, "instance_starting", f"starting {rec.id} (pid {rec.pid})", instance=rec.id, port=port
+                    deployment_id, "instance_starting", f"starting {rec.id} ({_what(rec)})", instance=rec.id, port=port
                 )
             results = await asyncio.gather(*(self._wait_healthy(r, deployment_id) for r in started))
             failures = [f for f in results if isinstance(f, StartFailure)]
@@ -189,9 +203,9 @@ class Fleet:
         tracker = healthmod.HealthTracker(hc.healthy_threshold, hc.unhealthy_threshold, hc.startup_timeout, t0)
         h = self.handle(rec)
         while True:
-            if not self.runtime.alive(h):
-                code = self.runtime.exit_code(h)
-                return self._failure(rec, tracker, f"process exited (code {code})" if code is not None else "process exited")
+            if not await self.runtime.alive(h):
+                code = await self.runtime.exit_code(h)
+                return await self._failure(rec, tracker, f"{_kind(h)} exited (code {code})" if code is not None else f"{_kind(h)} exited")
             res = await healthmod.check_once(hc, "127.0.0.1", rec.port, client=self._http)
             state = _state(tracker.observe(res, time.monotonic()))
             if state == "healthy":
@@ -204,12 +218,16 @@ class Fleet:
                 )
                 return rec
             if state == "failed":
-                return self._failure(rec, tracker, f"not healthy within startup_timeout {hc.startup_timeout:g}s")
+                return await self._failure(rec, tracker, f"not healthy within startup_timeout {hc.startup_timeout:g}s")
             await asyncio.sleep(tracker.next_delay(hc.interval, time.monotonic()))
 
-    def _failure(self, rec: InstanceRecord, tracker, reason: str) -> StartFailure:
+    async def _failure(self, rec: InstanceRecord, tracker, reason: str) -> StartFailure:
         checks = [f"{'ok' if r.ok else 'fail'}: {r.detail}" for r in list(tracker.last_results)[-5:]]
-        return StartFailure(rec.id, reason, checks, self.runtime.tail(self.log_path(rec.release, rec.port), 20))
+        h = self.handle(rec)
+        why = await self.runtime.diagnose(h) if h is not None and await self.runtime.alive(h) else None
+        if why:
+            reason = f"{reason}; {why}"
+        return StartFailure(rec.id, reason, checks, logfiles.tail(self.log_path(rec.release, rec.port), 20))
 
     # -- stop ----------------------------------------------------------------
     async def stop(self, recs: list[InstanceRecord], deployment_id: int | None, *, reason: str = "") -> None:
@@ -223,6 +241,7 @@ class Fleet:
                 how = "gone"
                 if h is not None:
                     how = await self.runtime.stop(h, self.cfg.run.stop_signal, self.cfg.run.stop_timeout)
+                    await self.runtime.forget(h)
                 self.store.update_instance(rec.id, state="stopped")
                 await self.events.emit(
                     deployment_id, "instance_stopped", f"stopped {rec.id} ({how}{', ' + reason if reason else ''})", instance=rec.id
@@ -238,14 +257,29 @@ class Fleet:
 
     # -- adoption after an agent restart ---------------------------------------
     async def adopt(self) -> list[InstanceRecord]:
-        """Check every recorded running instance: keep the live ones, mark the dead stopped."""
+        """Check every recorded running instance: keep (and take over) the live ones, mark the dead stopped.
+
+        Containers are also found by label: one of ours that the store does not know (an agent killed
+        between starting it and recording it) gets no traffic and is stopped."""
         kept = []
+        known: set[str] = set()
         for rec in self.running():
-            if self.alive(rec):
+            h = self.handle(rec)
+            if h is not None:
+                known.add(str(h.ref.get("id") or h.ref.get("pid")))
+            if h is not None and await self.runtime.adopt(h):
                 kept.append(rec)
             else:
                 self.set_state(rec, "stopped")
                 await self.events.emit(None, "instance_gone", f"{rec.id} was not running when the agent started", instance=rec.id)
+        for found in await self.runtime.discover():
+            if str(found.handle.ref.get("id")) in known:
+                continue
+            if found.running:
+                await self.runtime.stop(found.handle, self.cfg.run.stop_signal, self.cfg.run.stop_timeout)
+                await self.events.emit(None, "instance_gone", f"{found.instance}: a container of ours the store did not "
+                                       "know (started just before an agent crash); stopped", instance=found.instance)
+            await self.runtime.forget(found.handle)
         return kept
 
     # -- supervision -----------------------------------------------------------
@@ -272,9 +306,10 @@ class Fleet:
                 if self.addr(rec) not in addrs or rec.state not in ("healthy", "unhealthy"):
                     trackers.pop(rec.id, None)
                     continue
-                if not self.alive(rec):
-                    code = self.runtime.exit_code(self.handle(rec))
-                    why = f"process exited (code {code})" if code is not None else "process exited"
+                if not await self.alive(rec):
+                    h = self.handle(rec)
+                    code = await self.runtime.exit_code(h) if h is not None else None
+                    why = f"{_kind(h)} exited (code {code})" if code is not None else f"{_kind(h)} exited"
                     await self._down(rec, why, on_down, on_up, releases)
                     trackers.pop(rec.id, None)
                     continue
@@ -330,16 +365,23 @@ class Fleet:
                 delay = 0.0 if attempt == 0 and recent < 2 else min(2.0 ** max(attempt, recent - 2), 30.0)
                 await asyncio.sleep(delay)
                 h = self.handle(rec)
-                if h is not None and self.runtime.alive(h):
-                    await self.runtime.stop(h, self.cfg.run.stop_signal, self.cfg.run.stop_timeout)
+                if h is not None:
+                    if await self.runtime.alive(h):
+                        await self.runtime.stop(h, self.cfg.run.stop_signal, self.cfg.run.stop_timeout)
+                    await self.runtime.forget(h)
                 release = releases(rec.release)
                 if release is None:
                     self.set_state(rec, "stopped")
                     return
                 history.append(time.time())
-                new = self._launch(release, rec.port, (rec.data or {}).get("artifact"), restarts=rec.restarts + 1)
+                try:
+                    new = await self._launch(release, rec.port, restarts=rec.restarts + 1)
+                except InstanceError as e:
+                    await self.events.emit(None, "instance_unhealthy", f"{rec.id} restart failed: {e.message}", instance=rec.id)
+                    attempt += 1
+                    continue
                 new = self.set_state(new, "starting", restart_times=history)
-                await self.events.emit(None, "instance_restarting", f"restarting {new.id} (pid {new.pid}, restart #{new.restarts})", instance=new.id)
+                await self.events.emit(None, "instance_restarting", f"restarting {new.id} ({_what(new)}, restart #{new.restarts})", instance=new.id)
                 res = await self._wait_healthy(new, None)
                 if isinstance(res, StartFailure):
                     rec = self.set_state(new, "unhealthy")
@@ -356,6 +398,18 @@ class Fleet:
         for t in list(self._restart_tasks.values()):
             t.cancel()
         await self._http.aclose()
+        await self.runtime.close()
+
+
+def _kind(h: Handle | None) -> str:
+    return "container" if h is not None and h.runtime != "process" else "process"
+
+
+def _what(rec: InstanceRecord) -> str:
+    h = Fleet.handle(rec)
+    if h is not None and h.runtime != "process":
+        return f"container {str(h.ref.get('id', ''))[:12]}"
+    return f"pid {rec.pid}"
 
 
 class _Default(dict):

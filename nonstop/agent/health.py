@@ -22,6 +22,7 @@ from typing import Callable
 
 import httpx
 
+from nonstop.agent.commands import render
 from nonstop.config import HealthConfig
 from nonstop.errors import ConfigError
 
@@ -127,8 +128,6 @@ async def _check_tcp(hc: HealthConfig, host: str, port: int) -> tuple[bool, str]
 
 
 async def _check_command(hc: HealthConfig, host: str, port: int) -> tuple[bool, str]:
-    from nonstop.agent.runtime import render  # runtime imports nothing from here; keep the edge one-way
-
     assert hc.command is not None
     argv = render(hc.command, {"port": str(port), "host": host}, shell=hc.shell)
     try:

@@ -9,6 +9,7 @@ nothing: no release row and no folder (its log stays in ``logs/`` to read).
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import signal
@@ -20,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from nonstop.agent.runtimes.base import ImageInfo
 from nonstop.agent.store import Release, Store, validate_version
 from nonstop.config import BuildConfig, split_command
 from nonstop.errors import DeploymentFailed, UsageError
@@ -27,6 +29,7 @@ from nonstop.errors import DeploymentFailed, UsageError
 __all__ = ["Releases", "BuildFailed", "default_version"]
 
 LOG_TAIL_LINES = 30
+IMAGE_FILE = "image.json"
 
 
 class BuildFailed(DeploymentFailed):
@@ -119,6 +122,14 @@ class Releases:
         rid = release if isinstance(release, str) else release.id
         return self.dir / rid
 
+    def image(self, release: Release | str) -> ImageInfo | None:
+        """The image a container release runs (``releases/<id>/image.json``: the reference and its id)."""
+        try:
+            data = json.loads((self.release_dir(release) / IMAGE_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return ImageInfo(data["ref"], data["id"])
+
     def artifact_path(self, release: Release | str) -> Path | None:
         """Where the release's artifact copy is (None for a command-only release)."""
         rel = self.store.get_release(release) if isinstance(release, str) else release
@@ -135,8 +146,12 @@ class Releases:
         build: BuildConfig | None,
         base_dir: Path,
         log: Log | None = None,
+        image: Callable[[str, str], ImageInfo] | None = None,
     ) -> Release:
         """Build (when ``build`` has commands), copy the artifact, store the release.
+
+        ``image(release_id, version)`` (container runtimes) names and resolves the release's image after the
+        build; its reference and id are stored with the release, so a rollback runs those exact bytes.
 
         ``artifact`` (the ``--artifact`` path; relative to ``base_dir``) wins
         over ``build.artifact`` (relative to the build workdir). Neither →
@@ -165,6 +180,9 @@ class Releases:
         src: Path | None = artifact
         if src is None and build is not None and build.artifact:
             src = self._find_build_artifact(build.artifact, workdir, build_log)
+        info = image(rid, version) if image is not None else None
+        if info is not None:
+            _say(log, f"image {info.ref} is {info.id}")
 
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f".tmp-{rid}-{uuid.uuid4().hex[:8]}"
@@ -178,6 +196,8 @@ class Releases:
                     shutil.copytree(src, tmp / name, symlinks=True)
                 else:
                     shutil.copy2(src, tmp / name)
+            if info is not None:
+                (tmp / IMAGE_FILE).write_text(json.dumps({"ref": info.ref, "id": info.id}) + "\n")
             _make_read_only(tmp)
             rel = self._place(tmp, version, rid, name, build_log, log)
         except BaseException:

@@ -13,15 +13,17 @@ from nonstop.names import STRATEGIES
 @click.command()
 @click.option("--version", "version", default=None, help="version name of the release (default: a timestamp + git sha)")
 @click.option("--artifact", type=click.Path(), default=None, help="the file or folder to deploy (copied into releases/<id>/)")
+@click.option("--image", "image", default=None, metavar="IMAGE", help="containers: deploy this prebuilt image (instead of run.image)")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default=None, help="override strategy.type")
 @click.option("--detach", is_flag=True, help="return once the deployment has started")
 @json_option
 @pass_ctx
-def deploy(c: Ctx, version: str | None, artifact: str | None, strategy: str | None, detach: bool) -> None:
+def deploy(c: Ctx, version: str | None, artifact: str | None, image: str | None, strategy: str | None, detach: bool) -> None:
     """Build (if configured), store the release and roll it out with the configured strategy."""
     import os
 
-    body = {"version": version, "artifact": os.path.abspath(artifact) if artifact else None, "strategy": strategy}
+    body = {"version": version, "artifact": os.path.abspath(artifact) if artifact else None, "strategy": strategy,
+            "image": image}
     if detach:
         res = c.client.post("/deploy", {**body, "follow": False})
         c.print_json(res) if c.json else c.say(f"deployment #{res['deployment']} started")

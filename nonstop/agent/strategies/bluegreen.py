@@ -16,7 +16,7 @@ from nonstop.agent.strategies import watch as wm
 from nonstop.agent.strategies.run import Aborted, Run, default_undo
 from nonstop.agent.strategies.watcher import Watcher, baseline, saved_watch
 from nonstop.agent.fleet import Fleet
-from nonstop.agent.runtime import render
+from nonstop.agent.commands import render
 from nonstop.config import BlueGreenStrategy
 from nonstop.errors import DeploymentFailed
 
@@ -82,7 +82,7 @@ async def recover(r: Run) -> Recovered | None:
         or r.traffic.live_release != r.release.id
     ):
         return None
-    warm = [x for x in r.fleet.running(r.stable.id) if r.fleet.alive(x)]
+    warm = [x for x in r.fleet.running(r.stable.id) if await r.fleet.alive(x)]
     if not warm:
         return None  # nothing to switch back to: the deployer completes it
     w = Watcher.resume(r, s.analysis, saved)

@@ -173,8 +173,8 @@ async def undo(r: Run) -> None:
     d = r
     sticky = d.traffic.split.sticky
     routed = d.traffic.split.routed_addrs
-    old = [x for x in d.fleet.running(r.stable.id) if Fleet.addr(x) in routed and d.fleet.alive(x)]
-    new = [x for x in d.fleet.running(r.release.id) if Fleet.addr(x) in routed and d.fleet.alive(x)]
+    old = [x for x in d.fleet.running(r.stable.id) if Fleet.addr(x) in routed and await d.fleet.alive(x)]
+    new = [x for x in d.fleet.running(r.release.id) if Fleet.addr(x) in routed and await d.fleet.alive(x)]
     prog = _Progress(n, surge, unavailable, len(planner.schedule(n, surge, unavailable, old=len(new))) if new else 0)
     prog.direction = "back"
     prog.old, prog.new = len(old), len(new)

@@ -126,14 +126,10 @@ class Run:
         routed = self.traffic.split.routed_addrs
         return [r for r in self.fleet.running(self.stable.id) if Fleet.addr(r) in routed]
 
-    def artifact(self, release: Release) -> str | None:
-        path = self.releases.artifact_path(release)
-        return str(path) if path else None
-
     async def start_new(self, n: int, ports: list[int] | None = None) -> list[InstanceRecord]:
         if ports is None:
             await self.make_room(n)
-        recs = await self.fleet.start(self.release, n, self.artifact(self.release), self.dep.id, ports=ports)
+        recs = await self.fleet.start(self.release, n, self.dep.id, ports=ports)
         self.new.extend(recs)
         self.save(new_instances=[r.id for r in self.new])
         return recs
@@ -141,7 +137,7 @@ class Run:
     async def start_stable(self, n: int) -> list[InstanceRecord]:
         """Start ``n`` instances of the stable release again (a rollback whose warm instances are gone)."""
         assert self.stable is not None
-        return await self.fleet.start(self.stable, n, self.artifact(self.stable), self.dep.id)
+        return await self.fleet.start(self.stable, n, self.dep.id)
 
     async def make_room(self, n: int) -> None:
         """Stop instances kept warm for rollback (oldest first) when the new ones need their ports."""
@@ -208,7 +204,7 @@ async def default_undo(run: Run) -> None:
     if run.stable and not stable_addrs:
         # The stable instances are not routed (a recreate that stopped them, or a switch that happened):
         # take the ones still running, or start the stable release again.
-        running = [r for r in run.fleet.running(run.stable.id) if run.fleet.alive(r)]
+        running = [r for r in run.fleet.running(run.stable.id) if await run.fleet.alive(r)]
         if not running:
             running = await run.start_stable(run.cfg.run.instances)
         for r in running:

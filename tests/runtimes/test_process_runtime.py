@@ -17,7 +17,10 @@ from pathlib import Path
 import pytest
 
 import nonstop
-from nonstop.agent.runtime import InstanceSpec, ProcessHandle, ProcessRuntime, port_in_use, render, signal_number
+from nonstop.agent.commands import render, signal_number
+from nonstop.agent.logfiles import tail
+from nonstop.agent.runtimes.base import Handle, InstanceSpec
+from nonstop.agent.runtimes.process import ProcessRuntime, port_in_use, process_handle
 from nonstop.errors import ConfigError, InstanceError
 
 PY = sys.executable
@@ -86,27 +89,57 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+class SyncRuntime:
+    """The real ProcessRuntime, its coroutines run to completion one call at a time (the tests read
+    like the calls the fleet makes); ``stop`` stays a coroutine (the tests ``asyncio.run`` it)."""
+
+    def __init__(self, runtime: ProcessRuntime) -> None:
+        self.runtime = runtime
+        self.started: list[Handle] = []
+
+    def start(self, spec: InstanceSpec) -> Handle:
+        h = asyncio.run(self.runtime.start(spec))
+        self.started.append(h)
+        return h
+
+    def alive(self, h: Handle) -> bool:
+        return asyncio.run(self.runtime.alive(h))
+
+    def exit_code(self, h: Handle):
+        return asyncio.run(self.runtime.exit_code(h))
+
+    def stop(self, h: Handle, sig: str, timeout: float):
+        return self.runtime.stop(h, sig, timeout)
+
+    def adopt(self, pid: int, create_time, port: int) -> Handle | None:
+        h = process_handle(pid, create_time, 0)
+        return h if asyncio.run(self.runtime.adopt(h)) else None
+
+    @staticmethod
+    def tail(path, lines: int = 50) -> str:
+        return tail(path, lines)
+
+    @property
+    def _children(self):
+        return self.runtime._children
+
+
+def pid_of(h: Handle) -> int:
+    return h.ref["pid"]
+
+
 @pytest.fixture
 def rt():
     """A runtime whose leftover processes are SIGKILLed (by their own group) at teardown."""
-    runtime = ProcessRuntime()
-    started: list[ProcessHandle] = []
-    real_start = runtime.start
-
-    def start(spec):
-        h = real_start(spec)
-        started.append(h)
-        return h
-
-    runtime.start = start  # type: ignore[method-assign]
+    runtime = SyncRuntime(ProcessRuntime())
     yield runtime
-    for h in started:
+    for h in runtime.started:
         if runtime.alive(h):
             try:
-                os.killpg(h.pid, signal.SIGKILL)
+                os.killpg(pid_of(h), signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        child = runtime._children.get(h.pid)
+        child = runtime._children.get(pid_of(h))
         if child is not None:
             try:
                 child.wait(timeout=5)
@@ -116,6 +149,7 @@ def rt():
 
 def spec(tmp_path: Path, argv: list[str], port: int = 0, **kw) -> InstanceSpec:
     return InstanceSpec(
+        app="t",
         id=kw.pop("id", f"v1@{port}"),
         release="v1",
         version="v1",
@@ -186,7 +220,7 @@ def test_start_binds_port_logs_and_stops_gracefully(rt, tmp_path):
     port = free_port()
     s = spec(tmp_path, [PY, "-c", SERVER, str(port)], port, env={"X": "y z"})
     h = rt.start(s)
-    assert h.port == port and h.create_time > 0 and abs(h.started_at - time.time()) < 5
+    assert h.runtime == "process" and h.ref["create_time"] > 0 and abs(h.started_at - time.time()) < 5
     assert rt.alive(h)
     wait_for(lambda: "listening" in output(s.log_path), what="listening line")
     with socket.create_connection(("127.0.0.1", port), timeout=2):
@@ -195,8 +229,8 @@ def test_start_binds_port_logs_and_stops_gracefully(rt, tmp_path):
     assert "listening on" in output(s.log_path)
     assert f"PORT env {port}" in log and "X y z" in log
     assert log.startswith("=== nonstop ") and f"port={port}" in log.splitlines()[0]
-    assert os.getpgid(h.pid) == h.pid  # own process group (own session)
-    assert os.getsid(h.pid) == h.pid
+    assert os.getpgid(pid_of(h)) == pid_of(h)  # own process group (own session)
+    assert os.getsid(pid_of(h)) == pid_of(h)
     assert rt.exit_code(h) is None
     t0 = time.monotonic()
     assert asyncio.run(rt.stop(h, "SIGTERM", 5)) == "exited"
@@ -222,7 +256,7 @@ def test_whole_process_group_is_stopped(rt, tmp_path):
     h = rt.start(s)
     wait_for(lambda: re.search(r"^child \d+$", output(s.log_path), re.M) and "child ready" in output(s.log_path), what="child")
     child_pid = int(re.search(r"^child (\d+)$", output(s.log_path), re.M).group(1))
-    assert pid_alive(child_pid) and os.getpgid(child_pid) == h.pid
+    assert pid_alive(child_pid) and os.getpgid(child_pid) == pid_of(h)
     # the parent goes on SIGTERM at once, but its child ignores it: the group is SIGKILLed
     assert asyncio.run(rt.stop(h, "SIGTERM", 0.4)) == "killed"
     wait_for(lambda: not pid_alive(child_pid), timeout=3, what="child gone")
@@ -233,7 +267,7 @@ def test_exited_process_is_dead_and_reaped_with_its_code(rt, tmp_path):
     h = rt.start(spec(tmp_path, [PY, "-c", "import sys; print('bye'); sys.exit(3)"]))
     wait_for(lambda: not rt.alive(h), what="exit")
     assert rt.exit_code(h) == 3
-    assert not pid_alive(h.pid)  # reaped: no zombie left behind
+    assert not pid_alive(pid_of(h))  # reaped: no zombie left behind
     assert output(tmp_path / "logs" / "v1.log") == "bye"
 
 
@@ -241,13 +275,13 @@ def test_pid_reuse_guard_never_signals_a_different_process(rt, tmp_path):
     s = spec(tmp_path, [PY, "-c", STUBBORN])
     h = rt.start(s)
     wait_for(lambda: "ready" in output(s.log_path), what="ready")
-    impostor = ProcessHandle(pid=h.pid, create_time=h.create_time - 123.456, port=0, started_at=0)
+    impostor = process_handle(pid_of(h), h.ref["create_time"] - 123.456, 0)
     assert not rt.alive(impostor)
-    assert rt.adopt(h.pid, h.create_time - 123.456, 0) is None
+    assert rt.adopt(pid_of(h), h.ref["create_time"] - 123.456, 0) is None
     assert asyncio.run(rt.stop(impostor, "SIGKILL", 0.1)) == "gone"
-    unknown = ProcessHandle(pid=h.pid, create_time=None, port=0, started_at=0)  # type: ignore[arg-type]
+    unknown = process_handle(pid_of(h), None, 0)
     assert not rt.alive(unknown) and asyncio.run(rt.stop(unknown, "SIGKILL", 0.1)) == "gone"
-    assert rt.alive(h) and pid_alive(h.pid)  # untouched
+    assert rt.alive(h) and pid_alive(pid_of(h))  # untouched
 
 
 def test_log_appends_one_header_per_start(rt, tmp_path):
@@ -266,7 +300,7 @@ def test_log_appends_one_header_per_start(rt, tmp_path):
 def test_tail_of_a_big_log(tmp_path):
     log = tmp_path / "big.log"
     log.write_text("".join(f"line {i} " + "x" * 200 + "\n" for i in range(2000)))
-    out = ProcessRuntime.tail(log, 50).splitlines()
+    out = tail(log, 50).splitlines()
     assert len(out) == 50 and out[0].startswith("line 1950 ") and out[-1].startswith("line 1999 ")
 
 
@@ -285,13 +319,15 @@ def test_instance_survives_the_agent_and_is_adopted(rt, tmp_path):
         f"""
         import json, sys
         from pathlib import Path
-        from nonstop.agent.runtime import InstanceSpec, ProcessRuntime
+        import asyncio
+        from nonstop.agent.runtimes.base import InstanceSpec
+        from nonstop.agent.runtimes.process import ProcessRuntime
         rt = ProcessRuntime()
-        h = rt.start(InstanceSpec(id="v1@1", release="v1", version="v1", port=1,
-                     argv=[sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"],
+        h = asyncio.run(rt.start(InstanceSpec(app="t", id="v1@1", release="v1", version="v1", port=1,
+                     argv=(sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"),
                      env={{}}, cwd=None, log_path=Path({str(tmp_path / 'adopt.log')!r}),
-                     stop_signal="SIGTERM", stop_timeout=5))
-        print(json.dumps({{"pid": h.pid, "create_time": h.create_time}}))
+                     stop_signal="SIGTERM", stop_timeout=5)))
+        print(json.dumps(h.ref))
         """
     )
     out = subprocess.run(
