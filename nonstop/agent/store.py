@@ -14,6 +14,7 @@ processes racing on the same file cannot both start one.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 import threading
@@ -39,6 +40,7 @@ __all__ = [
     "InstanceRecord",
     "Store",
     "StoreError",
+    "StateDirFull",
     "RELEASE_STATUSES",
     "VERSION_RE",
     "validate_version",
@@ -50,6 +52,49 @@ RELEASE_STATUSES = frozenset({"ok", "bad"})
 
 class StoreError(NonstopError):
     """The state database cannot be opened or used (newer schema, corrupt file)."""
+
+
+class StateDirFull(StoreError):
+    """The state dir's file system has no room left: the write was not made (SQLite rolled it back whole)."""
+
+    def __init__(self, path: str | Path, action: str = "") -> None:
+        folder = Path(path).parent if str(path).endswith(".db") else Path(path)
+        free = free_bytes(folder)
+        shown = "unknown" if free is None else human_bytes(free)
+        doing = f" ({action})" if action else ""
+        super().__init__(
+            f"the state dir is full: {folder} has {shown} free{doing}; nothing was written. "
+            "Free some space there (old logs in logs/, releases beyond keep_releases) and try again",
+            detail={"field": "state_dir", "path": str(folder), "free_bytes": free},
+        )
+
+
+def free_bytes(folder: str | Path) -> int | None:
+    """Bytes an unprivileged writer may still use on ``folder``'s file system (None when it cannot be read)."""
+    p = Path(folder)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        st = os.statvfs(p)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def human_bytes(n: int) -> str:
+    """``1536`` → ``1.5 KiB``."""
+    size = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{int(size)} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} bytes"  # pragma: no cover
+
+
+def is_disk_full(e: BaseException) -> bool:
+    if isinstance(e, sqlite3.Error):
+        return getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "database or disk is full" in str(e)
+    return isinstance(e, OSError) and e.errno == 28  # ENOSPC
 
 
 def validate_version(version: str) -> str:
@@ -76,6 +121,7 @@ class Release:
     created_at: float
     status: str = "ok"  # 'ok' | 'bad' (rolled back as bad: `rollback` skips it)
     build_log: str | None = None  # path of the build log, when a build ran
+    digest: str | None = None  # "sha256:…" of the artifact (a file, or a folder's files); None: no artifact
 
 
 @dataclass
@@ -184,6 +230,10 @@ MIGRATIONS: list[str] = [
         data            TEXT NOT NULL DEFAULT '{}'
     );
     """,
+    # 2: a version names one artifact: its digest, to tell a redeploy from a different build under the same name
+    """
+    ALTER TABLE releases ADD COLUMN digest TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -244,14 +294,27 @@ class Store:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+                else:
+                    self._db.execute("COMMIT")
+            except sqlite3.Error as e:
+                # A full file system is the user's to fix, not a crash: say where and how much room is left.
+                # SQLite rolls a failed statement's transaction back whole; a failed COMMIT keeps it open.
+                if self._db.in_transaction:
+                    try:
+                        self._db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                if is_disk_full(e):
+                    raise StateDirFull(self.path) from e
                 raise
-            else:
-                self._db.execute("COMMIT")
 
     def _read(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -285,6 +348,7 @@ class Store:
             created_at=row["created_at"],
             status=row["status"],
             build_log=row["build_log"],
+            digest=row["digest"],
         )
 
     def _id_taken(self, db: sqlite3.Connection, rid: str) -> bool:
@@ -306,7 +370,13 @@ class Store:
             return self._free_id(self._db, version)
 
     def add_release(
-        self, version: str, artifact: str | None, build_log: str | None = None, *, id: str | None = None
+        self,
+        version: str,
+        artifact: str | None,
+        build_log: str | None = None,
+        *,
+        id: str | None = None,
+        digest: str | None = None,
     ) -> Release:
         """Store a new release. ``id`` (optional) asks for exactly that id and raises
         ``UsageError`` when it is taken (``Releases`` uses it after naming the folder)."""
@@ -319,16 +389,31 @@ class Store:
                 if self._id_taken(db, id):
                     raise UsageError(f"release id {id!r} is already taken", detail={"release": id})
                 rid = id
-            rel = Release(rid, version, artifact, time.time(), "ok", build_log)
+            rel = Release(rid, version, artifact, time.time(), "ok", build_log, digest)
             db.execute(
-                "INSERT INTO releases (id, version, artifact, created_at, status, build_log) VALUES (?, ?, ?, ?, ?, ?)",
-                (rel.id, rel.version, rel.artifact, rel.created_at, rel.status, rel.build_log),
+                "INSERT INTO releases (id, version, artifact, created_at, status, build_log, digest) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (rel.id, rel.version, rel.artifact, rel.created_at, rel.status, rel.build_log, rel.digest),
             )
         return rel
 
     def get_release(self, id: str) -> Release | None:
         rows = self._read("SELECT * FROM releases WHERE id = ?", (id,))
         return self._release(rows[0]) if rows else None
+
+    def find_release(self, version: str) -> Release | None:
+        """The release ``version`` names: the one with that id, else the newest of that version (a store
+        written before versions were unique may hold ``v1`` and ``v1-2``)."""
+        rel = self.get_release(version)
+        if rel is not None:
+            return rel
+        rows = self._read("SELECT * FROM releases WHERE version = ? ORDER BY created_at DESC, rowid DESC LIMIT 1", (version,))
+        return self._release(rows[0]) if rows else None
+
+    def set_digest(self, id: str, digest: str | None) -> None:
+        """Record the digest of a release stored before digests were (its copy is immutable: computed once)."""
+        with self._write() as db:
+            db.execute("UPDATE releases SET digest = ? WHERE id = ?", (digest, id))
 
     def list_releases(self) -> list[Release]:
         """Newest first."""
