@@ -53,7 +53,10 @@ class ConfigProblems(ConfigError):
         if len(self.problems) == 1:
             message = str(first)
         else:
-            message = f"{len(self.problems)} problems:\n" + "\n".join(f"  {p}" for p in self.problems)
+            # a problem's own lines (a router's test output) stay indented under it
+            message = f"{len(self.problems)} problems:\n" + "\n".join(
+                "  " + str(p).replace("\n", "\n    ") for p in self.problems
+            )
         NonstopError.__init__(
             self, message, detail={"file": first.file, "field": first.field, "problems": [p.to_dict() for p in self.problems]}
         )

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from nonstop.agent import preflight
 from nonstop.agent.events import EventBus
 from nonstop.agent.fleet import Fleet
 from nonstop.agent.releases import Releases
@@ -202,13 +203,9 @@ class Deployer:
         if self.reload is not None and self.current is None:
             self.reload()
         strategy = strategy or self.cfg.strategy.type
-        if strategy not in ("recreate", "blue-green", "canary", "rolling"):
-            raise UsageError(f"--strategy: unknown strategy {strategy!r} (recreate, blue-green, canary, rolling)")
-        if strategy != self.cfg.strategy.type and strategy in ("canary", "rolling"):
-            raise UsageError(f"--strategy {strategy}: needs a strategy block of that type in the config")
-        if artifact and not Path(artifact).exists():
-            raise UsageError(f"--artifact: no such file or directory: {artifact}")
         live = self.live()
+        # Every reason this deploy cannot work, at once (exit 2), before anything is stopped or recorded.
+        preflight.refuse(await preflight.deploy(self.cfg, self.releases, preflight.DeployRequest(version, artifact, strategy), live))
         dep = self.store.create_deployment(version or "(building)", strategy, live.id if live else None)
         self.task = asyncio.get_running_loop().create_task(self._deploy(dep, version, artifact, strategy, live))
         return dep.id
