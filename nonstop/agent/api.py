@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from nonstop.agent.store import StateDirFull
+from nonstop.agent.room import StateDirFull
 from nonstop.errors import NonstopError, UsageError
 
 _STATUS = {1: 500, 2: 400, 3: 503, 4: 409}

@@ -26,7 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from nonstop.agent.store import Release, StateDirFull, Store, is_disk_full, validate_version
+from nonstop.agent.room import is_disk_full
+from nonstop.agent.store import Release, Store, validate_version
 from nonstop.config import BuildConfig, split_command
 from nonstop.errors import DeploymentFailed, UsageError
 
@@ -252,7 +253,7 @@ class Releases:
         except BaseException as e:
             _remove_tree(tmp)
             if is_disk_full(e):
-                raise StateDirFull(self.state_dir, f"copying {src}") from e
+                raise self.store.full(f"copying {src}") from e
             raise
         _say(log, f"release {rel.id} stored" + (f" ({name})" if name else " (no artifact)"))
         return rel

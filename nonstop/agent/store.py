@@ -14,7 +14,6 @@ processes racing on the same file cannot both start one.
 from __future__ import annotations
 
 import json
-import os
 import re
 import sqlite3
 import threading
@@ -31,6 +30,7 @@ from nonstop.agent.lifecycle import (
     INSTANCE_STATES,
     check_transition,
 )
+from nonstop.agent.room import Reserve, StateDirFull, free_bytes, is_disk_full
 from nonstop.errors import DeploymentInProgress, NonstopError, UsageError
 
 __all__ = [
@@ -52,49 +52,6 @@ RELEASE_STATUSES = frozenset({"ok", "bad"})
 
 class StoreError(NonstopError):
     """The state database cannot be opened or used (newer schema, corrupt file)."""
-
-
-class StateDirFull(StoreError):
-    """The state dir's file system has no room left: the write was not made (SQLite rolled it back whole)."""
-
-    def __init__(self, path: str | Path, action: str = "") -> None:
-        folder = Path(path).parent if str(path).endswith(".db") else Path(path)
-        free = free_bytes(folder)
-        shown = "unknown" if free is None else human_bytes(free)
-        doing = f" ({action})" if action else ""
-        super().__init__(
-            f"the state dir is full: {folder} has {shown} free{doing}; nothing was written. "
-            "Free some space there (old logs in logs/, releases beyond keep_releases) and try again",
-            detail={"field": "state_dir", "path": str(folder), "free_bytes": free},
-        )
-
-
-def free_bytes(folder: str | Path) -> int | None:
-    """Bytes an unprivileged writer may still use on ``folder``'s file system (None when it cannot be read)."""
-    p = Path(folder)
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    try:
-        st = os.statvfs(p)
-    except OSError:
-        return None
-    return st.f_bavail * st.f_frsize
-
-
-def human_bytes(n: int) -> str:
-    """``1536`` → ``1.5 KiB``."""
-    size = float(n)
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{int(size)} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} bytes"  # pragma: no cover
-
-
-def is_disk_full(e: BaseException) -> bool:
-    if isinstance(e, sqlite3.Error):
-        return getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "database or disk is full" in str(e)
-    return isinstance(e, OSError) and e.errno == 28  # ENOSPC
 
 
 def validate_version(version: str) -> str:
@@ -265,10 +222,13 @@ class Store:
     same file see all of it or none of it.
     """
 
-    def __init__(self, path: str | Path, *, timeout: float = 10.0) -> None:
+    def __init__(self, path: str | Path, *, timeout: float = 10.0, reserve: bool = True) -> None:
+        """``reserve``: keep room for the end of an operation when the disk fills (``room.Reserve``); off for
+        readers that must not add files (the CLI's offline views)."""
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._reserve = Reserve(Path(self.path + "-reserve")) if reserve and self.path != ":memory:" else None
         self._lock = threading.RLock()
         try:
             self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
@@ -279,6 +239,8 @@ class Store:
             self._migrate()
         except sqlite3.DatabaseError as e:
             raise StoreError(f"cannot open state database {self.path}: {e}") from e
+        if self._reserve is not None:
+            self._reserve.keep()
 
     # -- plumbing --------------------------------------------------------------
     def close(self) -> None:
@@ -313,8 +275,18 @@ class Store:
                     except sqlite3.Error:
                         pass
                 if is_disk_full(e):
-                    raise StateDirFull(self.path) from e
+                    raise self.full() from e
                 raise
+            if self._reserve is not None:
+                self._reserve.keep()
+
+    def full(self, action: str = "") -> StateDirFull:
+        """The error for a write the full disk refused; gives the reserve back so the next writes (how the
+        operation ended) can be made."""
+        folder = Path(self.path).parent
+        free = free_bytes(folder)
+        released = self._reserve.release() if self._reserve is not None else 0
+        return StateDirFull(folder, action, free=free, released=released)
 
     def _read(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:

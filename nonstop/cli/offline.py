@@ -32,7 +32,7 @@ def _store(state: Path):
         return None
     from nonstop.agent.store import Store
 
-    return Store(db)
+    return Store(db, reserve=False)
 
 
 # -- history ---------------------------------------------------------------------------

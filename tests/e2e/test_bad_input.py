@@ -10,7 +10,6 @@ the state an instant rollback needs and a careless deploy would lose.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import sqlite3
@@ -241,13 +240,19 @@ def test_a_full_state_dir_refuses_the_deploy_naming_path_and_free_space_and_keep
             st.deploy("v1", "--artifact", str(good))
             st.deploy("v2", "--artifact", str(good))
             before = snapshot(st)
-            filler = fill(state, leave=64 * 1024)
+            filler = fill(state)  # to the last byte
             r = st.cli("deploy", "--version", "v3", "--artifact", str(good), "--json")
             assert r.code == 2, r.out + r.err
             msg = r.json["message"]
             assert r.json["field"] == "state_dir" and f"the state dir is full: {state} has " in msg
-            m = re.search(r"has ([\d.]+) (bytes|KiB) free", msg)
-            assert m and float(m.group(1)) * (1024 if m.group(2) == "KiB" else 1) <= 128 * 1024, msg
+            assert f"{state} has 0 bytes free; this deploy needs about 16.0 MiB" in msg, msg
+            assert snapshot(st) == before
+            # a verb without a preflight (rollback) meets the full disk in the store: said the same way, refused
+            # whole (no deployment left running), no traceback; the store's reserve is given back for what follows
+            r = st.cli("rollback", "--json")
+            assert r.code == 1 and f"the state dir is full: {state} has 0 bytes free" in r.json["message"], r.out + r.err
+            assert r.json["reserve_released"] == 1 << 20
+            assert "Traceback" not in (state / "logs" / "agent.log").read_text()
             assert snapshot(st) == before
             con = sqlite3.connect(state / "nonstop.db")
             assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)

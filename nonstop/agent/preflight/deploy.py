@@ -17,7 +17,8 @@ from nonstop.agent.preflight import commands
 from nonstop.agent.preflight.base import Env, Problem
 from nonstop.agent.preflight.statedir import room
 from nonstop.agent.releases import Releases, VersionTaken, artifact_bytes, short
-from nonstop.agent.store import Release, human_bytes, validate_version
+from nonstop.agent.room import human_bytes
+from nonstop.agent.store import Release, validate_version
 from nonstop.errors import NonstopError
 
 __all__ = ["DeployRequest", "problems"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from nonstop.agent.store import free_bytes, human_bytes
+from nonstop.agent.room import free_bytes, human_bytes
 from nonstop.configfile import Problem
 
 __all__ = ["Owned", "MIN_FREE", "room", "router_pids", "agent_pid"]
