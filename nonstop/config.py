@@ -825,6 +825,7 @@ def _problems(e: ValidationError, file: str | None, lines: configfile.Lines | No
 
 TEMPLATE = """\
 # nonstop.yml — how nonstop runs and deploys this app (see DESIGN.md).
+# `nonstop check` validates it and what it names (programs, ports, router) without changing anything.
 app: {app}
 listen: 127.0.0.1:8080            # public address clients use (the proxy listens here)
 # state_dir: .nonstop             # state, logs, releases, sockets; default beside this file

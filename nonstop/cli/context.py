@@ -16,6 +16,9 @@ from nonstop.errors import NonstopError
 
 
 class Ctx:
+    """What one invocation of ``nonstop`` knows: the config file, the state dir, the agent's client, the output
+    mode and consoles; each found or made when first asked for."""
+
     def __init__(self, config_path: str | None) -> None:
         self.config_path = config_path
         self.json = False

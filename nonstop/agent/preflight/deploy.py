@@ -65,8 +65,8 @@ async def problems(env: Env, releases: Releases, req: DeployRequest, live: Relea
             out.append(_option("--artifact", e.message.removeprefix("--artifact: ")))
 
     existing = None
+    loop = asyncio.get_running_loop()
     if version_ok and req.version is not None and (artifact is not None or req.artifact is None):
-        loop = asyncio.get_running_loop()
         try:  # hashing a big artifact takes a while: not on the event loop
             existing = await loop.run_in_executor(None, releases.existing, req.version, artifact, cfg.build, cfg.base_dir)
         except VersionTaken as e:
@@ -80,7 +80,7 @@ async def problems(env: Env, releases: Releases, req: DeployRequest, live: Relea
     out += _artifact(env, req, artifact, existing)
     out += commands.run_command(env) + commands.run_workdir(env)
     if artifact is not None and existing is None:
-        size = artifact_bytes(artifact)
+        size = await loop.run_in_executor(None, artifact_bytes, artifact)  # a folder: a walk
         out += room(env, size, f"the copy of {artifact}: {human_bytes(size)}")
     elif existing is None:
         out += room(env)
