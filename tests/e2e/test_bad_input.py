@@ -219,6 +219,8 @@ def test_status_and_down_work_while_nonstop_yml_is_broken(stack_factory, tmp_pat
     st = stack_factory(run={"command": RUN_COMMAND})
     st.deploy("v1", "--artifact", str(good))
     pids = [st.pid("proxy"), st.pid("agent"), *(i["pid"] for i in st.status()["instances"])]
+    r = st.cli("check")
+    assert r.code == 0, r.err  # the ports in use are this app's own (its proxy, its instance)
     st.cfg_path.write_text(st.cfg_path.read_text() + "\nrun: [unclosed\n")
     assert st.cli("status").code == 0
     r = st.cli("deploy", "--version", "v2", "--artifact", str(good))

@@ -9,6 +9,7 @@ still serve, their ports are in use by them, and that is how it should be.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 
 import psutil
@@ -95,6 +96,8 @@ def listen(env: Env) -> list[Problem]:
     r = cfg.router
     if getattr(r, "mode", "managed") == "external":
         return []
+    if os.environ.get("LISTEN_FDS") or os.environ.get("NONSTOP_LISTEN_FDS"):
+        return []  # the listening socket is handed in, bound already (systemd, a supervisor): not ours to bind
     owner_file = {"embedded": "proxy.pid", "nginx": "nginx/nginx.pid", "haproxy": "haproxy/haproxy.pid"}[r.type]
     owner = env.owned.routers.get(owner_file)
     what = {"embedded": "the proxy", "nginx": "nginx", "haproxy": "HAProxy"}[r.type]
