@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nonstop import config
+from nonstop.configfile import ConfigProblems
 from nonstop.errors import ConfigError
 
 BASE = {"app": "shop", "run": {"command": "java -jar {artifact} --server.port={port}"}}
@@ -138,3 +139,73 @@ def test_percentages_resolve_like_kubernetes():
 def test_split_command_never_uses_a_shell_unless_asked():
     assert config.split_command("java -jar 'my app.jar' --x={port}", shell=False) == ["java", "-jar", "my app.jar", "--x={port}"]
     assert config.split_command("a && b", shell=True) == ["/bin/sh", "-c", "a && b"]
+
+
+# -- every problem at once, with its line ------------------------------------------------------
+
+
+def test_every_problem_is_reported_with_its_field_and_line(tmp_path):
+    with pytest.raises(ConfigProblems) as ei:
+        load_yaml(tmp_path, """\
+app: shop
+run:
+  command: 5
+  ports: eighty
+health:
+  interval: soon
+strategy:
+  type: canary
+  steps:
+    - {weight: 101}
+  bogus: 1
+notify:
+  - url: ftp://x
+""")
+    e = ei.value
+    got = [(p.field, p.line) for p in e.problems]
+    assert got == [("run.command", 3), ("run.ports", 4), ("health.interval", 6), ("strategy.steps[0].weight", 10),
+                   ("strategy.bogus", 11), ("notify[0].url", 13)]
+    assert e.problems[0].message == "expected a string or a list; got 5"  # one line for the union, not two
+    assert e.message.startswith("6 problems:\n") and "more problem" not in e.message
+    assert f"  {tmp_path / 'nonstop.yml'}:6: health.interval: expected a duration" in e.message
+    assert e.field == "run.command" and e.exit_code == 2
+    assert e.detail["problems"][1] == {"field": "run.ports", "message": "expected a port range like 8081-8082; got 'eighty'",
+                                       "file": str(tmp_path / "nonstop.yml"), "line": 4}
+
+
+def test_a_missing_setting_points_at_its_block_and_a_cross_field_one_at_its_field(tmp_path):
+    with pytest.raises(ConfigProblems) as ei:
+        load_yaml(tmp_path, "app: shop\nlisten: 127.0.0.1:8081\nrun:\n  ports: 8081-8082\n")
+    assert [(p.field, p.line) for p in ei.value.problems] == [("run.command", 3)]
+    with pytest.raises(ConfigProblems) as ei:
+        load_yaml(tmp_path, "app: shop\nlisten: 127.0.0.1:8081\nrun:\n  command: a {port}\n  ports: 8081-8082\n")
+    assert [(p.field, p.line) for p in ei.value.problems] == [("listen", 2)]
+
+
+@pytest.mark.parametrize("text, field, lines", [
+    ("app: a\napp: b\nrun: {command: \"x {port}\"}\n", "app", (1, 2)),
+    ("app: a\nrun:\n  command: x {port}\n  env: {A: 1, A: 2}\n", "run.env.A", (4, 4)),
+    ("app: a\nrun: {command: \"x {port}\"}\nnotify:\n  - url: http://a\n    url: http://b\n", "notify[0].url", (4, 5)),
+])
+def test_a_key_written_twice_is_refused_naming_it_and_both_lines(tmp_path, text, field, lines):
+    with pytest.raises(ConfigProblems) as ei:
+        load_yaml(tmp_path, text)
+    (p,) = ei.value.problems
+    assert p.field == field and p.line == lines[1]
+    assert p.message.startswith(f"written twice (lines {lines[0]} and {lines[1]})")
+
+
+def test_field_paths_and_lines():
+    from nonstop.configfile import field_path, line_of
+
+    assert field_path("strategy.steps[1].weight") == ("strategy", "steps", 1, "weight")
+    assert field_path("notify[0].url") == ("notify", 0, "url")
+    lines = {("run",): 3, ("run", "ports"): 5}
+    assert line_of(lines, ("run", "ports")) == 5 and line_of(lines, ("run", "command")) == 3
+    assert line_of(lines, ("app",)) is None and line_of(None, ("run",)) is None
+
+
+def test_the_template_loads_with_the_dashboard_port_it_is_given(tmp_path):
+    p = tmp_path / "nonstop.yml"
+    p.write_text(config.TEMPLATE.format(app="shop", dashboard_port=9917))
+    assert config.load(p).dashboard.listen == "127.0.0.1:9917"

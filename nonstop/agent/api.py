@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from nonstop.agent import logfiles
+from nonstop.agent.room import StateDirFull
 from nonstop.errors import NonstopError, UsageError
 from nonstop.names import STEER_ACTIONS
 
@@ -24,7 +25,9 @@ _STATUS = {1: 500, 2: 400, 3: 503, 4: 409}
 
 def error_response(e: NonstopError) -> JSONResponse:
     body = {**e.to_dict(), "exit_code": e.exit_code}
-    return JSONResponse(body, status_code=_STATUS.get(e.exit_code, 500))
+    # A full state dir is the machine's, not a bug: 507 Insufficient Storage, the message says where and how much
+    status = 507 if isinstance(e, StateDirFull) else _STATUS.get(e.exit_code, 500)
+    return JSONResponse(body, status_code=status)
 
 
 async def json_body(request: Request) -> dict:

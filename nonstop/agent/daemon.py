@@ -296,6 +296,11 @@ async def serve(cfg: Config, *, down_on_signal: bool = False) -> int:
 
     if cfg.dashboard.enabled:  # a non-loopback address fails here, before anything starts
         dashmod.check_listen(cfg.dashboard.listen, dashmod.allow_remote(cfg))
+    from nonstop.agent import preflight
+
+    # Ports taken by another program, a missing binary, a config the router refuses: exit 2 before
+    # anything starts (this app's own proxy and instances, still running, are adopted, not refused).
+    preflight.refuse(await preflight.startup(cfg))
     agent = Agent(cfg)
     pid_file = agent.state / "agent.pid"
     sock_path = agent.state / "agent.sock"

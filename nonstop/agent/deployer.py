@@ -14,9 +14,8 @@ import logging
 import time
 from pathlib import Path
 
-from nonstop.agent import strategies
+from nonstop.agent import preflight, strategies
 from nonstop.agent.fleet import Fleet
-from nonstop.agent.releases import default_version
 from nonstop.agent.store import Deployment, Release
 from nonstop.agent.strategies.run import Aborted, Parts, Run, default_undo
 from nonstop.errors import NonstopError, UsageError
@@ -75,25 +74,12 @@ class Deployer:
             # (exit 2) before anything changes.
             self.parts.config.reload()
         strategy = strategy or self.cfg.strategy.type
-        if strategy not in STRATEGIES:
-            raise UsageError(f"--strategy: unknown strategy {strategy!r} ({', '.join(STRATEGIES)})")
-        if strategy != self.cfg.strategy.type and strategy in ("canary", "rolling"):
-            raise UsageError(f"--strategy {strategy}: needs a strategy block of that type in the config")
-        if artifact and not Path(artifact).exists():
-            raise UsageError(f"--artifact: no such file or directory: {artifact}")
-        run = self.cfg.run
-        if image is not None and not run.containers:
-            raise UsageError(f"--image: runtime {run.runtime} runs no images (run.runtime: docker or podman)")
-        if run.containers and image is None and run.image is None:
-            raise UsageError("run.image: no image to deploy: set run.image (like roomescape:{version}) or pass --image",
-                             detail={"field": "run.image"})
-        if run.containers and not (self.cfg.build and self.cfg.build.commands):
-            # nothing will build the image: it must be there now (exit 2 before anything is recorded)
-            if version is None:
-                version = default_version(self.cfg.base_dir)
-            ref = image or run.image.replace("{version}", version).replace("{release}", self.store.release_id(version))
-            await self.parts.fleet.runtime.resolve_image(ref)
         live = self.live()
+        # Every reason this deploy cannot work, at once (exit 2), before anything is stopped or recorded.
+        preflight.refuse(await preflight.deploy(
+            self.cfg, self.parts.releases, preflight.DeployRequest(version, artifact, strategy, image), live,
+            runtime=self.parts.fleet.runtime,
+        ))
         dep = self.store.create_deployment(version or "(building)", strategy, live.id if live else None)
         self.task = asyncio.get_running_loop().create_task(self._deploy(dep, version, artifact, strategy, live, image))
         return dep.id

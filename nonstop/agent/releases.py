@@ -4,12 +4,18 @@ A release's folder is written once (into a temporary folder, then renamed
 into place) and made read-only, so a later build never overwrites the jar a
 running instance uses, and a rollback never rebuilds. A failed build changes
 nothing: no release row and no folder (its log stays in ``logs/`` to read).
+
+A version names one artifact, recorded by its digest (``artifact_digest``:
+sha256 of the file, or of a folder's files). Deploying a version that exists
+with the same artifact (or with none given) reuses its release; with a
+different one it is refused (``VersionTaken``), naming both digests.
 """
 
 from __future__ import annotations
 
 import glob
 import json
+import hashlib
 import os
 import shutil
 import signal
@@ -22,11 +28,12 @@ from pathlib import Path
 from typing import Callable
 
 from nonstop.agent.runtimes.base import ImageInfo
+from nonstop.agent.room import is_disk_full
 from nonstop.agent.store import Release, Store, validate_version
 from nonstop.config import BuildConfig, split_command
 from nonstop.errors import DeploymentFailed, UsageError
 
-__all__ = ["Releases", "BuildFailed", "default_version"]
+__all__ = ["Releases", "BuildFailed", "VersionTaken", "default_version", "artifact_digest", "artifact_bytes"]
 
 LOG_TAIL_LINES = 30
 IMAGE_FILE = "image.json"
@@ -36,7 +43,67 @@ class BuildFailed(DeploymentFailed):
     """A ``build:`` command failed, timed out, or produced no artifact; nothing was stored."""
 
 
+class VersionTaken(UsageError):
+    """``--version`` names a release that exists and cannot be deployed again as asked (another artifact, or a build)."""
+
+
 Log = Callable[[str], None]
+
+
+def artifact_digest(path: str | Path) -> str:
+    """``sha256:<hex>`` of an artifact: a file's bytes; for a folder, every entry in path order with its
+    relative path, its kind, a file's bytes and executable bit, a link's target (its own name is not part of it,
+    so a copy under ``releases/<id>/`` has the digest of its source)."""
+    root = Path(path)
+    if not root.is_dir() or root.is_symlink():
+        return "sha256:" + _file_sha256(root).hex()
+    h = hashlib.sha256()
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        for name in dirnames + filenames:
+            entries.append(os.path.normpath(os.path.join(rel, name)))
+    for rel in sorted(entries):
+        full = root / rel
+        if full.is_symlink():
+            h.update(b"L\0" + rel.encode() + b"\0" + os.readlink(full).encode() + b"\0")
+        elif full.is_dir():
+            h.update(b"D\0" + rel.encode() + b"\0")
+        else:
+            x = b"x" if os.stat(full).st_mode & stat.S_IXUSR else b"-"
+            h.update(b"F\0" + rel.encode() + b"\0" + x + _file_sha256(full) + b"\0")
+    return "sha256:" + h.hexdigest()
+
+
+def _file_sha256(path: Path) -> bytes:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.digest()
+
+
+def artifact_bytes(path: str | Path) -> int:
+    """What a copy of the artifact takes: a file's size, or the sum over a folder's files."""
+    root = Path(path)
+    if not root.is_dir():
+        return root.stat().st_size
+    total = 0
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def short(digest: str | None) -> str:
+    """``sha256:1f2e3d4c5b6a`` (12 hex digits: enough to tell two artifacts apart in a message)."""
+    if digest is None:
+        return "no artifact"
+    algo, _, hexd = digest.partition(":")
+    return f"{algo}:{hexd[:12]}"
 
 
 def _say(log: Log | None, msg: str) -> None:
@@ -161,17 +228,19 @@ class Releases:
         """
         base_dir = Path(base_dir)
         workdir = (base_dir / build.workdir).resolve() if build else base_dir
+        named = version is not None
         if version is None:
             version = default_version(workdir)
         validate_version(version)
-        if artifact is not None:
-            artifact = Path(os.path.expanduser(str(artifact)))
-            if not artifact.is_absolute():
-                artifact = base_dir / artifact
-            if not artifact.exists():
-                raise UsageError(f"--artifact: no such file or directory: {artifact}", detail={"field": "artifact"})
+        artifact = self.resolve_artifact(artifact, base_dir)
+        if named:
+            existing = self.existing(version, artifact, build, base_dir)
+            if existing is not None:
+                _say(log, f"release {existing.id} is stored with this artifact ({short(self.digest_of(existing))}): deploying it again")
+                return existing
 
-        rid = self.store.release_id(version)
+        # A version the user named is that release's id; only a generated one moves on to -2, -3 on a clash.
+        rid = version if named else self.store.release_id(version)
         build_log: Path | None = None
         if build is not None and build.commands:
             build_log = self.logs_dir / f"build-{rid}.log"
@@ -199,22 +268,29 @@ class Releases:
             if info is not None:
                 (tmp / IMAGE_FILE).write_text(json.dumps({"ref": info.ref, "id": info.id}) + "\n")
             _make_read_only(tmp)
-            rel = self._place(tmp, version, rid, name, build_log, log)
-        except BaseException:
+            digest = artifact_digest(tmp / name) if name else None
+            rel = self._place(tmp, version, rid, name, build_log, log, digest=digest, suffix=not named)
+        except BaseException as e:
             _remove_tree(tmp)
+            if is_disk_full(e):
+                raise self.store.full(f"copying {src}") from e
             raise
         _say(log, f"release {rel.id} stored" + (f" ({name})" if name else " (no artifact)"))
         return rel
 
     def _place(
-        self, tmp: Path, version: str, rid: str, name: str | None, build_log: Path | None, log: Log | None
+        self, tmp: Path, version: str, rid: str, name: str | None, build_log: Path | None, log: Log | None,
+        *, digest: str | None = None, suffix: bool = True,
     ) -> Release:
         """Rename the finished folder into place and insert its row; if another
-        process took the id meanwhile, take the next one."""
+        process took the id meanwhile, take the next one (``suffix``) or refuse."""
         for _ in range(20):
             final = self.dir / rid
             if final.exists():
                 if self.store.get_release(rid) is not None:
+                    if not suffix:
+                        raise VersionTaken(f"--version {version}: another deploy stored release {rid} meanwhile",
+                                           detail={"field": "--version"})
                     rid = self._next_id(version, rid)
                     continue
                 # Left over by a crash between rename and insert: no release owns it.
@@ -231,12 +307,74 @@ class Releases:
             artifact = str(final / name) if name else None
             try:
                 return self.store.add_release(
-                    version, artifact, str(build_log) if build_log else None, id=rid
+                    version, artifact, str(build_log) if build_log else None, id=rid, digest=digest
                 )
             except UsageError:
                 os.rename(final, tmp)
+                if not suffix:
+                    raise VersionTaken(f"--version {version}: another deploy stored release {rid} meanwhile",
+                                       detail={"field": "--version"}) from None
                 rid = self._next_id(version, rid)
         raise UsageError(f"could not find a free release id for version {version!r}")  # pragma: no cover
+
+    # -- versions name one artifact -------------------------------------------------
+    @staticmethod
+    def resolve_artifact(artifact: str | Path | None, base_dir: Path) -> Path | None:
+        """The ``--artifact`` path, relative to ``base_dir``; ``UsageError`` when nothing is there."""
+        if artifact is None:
+            return None
+        p = Path(os.path.expanduser(str(artifact)))
+        if not p.is_absolute():
+            p = Path(base_dir) / p
+        if not p.exists():
+            raise UsageError(f"--artifact: no such file or directory: {p}", detail={"field": "--artifact"})
+        return p
+
+    def digest_of(self, rel: Release) -> str | None:
+        """The release's artifact digest (computed from its immutable copy, once, for releases stored before digests)."""
+        if rel.digest is not None or rel.artifact is None:
+            return rel.digest
+        path = self.artifact_path(rel)
+        if path is None or not path.exists():
+            return None
+        digest = artifact_digest(path)
+        self.store.set_digest(rel.id, digest)
+        rel.digest = digest
+        return digest
+
+    def existing(
+        self, version: str, artifact: Path | None, build: BuildConfig | None, base_dir: Path
+    ) -> Release | None:
+        """The stored release ``version`` names, if any, when deploying it again as asked is the same artifact.
+
+        None: no such release (a new one will be stored). Raises ``VersionTaken`` when the
+        version names a release and the deploy would bring another artifact: a different
+        ``--artifact`` (both digests named), or a build (which makes a new one)."""
+        rel = self.store.find_release(version)
+        if rel is None:
+            return None
+        have = self.digest_of(rel)
+        if artifact is None and build is not None and build.commands:
+            raise VersionTaken(
+                f"--version {version}: release {rel.id} exists ({short(have)}), and a build would make a new artifact "
+                f"under the same name. Choose a new version, or run {rel.id} again as stored with "
+                f"`nonstop rollback --to {rel.id}`",
+                detail={"field": "--version", "release": rel.id, "digest": have},
+            )
+        src = artifact
+        if src is None and build is not None and build.artifact:
+            workdir = (Path(base_dir) / build.workdir).resolve()
+            src = self._find_build_artifact(build.artifact, workdir, None)
+        if src is None:
+            return rel  # nothing given: the release as stored
+        given = artifact_digest(src)
+        if given != have:
+            raise VersionTaken(
+                f"--version {version}: release {rel.id} is {short(have)}, but {src} is {short(given)}. "
+                "A version names one artifact: choose a new version for this one",
+                detail={"field": "--version", "release": rel.id, "digest": have, "given": given},
+            )
+        return rel
 
     def _next_id(self, version: str, taken: str) -> str:
         rid = self.store.release_id(version)

@@ -30,6 +30,7 @@ from nonstop.agent.lifecycle import (
     INSTANCE_STATES,
     check_transition,
 )
+from nonstop.agent.room import Reserve, StateDirFull, free_bytes, is_disk_full
 from nonstop.errors import DeploymentInProgress, NonstopError, UsageError
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "InstanceRecord",
     "Store",
     "StoreError",
+    "StateDirFull",
     "RELEASE_STATUSES",
     "VERSION_RE",
     "validate_version",
@@ -76,6 +78,7 @@ class Release:
     created_at: float
     status: str = "ok"  # 'ok' | 'bad' (rolled back as bad: `rollback` skips it)
     build_log: str | None = None  # path of the build log, when a build ran
+    digest: str | None = None  # "sha256:…" of the artifact (a file, or a folder's files); None: no artifact
 
 
 @dataclass
@@ -184,6 +187,10 @@ MIGRATIONS: list[str] = [
         data            TEXT NOT NULL DEFAULT '{}'
     );
     """,
+    # 2: a version names one artifact: its digest, to tell a redeploy from a different build under the same name
+    """
+    ALTER TABLE releases ADD COLUMN digest TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -215,10 +222,13 @@ class Store:
     same file see all of it or none of it.
     """
 
-    def __init__(self, path: str | Path, *, timeout: float = 10.0) -> None:
+    def __init__(self, path: str | Path, *, timeout: float = 10.0, reserve: bool = True) -> None:
+        """``reserve``: keep room for the end of an operation when the disk fills (``room.Reserve``); off for
+        readers that must not add files (the CLI's offline views)."""
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._reserve = Reserve(Path(self.path + "-reserve")) if reserve and self.path != ":memory:" else None
         self._lock = threading.RLock()
         try:
             self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
@@ -229,6 +239,8 @@ class Store:
             self._migrate()
         except sqlite3.DatabaseError as e:
             raise StoreError(f"cannot open state database {self.path}: {e}") from e
+        if self._reserve is not None:
+            self._reserve.keep()
 
     # -- plumbing --------------------------------------------------------------
     def close(self) -> None:
@@ -244,14 +256,37 @@ class Store:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+                else:
+                    self._db.execute("COMMIT")
+            except sqlite3.Error as e:
+                # A full file system is the user's to fix, not a crash: say where and how much room is left.
+                # SQLite rolls a failed statement's transaction back whole; a failed COMMIT keeps it open.
+                if self._db.in_transaction:
+                    try:
+                        self._db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                if is_disk_full(e):
+                    raise self.full() from e
                 raise
-            else:
-                self._db.execute("COMMIT")
+            if self._reserve is not None:
+                self._reserve.keep()
+
+    def full(self, action: str = "") -> StateDirFull:
+        """The error for a write the full disk refused; gives the reserve back so the next writes (how the
+        operation ended) can be made."""
+        folder = Path(self.path).parent
+        free = free_bytes(folder)
+        released = self._reserve.release() if self._reserve is not None else 0
+        return StateDirFull(folder, action, free=free, released=released)
 
     def _read(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -285,6 +320,7 @@ class Store:
             created_at=row["created_at"],
             status=row["status"],
             build_log=row["build_log"],
+            digest=row["digest"],
         )
 
     def _id_taken(self, db: sqlite3.Connection, rid: str) -> bool:
@@ -306,7 +342,13 @@ class Store:
             return self._free_id(self._db, version)
 
     def add_release(
-        self, version: str, artifact: str | None, build_log: str | None = None, *, id: str | None = None
+        self,
+        version: str,
+        artifact: str | None,
+        build_log: str | None = None,
+        *,
+        id: str | None = None,
+        digest: str | None = None,
     ) -> Release:
         """Store a new release. ``id`` (optional) asks for exactly that id and raises
         ``UsageError`` when it is taken (``Releases`` uses it after naming the folder)."""
@@ -319,16 +361,31 @@ class Store:
                 if self._id_taken(db, id):
                     raise UsageError(f"release id {id!r} is already taken", detail={"release": id})
                 rid = id
-            rel = Release(rid, version, artifact, time.time(), "ok", build_log)
+            rel = Release(rid, version, artifact, time.time(), "ok", build_log, digest)
             db.execute(
-                "INSERT INTO releases (id, version, artifact, created_at, status, build_log) VALUES (?, ?, ?, ?, ?, ?)",
-                (rel.id, rel.version, rel.artifact, rel.created_at, rel.status, rel.build_log),
+                "INSERT INTO releases (id, version, artifact, created_at, status, build_log, digest) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (rel.id, rel.version, rel.artifact, rel.created_at, rel.status, rel.build_log, rel.digest),
             )
         return rel
 
     def get_release(self, id: str) -> Release | None:
         rows = self._read("SELECT * FROM releases WHERE id = ?", (id,))
         return self._release(rows[0]) if rows else None
+
+    def find_release(self, version: str) -> Release | None:
+        """The release ``version`` names: the one with that id, else the newest of that version (a store
+        written before versions were unique may hold ``v1`` and ``v1-2``)."""
+        rel = self.get_release(version)
+        if rel is not None:
+            return rel
+        rows = self._read("SELECT * FROM releases WHERE version = ? ORDER BY created_at DESC, rowid DESC LIMIT 1", (version,))
+        return self._release(rows[0]) if rows else None
+
+    def set_digest(self, id: str, digest: str | None) -> None:
+        """Record the digest of a release stored before digests were (its copy is immutable: computed once)."""
+        with self._write() as db:
+            db.execute("UPDATE releases SET digest = ? WHERE id = ?", (digest, id))
 
     def list_releases(self) -> list[Release]:
         """Newest first."""

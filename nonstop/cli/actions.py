@@ -7,12 +7,12 @@ from nonstop.cli.context import Ctx
 from nonstop.errors import DeploymentFailed
 
 
-def follow(c: Ctx, path: str, body: dict, client=None) -> None:
+def follow(c: Ctx, path: str, body: dict) -> None:
     """Stream a deployment's events; exit 0 when it went live, 1 otherwise."""
     events = []
     result = None
     progress = None
-    stream = (client or c.client).stream(path, body)
+    stream = c.client.stream(path, body)
     try:
         for ev in stream:  # the request goes out first; the terminal view (rich) loads after it
             if progress is None and not c.json:
@@ -51,12 +51,12 @@ def _progress(c: Ctx):
 
 
 def rollback(c: Ctx, to: str | None) -> None:
-    follow(c, "/rollback", {"to": to}, client=c.incident_client)
+    follow(c, "/rollback", {"to": to})
 
 
 def steer(c: Ctx, action: str) -> None:
     """promote, promote_full, abort, pause or resume the running deployment."""
-    res = c.incident_client.post("/steer", {"action": action})
+    res = c.client.post("/steer", {"action": action})
     if c.json:
         c.print_json(res)
     else:

@@ -9,13 +9,16 @@ import sys
 from functools import cached_property
 from pathlib import Path
 
-from nonstop.cli.client import AgentClient
 from nonstop import configfile
+from nonstop.cli.client import AgentClient
 from nonstop.cli.locate import state_dir
 from nonstop.errors import NonstopError
 
 
 class Ctx:
+    """What one invocation of ``nonstop`` knows: the config file, the state dir, the agent's client, the output
+    mode and consoles; each found or made when first asked for."""
+
     def __init__(self, config_path: str | None) -> None:
         self.config_path = config_path
         self.json = False
@@ -26,11 +29,14 @@ class Ctx:
 
     @cached_property
     def state(self) -> Path:
-        return state_dir(self.config_file)
+        """The state dir, found without validating the config (``locate.state_dir(strict=False)``): the agent
+        runs on the config it validated, so a file broken mid-edit never stands between an operator and the
+        agent (status, down, rollback…), nor the state dir's own records (history, logs)."""
+        return state_dir(self.config_file, strict=False)
 
     @cached_property
     def cfg(self):
-        """The fully validated config (pydantic; only `up` needs it)."""
+        """The fully validated config (pydantic; `up` and `check` need it)."""
         from nonstop import config as configmod
 
         return configmod.load(self.config_file)
@@ -40,22 +46,12 @@ class Ctx:
         return AgentClient(self.state / "agent.sock")
 
     @cached_property
-    def incident_client(self) -> AgentClient:
-        """For rollback / abort / promote / pause / resume: found without parsing the config
-        when it cannot name a state dir (``locate.state_dir(strict=False)``)."""
-        return AgentClient(state_dir(self.config_file, strict=False) / "agent.sock")
-
-    @cached_property
     def console(self):
-        from rich.console import Console
-
-        return Console(no_color=bool(os.environ.get("NO_COLOR")), highlight=False)
+        return _console(sys.stdout, stderr=False)
 
     @cached_property
     def err(self):
-        from rich.console import Console
-
-        return Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")), highlight=False)
+        return _console(sys.stderr, stderr=True)
 
     def print_json(self, data: object) -> None:
         _out(jsonlib.dumps(data, indent=2, default=str))
@@ -63,6 +59,17 @@ class Ctx:
     def say(self, text: str) -> None:
         """A one-line human result, without loading rich (fast paths)."""
         _out(text)
+
+
+def _console(stream, *, stderr: bool):
+    """A rich console; into a pipe or a file, lines are never wrapped nor cut (a terminal's width means nothing
+    there, and ``grep`` should find a whole line)."""
+    from rich.console import Console
+
+    no_color = bool(os.environ.get("NO_COLOR"))
+    if stream.isatty():
+        return Console(stderr=stderr, no_color=no_color, highlight=False)
+    return Console(stderr=stderr, no_color=no_color, highlight=False, width=1 << 16, soft_wrap=True)
 
 
 def _out(text: str, err: bool = False) -> None:

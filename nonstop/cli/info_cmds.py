@@ -1,4 +1,9 @@
-"""``nonstop status``, ``history``, ``logs``: read-only views."""
+"""``nonstop status``, ``history``, ``logs``: read-only views.
+
+``status`` asks the agent (exit 3 when it is not running). ``history`` asks
+the agent and, when it does not answer, reads the state dir; ``logs`` reads
+the log files in the state dir either way (``offline``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import click
 
 from nonstop.cli.context import Ctx
 from nonstop.cli.options import json_option, pass_ctx
+from nonstop.errors import AgentUnreachable
 
 
 @click.command()
@@ -26,8 +32,13 @@ def status(c: Ctx) -> None:
 @json_option
 @pass_ctx
 def history(c: Ctx, limit: int) -> None:
-    """Releases and deployments with outcome and timings."""
-    h = c.client.get("/history", limit=limit)
+    """Releases and deployments with outcome and timings (from the state dir when the agent is not running)."""
+    try:
+        h = c.client.get("/history", limit=limit)
+    except AgentUnreachable:
+        from nonstop.cli import offline
+
+        h = offline.history(c.state, limit)
     if c.json:
         return c.print_json(h)
     from nonstop.cli import render
@@ -37,11 +48,19 @@ def history(c: Ctx, limit: int) -> None:
 
 @click.command()
 @click.argument("release", required=False)
-@click.option("-n", "--lines", default=100, show_default=True)
+@click.option("-n", "--lines", default=100, show_default=True, help="lines from the end of each log")
+@json_option
 @pass_ctx
 def logs(c: Ctx, release: str | None, lines: int) -> None:
-    """Instance logs of RELEASE (default: the live one); `agent` or `proxy` for theirs."""
-    click.echo(c.client.text("/logs", release=release, lines=lines), nl=False)
+    """Instance logs of RELEASE (default: the one that last went live); `agent` or `proxy` for theirs.
+
+    Read from the state dir's logs/ folder: the agent need not run."""
+    from nonstop.cli import offline
+
+    found = offline.logs(c.state, release, lines)
+    if c.json:
+        return c.print_json(found)
+    click.echo(offline.logs_text(found), nl=False)
 
 
 COMMANDS = [status, history, logs]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -14,10 +15,13 @@ from nonstop.cli.context import Ctx
 from nonstop.cli.options import json_option, pass_ctx
 from nonstop.errors import AgentUnreachable, ConfigError, NonstopError
 
+DASHBOARD_PORT = 9900
+
 
 @click.command()
 @click.option("--app", default=None, help="app name (default: this folder's name)")
 @click.option("--force", is_flag=True, help="overwrite an existing nonstop.yml")
+@json_option
 @pass_ctx
 def init(c: Ctx, app: str | None, force: bool) -> None:
     """Write a commented nonstop.yml in this folder."""
@@ -27,8 +31,22 @@ def init(c: Ctx, app: str | None, force: bool) -> None:
     if path.exists() and not force:
         raise ConfigError("already exists (use --force to overwrite)", file=str(path))
     name = app or "".join(ch if ch.isalnum() or ch in "_.-" else "-" for ch in Path.cwd().name).strip("-.") or "app"
-    path.write_text(configmod.TEMPLATE.format(app=name))
-    click.echo(f"wrote {path}")
+    port = _free_dashboard_port()
+    path.write_text(configmod.TEMPLATE.format(app=name, dashboard_port=port))
+    if c.json:
+        c.print_json({"wrote": str(path), "app": name, "dashboard": f"127.0.0.1:{port}"})
+    else:
+        click.echo(f"wrote {path} (dashboard on 127.0.0.1:{port})")
+
+
+def _free_dashboard_port() -> int:
+    """9900, or the next port free on loopback: a second app on this machine gets its own dashboard."""
+    from nonstop.agent.preflight.ports import bind_error
+
+    for port in range(DASHBOARD_PORT, DASHBOARD_PORT + 100):
+        if bind_error("127.0.0.1", port) is None:
+            return port
+    return DASHBOARD_PORT  # all taken: `nonstop check` / `up` name it
 
 
 @click.command()
@@ -43,6 +61,11 @@ def up(c: Ctx, detach: bool, timeout: float | None) -> None:
         st = c.client.get("/status")
         _report_up(c, st, already=True)
         return
+    from nonstop.agent import preflight
+
+    # Every reason it could not work (ports taken, a missing program, a config the router refuses), at once
+    # and before anything starts: exit 2. The agent checks again itself (when started another way).
+    preflight.refuse(asyncio.run(preflight.startup(cfg)))
     argv = [sys.executable, "-m", "nonstop.agent", "--config", str(Path(cfg.source))]
     if not detach:
         # Foreground: the agent replaces this process; Ctrl-C stops everything (like `docker compose up`).
@@ -57,6 +80,8 @@ def up(c: Ctx, detach: bool, timeout: float | None) -> None:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 tail = (logs / "agent.log").read_text(errors="replace")[-1500:]
+                if proc.returncode == ConfigError.exit_code:  # it refused its config, or what it names
+                    raise ConfigError(f"the agent refused to start:\n{tail}", file=str(cfg.source))
                 raise NonstopError(f"the agent exited at start (code {proc.returncode}):\n{tail}")
             if c.client.alive():
                 break
@@ -79,21 +104,50 @@ def _report_up(c: Ctx, st: dict, *, already: bool) -> None:
 @json_option
 @pass_ctx
 def down(c: Ctx) -> None:
-    """Drain and stop the instances, the proxy and the agent."""
-    pid_file = c.state / "agent.pid"
+    """Drain and stop the instances, the proxy and the agent (from the state dir when the agent is not running)."""
+    from nonstop.agent.preflight.statedir import agent_pid
+
+    pid = agent_pid(c.state)
     try:
-        pid = int(pid_file.read_text().strip())
-    except (OSError, ValueError):
-        pid = None
-    with c.err.status("draining and stopping…"):
-        c.client.post("/down")
-        deadline = time.monotonic() + 30
-        while pid and time.monotonic() < deadline and _pid_alive(pid):
-            time.sleep(0.05)
+        with c.err.status("draining and stopping…"):
+            c.client.post("/down")
+            deadline = time.monotonic() + 30
+            while pid and time.monotonic() < deadline and _pid_alive(pid):
+                time.sleep(0.05)
+    except AgentUnreachable:
+        return _down_offline(c, pid)
     if c.json:
-        c.print_json({"running": False})
+        c.print_json({"running": False, "agent": True})
     else:
         c.console.print("[green]✓[/] nonstop down: instances, proxy and agent stopped")
+
+
+def _down_offline(c: Ctx, pid: int | None) -> None:
+    """No agent answers: stop what it left running (a crash), or say nothing runs."""
+    from nonstop.cli import offline
+
+    if pid is not None:  # there, but not answering its socket: stop it first (its SIGTERM leaves the rest running)
+        import psutil
+
+        try:
+            p = psutil.Process(pid)
+            p.terminate()
+            p.wait(15)
+        except (psutil.Error, psutil.TimeoutExpired):
+            pass
+    with c.err.status("the agent is not running: stopping what it left…"):
+        stopped = asyncio.run(offline.down(c.state, offline.DownSettings.read(c.config_file)))
+    nothing = not stopped["router"] and not stopped["instances"] and pid is None
+    if c.json:
+        c.print_json({"running": False, "agent": False, "was_running": not nothing, "stopped": stopped})
+    elif nothing:
+        c.say("nonstop is not running (nothing to stop)")
+    else:
+        parts = [f"the router (pid {', '.join(map(str, stopped['router']))})"] if stopped["router"] else []
+        if stopped["instances"]:
+            parts.append(f"{len(stopped['instances'])} instance(s): {', '.join(stopped['instances'])}")
+        what = " and ".join(parts) or "the agent"
+        c.console.print(f"[green]✓[/] nonstop down: the agent was not answering; stopped {what}")
 
 
 def _pid_alive(pid: int) -> bool:

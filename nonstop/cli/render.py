@@ -1,4 +1,10 @@
-"""Human output: deployment progress and the status picture (rich; respects NO_COLOR)."""
+"""Human output: deployment progress and the status picture (rich; respects NO_COLOR).
+
+On a terminal, tables fit its width by folding long cells onto more lines
+(never cutting them: an instance id keeps its port). Into a pipe or a file
+they are plain text, one line per row, nothing wrapped or cut, no trailing
+blanks: ``nonstop history | grep failed`` finds whole reasons.
+"""
 
 from __future__ import annotations
 
@@ -87,6 +93,23 @@ def _dur(s: float | None) -> str:
     return f"{s:.1f}s" if s < 120 else f"{s / 60:.1f}m"
 
 
+def table(console: Console, columns: tuple[str, ...], rows: list[tuple[str, ...]], title: str | None = None) -> None:
+    """Print a table: rich on a terminal (long cells fold), aligned plain text elsewhere."""
+    if console.is_terminal:
+        t = Table(title=title, box=None, pad_edge=False, title_justify="left")
+        for col in columns:
+            t.add_column(col, overflow="fold")
+        for row in rows:
+            t.add_row(*row)
+        console.print(t)
+        return
+    widths = [max([len(col), *(len(r[i]) for r in rows)]) for i, col in enumerate(columns)]
+    lines = [title] if title else []
+    for cells in (columns, *rows):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
+    console.out("\n".join(lines), highlight=False)
+
+
 def status(console: Console, st: dict) -> None:
     console.print(f"[bold]{st['app']}[/] on http://{st['listen']}   router: {st['router']['type']}   live: [bold]{st.get('live_release') or '-'}[/]")
     if st.get("dashboard"):
@@ -96,17 +119,15 @@ def status(console: Console, st: dict) -> None:
         console.print(f"traffic: {split}")
     else:
         console.print("traffic: [yellow]no route (requests are held, then 503)[/]")
-    t = Table(box=None, pad_edge=False)
-    for col in ("instance", "release", "pid", "state", "routed", "uptime", "restarts"):
-        t.add_column(col)
+    rows = []
     for i in st.get("instances", []):
         state = i["state"] if i["alive"] else f"{i['state']} (dead)"
         if i.get("crash_loop"):
             state += ", CRASH LOOP"
         if i.get("warm_until"):
             state += f", warm {max(0, i['warm_until'] - time.time()):.0f}s"
-        t.add_row(i["id"], i["release"], str(i["pid"]), state, "yes" if i["routed"] else "no", _dur(i["uptime"]), str(i["restarts"]))
-    console.print(t)
+        rows.append((i["id"], i["release"], str(i["pid"]), state, "yes" if i["routed"] else "no", _dur(i["uptime"]), str(i["restarts"])))
+    table(console, ("instance", "release", "pid", "state", "routed", "uptime", "restarts"), rows)
     d = st.get("deployment")
     if d:
         line = f"deployment #{d['id']}: {d['strategy']} → {d['release']}  state {d['state']}  phase {d.get('phase') or '-'}  started {_ago(d['started_at'])}"
@@ -152,16 +173,21 @@ def status(console: Console, st: dict) -> None:
 
 
 def history(console: Console, h: dict) -> None:
-    t = Table(title="deployments", box=None, pad_edge=False, title_justify="left")
-    for col in ("#", "release", "strategy", "from", "outcome", "took", "started", "reason"):
-        t.add_column(col)
-    for d in h["deployments"]:
-        t.add_row(str(d["id"]), d["release"], d["strategy"], d.get("from_release") or "-", d.get("outcome") or d["state"],
-                  _dur(d.get("seconds")), _ago(d["started_at"]), (d.get("reason") or "")[:60])
-    console.print(t)
-    r = Table(title="releases", box=None, pad_edge=False, title_justify="left")
-    for col in ("release", "version", "status", "created"):
-        r.add_column(col)
-    for rel in h["releases"]:
-        r.add_row(rel["id"] + (" (live)" if rel["live"] else ""), rel["version"], rel["status"], _ago(rel["created_at"]))
-    console.print(r)
+    deployments = [
+        (str(d["id"]), d["release"], d["strategy"], d.get("from_release") or "-", d.get("outcome") or d["state"],
+         _dur(d.get("seconds")), _ago(d["started_at"]), _one_line(d.get("reason") or ""))
+        for d in h["deployments"]
+    ]
+    table(console, ("#", "release", "strategy", "from", "outcome", "took", "started", "reason"), deployments, "deployments")
+    releases = [
+        (rel["id"] + (" (live)" if rel["live"] else ""), rel["version"], rel["status"], _ago(rel["created_at"]))
+        for rel in h["releases"]
+    ]
+    table(console, ("release", "version", "status", "created"), releases, "releases")
+    if h.get("offline"):
+        console.out(f"(the agent is not running: read from {h['offline']})", highlight=False)
+
+
+def _one_line(text: str) -> str:
+    """A reason on one row: a build's log tail has newlines (the whole of it is in `history --json`)."""
+    return " ⏎ ".join(line.strip() for line in text.splitlines() if line.strip())

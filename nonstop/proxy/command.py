@@ -7,6 +7,7 @@ The click command lives here, inside the data plane, so that
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 
@@ -15,6 +16,7 @@ import click
 from nonstop.durations import parse_duration
 from nonstop.errors import NonstopError
 from nonstop.proxy.config import ProxyConfig
+from nonstop.proxy.routes import parse_addr
 
 
 class _Duration(click.ParamType):
@@ -32,9 +34,35 @@ class _Duration(click.ParamType):
 DURATION = _Duration()
 
 
+class _Address(click.ParamType):
+    """HOST:PORT, checked before anything starts: a bad one is a usage error (exit 2), not a crash."""
+
+    name = "host:port"
+
+    def __init__(self, *, any_port: bool) -> None:
+        self.any_port = any_port  # --listen may say port 0: any free port
+
+    def convert(self, value, param, ctx):
+        text = str(value)
+        try:
+            if self.any_port and text.endswith(":0") and text[:-2]:
+                parse_addr(text[:-2] + ":1")
+            else:
+                parse_addr(text)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+        return text
+
+
+# A listening address the kernel refuses is a bad --listen too (exit 2), said as click says it.
+_BIND_ERRNOS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
+
+
 @click.command("proxy")
-@click.option("--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT to serve (port 0: any free port)")
-@click.option("--upstream", "upstreams", multiple=True, metavar="HOST:PORT", help="static table: one release 'static'")
+@click.option("--listen", type=_Address(any_port=True), default="127.0.0.1:8080", show_default=True,
+              help="HOST:PORT to serve (port 0: any free port)")
+@click.option("--upstream", "upstreams", type=_Address(any_port=False), multiple=True, metavar="HOST:PORT",
+              help="static table: one release 'static'")
 @click.option("--admin-socket", type=click.Path(dir_okay=False), help="Unix socket of the admin API (mode 0600)")
 @click.option("--routes-file", type=click.Path(dir_okay=False), help="routes.json: saved on every change, restored on start")
 @click.option("--pid-file", type=click.Path(dir_okay=False))
@@ -70,5 +98,8 @@ def proxy(upstreams, log_level, **kw) -> None:
     try:
         run(cfg, ready)
     except NonstopError as e:
+        cause = e.__cause__
+        if isinstance(cause, OSError) and cause.errno in _BIND_ERRNOS and not kw.get("takeover"):
+            raise click.BadParameter(e.message, param_hint="'--listen'") from None
         click.echo(f"nonstop proxy: {e.message}", err=True)
         sys.exit(e.exit_code)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -12,10 +13,11 @@ import time
 
 import pytest
 
-from nonstop.agent.releases import BuildFailed, Releases, default_version
-from nonstop.agent.store import Store
+from nonstop.agent.releases import BuildFailed, Releases, VersionTaken, artifact_digest, default_version
+from nonstop.agent.store import StateDirFull, Store
 from nonstop.config import BuildConfig
 from nonstop.errors import DeploymentFailed, UsageError
+from tests.tmpfs import small_tmpfs
 
 PY = sys.executable
 
@@ -91,8 +93,7 @@ def test_release_is_immutable(env):
     jar.write_bytes(b"build 1")
     r1 = releases.create("v1", jar, None, app)
     jar.write_bytes(b"build 2 overwrote the jar")  # the next build rewrites the same path
-    r2 = releases.create("v1", jar, None, app)
-    assert r2.id == "v1-2"
+    r2 = releases.create("v2", jar, None, app)
     assert releases.artifact_path(r1).read_bytes() == b"build 1"
     assert releases.artifact_path(r2).read_bytes() == b"build 2 overwrote the jar"
     for p in (releases.artifact_path(r1), releases.dir / "v1"):
@@ -119,18 +120,119 @@ def test_missing_artifact_and_bad_version_change_nothing(env):
     assert store.list_releases() == [] and left_in(releases) == []
 
 
-def test_id_collisions(env):
+def test_generated_versions_move_on_past_a_taken_id(env, monkeypatch):
     releases, store, app = env
-    ids = [releases.create("v1", None, None, app).id for _ in range(3)]
-    assert ids == ["v1", "v1-2", "v1-3"]
-    assert left_in(releases) == ["v1", "v1-2", "v1-3"]
+    monkeypatch.setattr("nonstop.agent.releases.default_version", lambda workdir, now=None: "20260101-000000")
+    ids = [releases.create(None, None, None, app).id for _ in range(3)]
+    assert ids == ["20260101-000000", "20260101-000000-2", "20260101-000000-3"]
+    assert left_in(releases) == ids
     # a folder without a row (crash between rename and insert) is cleaned and reused
-    store.delete_release("v1-3")
-    assert releases.create("v1", None, None, app).id == "v1-3"
-    # a folder whose row another process just inserted is skipped
-    (releases.dir / "v9").mkdir()
-    store.add_release("v9", None)
-    assert releases.create("v9", None, None, app).id == "v9-2"
+    store.delete_release("20260101-000000-3")
+    assert releases.create(None, None, None, app).id == "20260101-000000-3"
+
+
+def test_a_named_version_clashing_with_a_release_stored_meanwhile_is_refused(env):
+    releases, store, app = env
+    # another process inserted the row (and its folder) after this create looked
+    (releases.dir / "v9").mkdir(parents=True)
+    store.add_release("v9", None, id="v9")
+    with pytest.raises(VersionTaken, match="meanwhile"):
+        releases._place(releases.dir / "nope", "v9", "v9", None, None, None, suffix=False)
+    assert [r.id for r in store.list_releases()] == ["v9"]
+
+
+# -- a version names one artifact -------------------------------------------------
+
+
+def test_the_same_version_and_artifact_is_the_same_release(env):
+    releases, store, app = env
+    jar = app / "app.jar"
+    jar.write_bytes(b"jar v1")
+    r1 = releases.create("v1", jar, None, app)
+    assert r1.digest == "sha256:" + hashlib.sha256(b"jar v1").hexdigest()
+    again = releases.create("v1", jar, None, app)
+    assert again == r1 and [r.id for r in store.list_releases()] == ["v1"] and left_in(releases) == ["v1"]
+    # no artifact given: the release as stored
+    assert releases.create("v1", None, None, app) == r1
+    # a copy elsewhere with the same bytes is the same artifact
+    (app / "copy.jar").write_bytes(b"jar v1")
+    assert releases.create("v1", app / "copy.jar", None, app) == r1
+
+
+def test_the_same_version_with_another_artifact_is_refused_naming_both_digests(env):
+    releases, store, app = env
+    jar = app / "app.jar"
+    jar.write_bytes(b"jar v1")
+    releases.create("v1", jar, None, app)
+    jar.write_bytes(b"jar v1, rebuilt")
+    with pytest.raises(VersionTaken) as ei:
+        releases.create("v1", jar, None, app)
+    e = ei.value
+    assert e.exit_code == 2 and e.detail["field"] == "--version"
+    have = "sha256:" + hashlib.sha256(b"jar v1").hexdigest()
+    given = "sha256:" + hashlib.sha256(b"jar v1, rebuilt").hexdigest()
+    assert e.detail["digest"] == have and e.detail["given"] == given
+    assert have[:19] in e.message and given[:19] in e.message and str(jar) in e.message
+    assert [r.id for r in store.list_releases()] == ["v1"] and left_in(releases) == ["v1"]
+
+
+def test_the_same_version_with_a_build_is_refused(env):
+    releases, store, app = env
+    releases.create("v1", None, None, app)
+    build = BuildConfig(commands=[py("open('built', 'w').write('x')")])
+    with pytest.raises(VersionTaken, match="a build would make a new artifact.*rollback --to v1"):
+        releases.create("v1", None, build, app)
+    assert not (app / "built").exists(), "the build ran"
+
+
+def test_a_folders_digest_covers_names_contents_links_and_the_executable_bit(tmp_path):
+    d = tmp_path / "dist"
+    (d / "lib").mkdir(parents=True)
+    (d / "run.sh").write_text("#!/bin/sh\n")
+    (d / "lib" / "a.jar").write_bytes(b"a")
+    os.symlink("lib/a.jar", d / "current.jar")
+    base = artifact_digest(d)
+    copy = tmp_path / "elsewhere" / "other-name"
+    shutil.copytree(d, copy, symlinks=True)
+    assert artifact_digest(copy) == base  # its own name is not part of it
+    changes = [
+        lambda p: (p / "lib" / "a.jar").write_bytes(b"b"),
+        lambda p: os.rename(p / "lib" / "a.jar", p / "lib" / "b.jar"),
+        lambda p: os.chmod(p / "run.sh", 0o755),
+        lambda p: (os.unlink(p / "current.jar"), os.symlink("run.sh", p / "current.jar")),
+        lambda p: (p / "empty").mkdir(),
+    ]
+    for i, change in enumerate(changes):
+        c = tmp_path / f"c{i}"
+        shutil.copytree(d, c, symlinks=True)
+        change(c)
+        assert artifact_digest(c) != base, i
+
+
+def test_a_release_stored_before_digests_gets_one_from_its_copy(env):
+    releases, store, app = env
+    jar = app / "app.jar"
+    jar.write_bytes(b"old")
+    rel = releases.create("v1", jar, None, app)
+    store.set_digest("v1", None)  # as a store migrated from schema 1 has it
+    assert releases.create("v1", jar, None, app).id == "v1"
+    assert store.get_release("v1").digest == rel.digest
+
+
+def test_a_full_state_dir_leaves_no_half_copied_release(tmp_path):
+    """A real tmpfs of 1 MiB and a 2 MiB artifact: the copy runs out of room."""
+    with small_tmpfs(tmp_path / "state", "1m") as state:
+        store = Store(state / "nonstop.db")
+        releases = Releases(state, store)
+        jar = tmp_path / "app.jar"
+        jar.write_bytes(os.urandom(2 << 20))
+        with pytest.raises(StateDirFull) as ei:
+            releases.create("v1", jar, None, tmp_path)
+        e = ei.value
+        assert f"the state dir is full: {state} has " in e.message and " free" in e.message and str(jar) in e.message
+        assert e.detail["free_bytes"] is not None and e.detail["free_bytes"] < (1 << 20)
+        assert store.list_releases() == [] and left_in(releases) == []
+        store.close()
 
 
 def test_default_version_is_a_timestamp_plus_git_sha(env, tmp_path):

@@ -18,8 +18,10 @@ from nonstop.agent.lifecycle import (
     LifecycleError,
     check_transition,
 )
-from nonstop.agent.store import SCHEMA_VERSION, InstanceRecord, Store, StoreError
+from nonstop.agent.room import RESERVE_BYTES, Reserve
+from nonstop.agent.store import MIGRATIONS, SCHEMA_VERSION, InstanceRecord, StateDirFull, Store, StoreError
 from nonstop.errors import DeploymentInProgress, NonstopError, UsageError
+from tests.tmpfs import fill, small_tmpfs
 
 
 @pytest.fixture
@@ -334,3 +336,94 @@ def test_transition_table(kind, old, new, ok):
 def test_any_instance_state_can_stop():
     for s in INSTANCE_TRANSITIONS:
         check_transition("instance", s, "stopped")
+
+
+# -- versions and digests ------------------------------------------------------------
+
+
+def test_a_version_is_found_by_id_then_as_the_newest_of_that_version(store):
+    store.add_release("v1", "/a", digest="sha256:aa")
+    store.add_release("v1", "/b", digest="sha256:bb")  # v1-2, as stores before unique versions hold them
+    assert store.find_release("v1").digest == "sha256:aa"
+    store.delete_release("v1")
+    assert store.find_release("v1").id == "v1-2"
+    assert store.find_release("v9") is None
+
+
+def test_a_schema_1_store_moves_to_digests_keeping_its_releases(tmp_path):
+    db = tmp_path / "nonstop.db"
+    con = sqlite3.connect(db)
+    con.executescript(MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+    con.execute("INSERT INTO releases (id, version, artifact, created_at) VALUES ('v1', 'v1', '/x/app.jar', 1.0)")
+    con.commit()
+    con.close()
+    with Store(db) as s:
+        assert s.schema_version == SCHEMA_VERSION
+        rel = s.get_release("v1")
+        assert rel.artifact == "/x/app.jar" and rel.digest is None
+
+
+# -- a full state dir ------------------------------------------------------------------
+
+
+def test_a_full_state_dir_is_named_with_its_free_space_and_the_database_stays_whole(tmp_path):
+    """A real tmpfs of 2 MiB, filled to the last byte: SQLite cannot grow its WAL."""
+    with small_tmpfs(tmp_path / "state", "2m") as state:
+        s = Store(state / "nonstop.db")
+        s.add_release("v1", None)
+        dep = s.create_deployment("v1", "blue-green", None)
+        s.update_deployment(dep.id, state="progressing")
+        filler = fill(state)
+        with pytest.raises(StateDirFull) as ei:
+            for i in range(10_000):  # the first page the WAL lacks room for
+                s.add_event(dep.id, "step", "x" * 2000)
+        e = ei.value
+        assert isinstance(e, NonstopError) and isinstance(e.__cause__, sqlite3.OperationalError)
+        assert e.detail["reserve_released"] == 0  # 2 MiB: too small to have kept one
+        assert f"the state dir is full: {state} has " in e.message and " free" in e.message
+        assert e.detail["path"] == str(state) and e.detail["free_bytes"] < 64 * 1024
+        written = len(s.events(dep.id, limit=100_000))
+        with pytest.raises(StateDirFull):
+            s.update_deployment(dep.id, state="promoted")
+        # nothing half-written: the failed writes are not there, everything before them is
+        assert s.get_deployment(dep.id).state == "progressing" and len(s.events(dep.id, limit=100_000)) == written
+        filler.unlink()
+        s.update_deployment(dep.id, state="promoted")
+        s.close()
+        con = sqlite3.connect(state / "nonstop.db")
+        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert con.execute("SELECT state FROM deployments").fetchall() == [("promoted",)]
+        assert con.execute("SELECT id FROM releases").fetchall() == [("v1",)]
+        con.close()
+
+
+def test_the_reserve_lets_an_operation_record_its_end_on_a_full_disk(tmp_path, monkeypatch):
+    """16 MiB tmpfs: the store keeps a 1 MiB reserve; the first write that finds the disk full gives it back."""
+    monkeypatch.setattr(Reserve, "recheck", 0.0)
+    with small_tmpfs(tmp_path / "state", "16m") as state:
+        s = Store(state / "nonstop.db")
+        reserve = state / "nonstop.db-reserve"
+        assert reserve.stat().st_size == RESERVE_BYTES and reserve.stat().st_blocks * 512 >= RESERVE_BYTES
+        dep = s.create_deployment("v1", "rollback", None)
+        s.update_deployment(dep.id, state="progressing")
+        filler = fill(state)
+        with pytest.raises(StateDirFull) as ei:
+            for _ in range(10_000):
+                s.add_event(dep.id, "step", "x" * 2000)
+        e = ei.value
+        assert e.detail["reserve_released"] == RESERVE_BYTES and "gave back its 1.0 MiB reserve" in e.message
+        assert e.detail["free_bytes"] < 64 * 1024  # measured before the reserve was given back
+        assert not reserve.exists()
+        # how it ended can be written now
+        s.add_event(dep.id, "result", "the state dir is full")
+        s.update_deployment(dep.id, state="failed", reason=e.message)
+        assert s.get_deployment(dep.id).state == "failed"
+        assert not reserve.exists()  # no room to make it again yet
+        filler.unlink()
+        s.add_event(None, "note", "room again")
+        assert reserve.exists()
+        s.close()
+    # readers that must add nothing keep none
+    with Store(tmp_path / "ro.db", reserve=False):
+        pass
+    assert not (tmp_path / "ro.db-reserve").exists()

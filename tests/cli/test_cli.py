@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 
@@ -25,6 +26,20 @@ def test_init_writes_a_config_that_loads(tmp_path):
     assert code == 2 and "already exists" in err
 
 
+def test_init_gives_a_second_app_on_this_machine_a_free_dashboard_port(tmp_path):
+    from nonstop.agent.preflight.ports import bind_error
+
+    first = next(p for p in range(9900, 10000) if bind_error("127.0.0.1", p) is None)
+    with socket.socket() as taken:  # the first app's dashboard
+        taken.bind(("127.0.0.1", first))
+        taken.listen(1)
+        code, out, err = run(tmp_path, "init", "--app", "second", "--json")
+    assert code == 0, err
+    port = config.load(tmp_path / "nonstop.yml").dashboard.listen.rpartition(":")[2]
+    assert int(port) > first and json.loads(out)["dashboard"] == f"127.0.0.1:{port}"
+    assert bind_error("127.0.0.1", int(port)) is None
+
+
 def test_config_error_exits_2_naming_field_and_file(tmp_path):
     (tmp_path / "nonstop.yml").write_text("app: shop\nrun:\n  command: java -jar app.jar\n")
     code, out, err = run(tmp_path, "up", "--detach")
@@ -41,11 +56,19 @@ def test_config_error_as_json(tmp_path):
     assert body["field"] == "health.interval" and body["exit_code"] == 2
 
 
-def test_broken_yaml_is_exit_2_for_the_verbs_that_read_it(tmp_path):
+def test_a_broken_config_is_exit_2_for_the_verbs_that_need_it_and_no_obstacle_for_the_others(tmp_path):
     (tmp_path / "nonstop.yml").write_text("app: shop\nrun: [unclosed\n")
-    for verb in (["status"], ["deploy"], ["down"], ["history"], ["up"]):
+    for verb in (["up"], ["check"]):
         code, out, err = run(tmp_path, *verb)
         assert code == 2 and "nonstop.yml" in err and "line" in err, (verb, err)
+    # the agent runs on the config it validated (and re-reads it at deploy): reach it, or say it is not running
+    for verb in (["status"], ["deploy"]):
+        code, out, err = run(tmp_path, *verb)
+        assert code == 3 and "no socket at " + str(tmp_path / ".nonstop") in err, (verb, err)
+    code, out, err = run(tmp_path, "down")
+    assert code == 0 and "not running" in out, err
+    code, out, err = run(tmp_path, "history", "--json")
+    assert code == 0 and json.loads(out) == {"releases": [], "deployments": [], "offline": str(tmp_path / ".nonstop")}
 
 
 def test_the_incident_verbs_reach_the_agent_past_a_config_broken_mid_edit(tmp_path):
@@ -60,12 +83,22 @@ def test_the_incident_verbs_reach_the_agent_past_a_config_broken_mid_edit(tmp_pa
     assert code == 2 and "nonstop.yml" in err and "line" in err, err
 
 
-def test_agent_not_running_exits_3(tmp_path):
+def test_agent_not_running_exits_3_for_the_verbs_that_need_it(tmp_path):
     run(tmp_path, "init", "--app", "shop")
-    for verb in (["status"], ["deploy", "--version", "v1"], ["rollback"], ["promote"], ["history"], ["logs"], ["down"]):
+    for verb in (["status"], ["deploy", "--version", "v1"], ["rollback"], ["promote"]):
         code, out, err = run(tmp_path, *verb)
         assert code == 3, (verb, code, err)
         assert "nonstop up" in err
+
+
+def test_down_when_not_up_is_exit_0(tmp_path):
+    run(tmp_path, "init", "--app", "shop")
+    code, out, err = run(tmp_path, "down")
+    assert code == 0 and out.strip() == "nonstop is not running (nothing to stop)", err
+    code, out, err = run(tmp_path, "down", "--json")
+    assert code == 0 and json.loads(out) == {"running": False, "agent": False, "was_running": False,
+                                             "stopped": {"router": [], "instances": []}}
+    assert not (tmp_path / ".nonstop").exists()  # and nothing was created
 
 
 def test_usage_error_exits_2(tmp_path):

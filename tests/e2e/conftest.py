@@ -52,7 +52,11 @@ class Stack:
 
     @property
     def state(self) -> Path:
-        return self.dir / ".nonstop"
+        try:
+            sd = yaml.safe_load(self.cfg_path.read_text()).get("state_dir") or ".nonstop"
+        except (OSError, yaml.YAMLError, AttributeError):
+            sd = ".nonstop"  # a test broke the file on purpose
+        return self.dir / sd
 
     def cli(self, *args: str, timeout: float = 120, check: bool = False) -> CliResult:
         env = {**os.environ, "NO_COLOR": "1"}
@@ -141,12 +145,9 @@ def _descendants_of_state(state: Path) -> set[int]:
     return pids
 
 
-@pytest.fixture
-def stack_factory(tmp_path: Path) -> Iterator:
-    stacks: list[Stack] = []
-
+def _factory(root: Path, stacks: list[Stack]):
     def make(n_ports: int = 2, up: bool = True, **overrides) -> Stack:
-        d = tmp_path / f"stack{len(stacks)}"
+        d = root / f"stack{len(stacks)}"
         d.mkdir()
         listen, *ports = stack_ports(n_ports + 1)
         cfg_path = make_config(d, listen, ports, **overrides)
@@ -156,7 +157,11 @@ def stack_factory(tmp_path: Path) -> Iterator:
             st.cli("up", "--detach", "--timeout", "60", check=True)
         return st
 
-    yield make
+    return make
+
+
+def _tear_down(stacks: list[Stack]) -> None:
+    """``nonstop down``, then end by PID whatever the stack started that is still alive."""
     for st in stacks:
         pids = _descendants_of_state(st.state)
         try:
@@ -171,6 +176,21 @@ def stack_factory(tmp_path: Path) -> Iterator:
                     os.killpg(os.getpgid(pid), signal.SIGKILL) if os.getpgid(pid) == pid else p.kill()
             except (psutil.Error, ProcessLookupError, PermissionError):
                 pass
+
+
+@pytest.fixture
+def stack_factory(tmp_path: Path) -> Iterator:
+    stacks: list[Stack] = []
+    yield _factory(tmp_path, stacks)
+    _tear_down(stacks)
+
+
+@pytest.fixture(scope="module")
+def module_stack_factory(tmp_path_factory) -> Iterator:
+    """``stack_factory`` for stacks that several tests of one module share (each leaves it as it found it)."""
+    stacks: list[Stack] = []
+    yield _factory(tmp_path_factory.mktemp("stacks"), stacks)
+    _tear_down(stacks)
 
 
 @pytest.fixture

@@ -47,7 +47,8 @@ def test_failed_build_changes_nothing(stack_factory, tmp_path):
     good = make_artifact(tmp_path / "a", "good", "--boot-seconds", "0.3")
     st = stack_with(stack_factory, tmp_path)
     st.deploy("v1", "--artifact", str(good))
-    st.write_config(build={"commands": [[sys.executable, "-c", "import sys; print('compiling...'); sys.exit('error: cannot find symbol')"]]})
+    st.write_config(build={"commands": [[sys.executable, "-c", "import sys; print('compiling...'); sys.exit('error: cannot find symbol')"]],
+                           "artifact": "out/app.py"})
     res = st.deploy("v2", expect=1)
     assert "build" in res["reason"].lower()
     assert "cannot find symbol" in str(res["detail"]) or "cannot find symbol" in res["reason"]
