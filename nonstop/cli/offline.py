@@ -70,7 +70,7 @@ def _deployment(d) -> dict:
 def logs(state: Path, release: str | None, lines: int) -> dict:
     """``{"release": R, "files": [{"name", "path", "lines": [...]}]}``: the tail of each log of ``release``
     (default: the one that last went live), or of ``agent`` / ``proxy``. ``UsageError`` for an unknown release."""
-    from nonstop.agent.runtime import ProcessRuntime
+    from nonstop.agent.logfiles import tail
     from nonstop.errors import UsageError
 
     logs_dir = state / "logs"
@@ -91,7 +91,7 @@ def logs(state: Path, release: str | None, lines: int) -> dict:
     return {
         "release": release,
         "files": [
-            {"name": f.name, "path": str(f), "lines": ProcessRuntime.tail(f, lines).splitlines() if lines > 0 else []}
+            {"name": f.name, "path": str(f), "lines": tail(f, lines).splitlines() if lines > 0 else []}
             for f in files
         ],
     }
@@ -186,24 +186,41 @@ async def _stop_pid(pid: int, sig: int, timeout: float) -> bool:
 
 
 async def _stop_instances(state: Path, settings: DownSettings) -> list[str]:
-    from nonstop.agent.runtime import ProcessHandle, ProcessRuntime
+    from nonstop.agent.runtimes.base import Handle
+    from nonstop.agent.runtimes.process import ProcessRuntime, process_handle
 
     store = _store(state)
     if store is None:
         return []
-    rt = ProcessRuntime(check_port=False)
+    runtimes: dict[str, object] = {"process": ProcessRuntime(check_port=False)}
+
+    def runtime_for(h: Handle):
+        if h.runtime not in runtimes:
+            from nonstop.agent.runtimes.container import ContainerRuntime
+
+            # stopping names the container by id: the app label is not needed for that
+            runtimes[h.runtime] = ContainerRuntime(h.runtime, app="", state_dir=state)
+        return runtimes[h.runtime]
+
     with store:
         recs = [r for r in store.instances() if r.state not in ("stopped", "failed")]
 
         async def one(rec) -> str | None:
             how = "gone"
-            if rec.pid is not None and rec.pid_create_time is not None:
-                h = ProcessHandle(rec.pid, rec.pid_create_time, rec.port, rec.started_at)
+            data = (rec.data or {}).get("handle")
+            h = Handle.from_json(data) if data else (
+                process_handle(rec.pid, rec.pid_create_time, rec.started_at) if rec.pid and rec.pid_create_time else None)
+            if h is not None:
+                rt = runtime_for(h)
                 how = await rt.stop(h, settings.stop_signal, settings.stop_timeout)
             store.update_instance(rec.id, state="stopped")
             return rec.id if how != "gone" else None
 
-        done = [i for i in await asyncio.gather(*(one(r) for r in recs)) if i]
+        try:
+            done = [i for i in await asyncio.gather(*(one(r) for r in recs)) if i]
+        finally:
+            for rt in runtimes.values():
+                await rt.close()
         if done:
             store.add_event(None, "down", f"down without the agent: stopped {', '.join(done)}", {"instances": done})
     return done

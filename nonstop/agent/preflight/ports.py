@@ -124,7 +124,7 @@ def dashboard(env: Env) -> list[Problem]:
 
 def run_ports(env: Env) -> list[Problem]:
     """``run.ports``: each free, or held by this app's own instance on it."""
-    from nonstop.agent.runtime import port_in_use
+    from nonstop.agent.runtimes.process import port_in_use
 
     busy = []
     for port in env.cfg.run.port_list:

@@ -107,10 +107,10 @@ def _instances(db: Path) -> dict[int, int]:
             con.close()
     except sqlite3.Error:
         return {}
-    from nonstop.agent.runtime import ProcessRuntime
+    from nonstop.agent.runtimes.process import ProcessRuntime, process_handle
 
     rt = ProcessRuntime(check_port=False)
-    return {port: pid for port, pid, ct in rows if ct is not None and rt.adopt(pid, ct, port) is not None}
+    return {port: pid for port, pid, ct in rows if ct is not None and rt.running(process_handle(pid, ct, 0))}
 
 
 def room(env, need: int = 0, what: str = "") -> list[Problem]:
