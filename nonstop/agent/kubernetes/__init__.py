@@ -1,0 +1,1 @@
+"""The kubernetes runtime: nonstop's strategies driving Deployments, Services and HTTPRoutes in a cluster."""
