@@ -639,10 +639,10 @@ class KubernetesConfig(_Model):
             unknown = names - {"namespace", "pods", "window", "app", "track"}
             if unknown:
                 raise ValueError(
-                    f"{key}: unknown placeholder ${sorted(unknown)[0]}; known: $namespace, $pods, $window, $app, $track"
+                    f"kubernetes.prometheus_queries.{key}: unknown placeholder ${sorted(unknown)[0]}; known: $namespace, $pods, $window, $app, $track"
                 )
             if "$pods" not in q and "${pods}" not in q:
-                raise ValueError(f"{key}: must select pods with $pods (canary and stable are told apart by pod name)")
+                raise ValueError(f"kubernetes.prometheus_queries.{key}: must select pods with $pods (canary and stable are told apart by pod name)")
         return v
 
 
