@@ -139,8 +139,8 @@ class KubeClient:
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type
-            if not isinstance(body, str):
-                body = json.dumps(body)
+            if content_type != "application/json" and not isinstance(body, str):
+                body = json.dumps(body)  # the client serialises JSON bodies itself; others go as given
         try:
             m, url, hdrs, b, _post = self.api.param_serialize(
                 method, path, query_params=query or [], header_params=headers, body=body, auth_settings=["BearerToken"]
