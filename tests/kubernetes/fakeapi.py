@@ -167,6 +167,7 @@ def _matches(selector: str | None, labels: dict) -> bool:
 class _Handler(BaseHTTPRequestHandler):
     cluster: FakeCluster
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as separate writes: no 40 ms delayed-ACK stall
 
     def log_message(self, *a: Any) -> None:  # quiet
         pass
@@ -289,6 +290,7 @@ class _PromHandler(BaseHTTPRequestHandler):
     answer: Callable[[str], list]
     seen: list
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
 
     def log_message(self, *a: Any) -> None:
         pass

@@ -153,7 +153,8 @@ def test_recovery_rules():
     assert ro.recovery("blue-green", ro.Position(traffic=True)) == "resume"
     assert ro.recovery("recreate", fwd) == "resume"
     assert ro.recovery("rolling", back) == "finish_rollback"
-    assert ro.recovery("rolling", ro.Position(finished="done")) == "none"
+    assert ro.recovery("rolling", ro.Position(finished="done")) == "settle"
+    assert ro.recovery("canary", ro.Position(finished="done")) == "roll_back"  # one step's plan finished, not the canary
 
 
 def test_blue_green_plan_waits_for_the_new_color_then_switches_and_gates():

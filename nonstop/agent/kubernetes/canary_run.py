@@ -46,6 +46,7 @@ class CanaryRun:
         self.next_analysis = float("inf")
         self.back = ro.canary_back_stages(cfg, previous, release)
         self.results: list[dict] = []
+        self._said = ""
 
     def status(self) -> dict:
         st = self.state
@@ -109,6 +110,7 @@ class CanaryRun:
                     return ("aborted" if isinstance(action, sm.Abort) else "rolled_back", action.reason)
                 return self._ended(pos)
             assert isinstance(action, sm.Wait)
+            await self._say_waiting(action, now)
             analysing = self.weight > 0 or self.plan.has_match
             wake = min(action.until if action.until is not None else float("inf"), self.next_analysis if analysing else float("inf"))
             got = await self.clock.wait(self.runner.control, 3600.0 if wake == float("inf") else max(0.0, wake - now))
@@ -119,6 +121,17 @@ class CanaryRun:
                 await self._analyse(now)
                 self.next_analysis = now + self.s.analysis.interval
             self._deadline(now)
+
+    async def _say_waiting(self, action: sm.Wait, now: float) -> None:
+        """What the rollout waits for, once per change (not on every wake-up)."""
+        key = f"{action.kind}:{self.state.step}:{self.state.phase}"
+        if key == self._said:
+            return
+        self._said = key
+        text = sm.waiting_for(self.plan, self.state, now)
+        await self.runner.cb.emit("waiting", f"waiting for {text}", waiting_for=text, kind=action.kind)
+        if self.state.paused:
+            await self.runner.save({"phase": "paused", "stage": text})
 
     def _new_window(self) -> None:
         self.window_t = self.clock.now()

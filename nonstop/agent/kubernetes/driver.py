@@ -370,7 +370,7 @@ class KubernetesDriver:
         pos = ro.Position.from_json(dep.get("position") or {})
         what = ro.recovery(strategy if strategy in ("rolling", "recreate", "blue-green", "canary") else "rolling", pos)
         await self.cb.emit("recovering", f"{dep.get('kind', 'deploy')} of {dep.get('release')} by {dep.get('holder')} was left at {dep.get('stage')}: {what.replace('_', ' ')}", action=what, holder=dep.get("holder"))
-        if rel is None or what == "none":
+        if rel is None:
             await self._update(lambda s: s.finish(outcome="failed", reason="left unfinished; nothing to recover", finished=self.clock.now(), shape=None, warm=s.warm))
             return None
         kind = str(dep.get("kind") or "deploy")

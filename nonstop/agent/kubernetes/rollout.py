@@ -394,9 +394,13 @@ def recovery(strategy: str, pos: Position) -> str:
     """What the next ``nonstop`` does with a rollout whose runner died (its Lease expired):
     ``finish_rollback`` when it was going back; ``resume`` for rolling and recreate (the Deployment
     controller carried on anyway) and for a switch that already moved traffic; ``roll_back`` otherwise —
-    a canary's analysis died with its runner, and traffic is never left split by accident."""
+    a canary's analysis died with its runner, and traffic is never left split by accident (its position
+    is that of one step's small plan, so it is not read). ``settle``: the plan had finished, only the
+    record of it had not been written."""
+    if strategy == "canary":
+        return "roll_back"
     if pos.finished:
-        return "none"
+        return "settle"
     if pos.direction == "back":
         return "finish_rollback"
     if strategy in ("rolling", "recreate"):
