@@ -63,15 +63,16 @@ class Recorder:
         return [t for t, _m, _d in self.events]
 
 
-def prom_answer(canary_errors: float = 0.0):
-    """Figures per side: 200 requests in any window; the canary's 5xx share as given; p99 under 100 ms."""
+def prom_answer(errors: float = 0.0, bad: str = "-canary-"):
+    """Figures per side: 200 requests in any window; the 5xx share ``errors`` for the pods whose name pattern
+    contains ``bad`` (0 for the others); p99 under 100 ms."""
 
     def answer(q: str):
-        canary = "-canary-" in q
+        canary = bad in q
         if "_bucket" in q:
             return [({"le": str(b)}, 190.0 if b < 0.1 else 200.0) for b in BOUNDS] + [({"le": "+Inf"}, 200.0)]
         if 'status=~"5.."' in q:
-            return [({}, 200.0 * canary_errors if canary else 0.0)]
+            return [({}, 200.0 * errors if canary else 0.0)]
         return [({}, 200.0)]
 
     return answer
@@ -81,8 +82,8 @@ def prom_answer(canary_errors: float = 0.0):
 def prom():
     servers = []
 
-    def start(errors: float = 0.0):
-        s, seen = serve_prometheus(prom_answer(errors))
+    def start(errors: float = 0.0, bad: str = "-canary-"):
+        s, seen = serve_prometheus(prom_answer(errors, bad))
         servers.append(s)
         return s.url, seen
 
@@ -351,3 +352,59 @@ def test_status_and_refusals(fake):
         asyncio.run(d.rollback())
     with pytest.raises(UsageError, match="only a canary can be held"):
         d.check_control("pause")
+
+
+def test_blue_green_waits_for_promote_then_a_watch_breach_switches_back(fake, prom):
+    cluster, _served, path = fake
+    url, _seen = prom(errors=0.5, bad="roomescape-green-")  # the new color's pods answer 50% 5xx
+    q: asyncio.Queue = asyncio.Queue()
+    rec = Recorder()
+    d, _ = driver(path, prom_url=url, rec=rec, control=q, strategy={
+        "type": "blue-green", "auto_promote": False,
+        "analysis": {"watch": "1m", "interval": "5s", "max_error_rate": "1%", "failure_limit": 2}})
+
+    async def go():
+        await d.deploy(V[1])
+        rec.on_event = lambda t, m, dd: q.put_nowait("promote") if t == "waiting" and dd.get("waiting_for") == "promote" else None
+        return await d.deploy(V[2])
+
+    out = asyncio.run(go())
+    assert out.state == "rolled_back" and "analysis failed 2 time(s)" in out.reason
+    kinds = [t for t, _m, _d in rec.events]
+    assert kinds.index("control") < kinds.index("watching") < kinds.index("analysis_failed") < kinds.index("rollback")
+    assert cluster.get("services", "roomescape")["spec"]["selector"]["nonstop.dev/lane"] == "blue"
+    assert template_release(cluster, "roomescape-green") == ("v2", 0)
+    assert template_release(cluster, "roomescape-blue") == ("v1", 3)
+
+
+def test_a_stalled_rollout_progress_deadline_exceeded_is_rolled_back(fake):
+    cluster, _served, path = fake
+    d, rec = driver(path)
+    cluster.behaviour["v2"] = "stall"
+
+    async def go():
+        await d.deploy(V[1])
+        return await d.deploy(V[2])
+
+    out = asyncio.run(go())
+    assert out.state == "rolled_back" and "ProgressDeadlineExceeded" in out.reason
+    assert template_release(cluster, "roomescape") == ("v1", 3)
+
+
+def test_abort_turns_a_rollout_around(fake):
+    cluster, _served, path = fake
+    q: asyncio.Queue = asyncio.Queue()
+    rec = Recorder()
+    d, _ = driver(path, rec=rec, control=q, strategy={"type": "blue-green"})
+    cluster.behaviour["v2"] = "stall"
+    cluster.stall_reads = 10**6
+
+    async def go():
+        await d.deploy(V[1])
+        rec.on_event = lambda t, m, dd: q.put_nowait("abort") if t == "waiting" and "roomescape-green" in m else None
+        return await d.deploy(V[2])
+
+    out = asyncio.run(go())
+    assert out.state == "aborted" and not out.ok, out.reason
+    assert template_release(cluster, "roomescape-green") == ("v2", 0)
+    assert cluster.get("services", "roomescape")["spec"]["selector"]["nonstop.dev/lane"] == "blue"

@@ -125,9 +125,7 @@ class PlanRunner:
             pos, action = ro.advance(cfg, plan, pos, obs, self.clock.now(), poll=self.poll)
             if (before.direction, before.stage) != (pos.direction, pos.stage) or pos.finished:
                 await self.save({"position": pos.to_json(), "phase": pos.direction, **(extra or {})})
-            if before.direction == "forward" and pos.direction == "back":
-                await self.cb.emit("rollback", f"going back: {pos.reason}", reason=pos.reason)
-                await self.cb.step("rollback", f"rolling back: {pos.reason}")
+            await self._turned(before, pos)
             if isinstance(action, ro.Apply):
                 await self._apply(action)
                 await self.save({"position": pos.to_json(), "phase": pos.direction, "stage": action.stage, **(extra or {})})
@@ -138,12 +136,19 @@ class PlanRunner:
                     await self.cb.emit("waiting", action.why, waiting_for=action.why)
                 got = await self.clock.wait(self.control, max(0.0, action.until - self.clock.now()))
                 if got is not None:
-                    pos = await self.on_control(plan, pos, got, gate=None)
+                    before, pos = pos, await self.on_control(plan, pos, got, gate=None)
+                    await self._turned(before, pos)
                 continue
             if isinstance(action, ro.Gate):
-                pos = await self._gate(plan, pos, action)
+                before, pos = pos, await self._gate(plan, pos, action)
+                await self._turned(before, pos)
                 continue
             return pos
+
+    async def _turned(self, before: ro.Position, after: ro.Position) -> None:
+        if before.direction == "forward" and after.direction == "back":
+            await self.cb.emit("rollback", f"going back: {after.reason}", reason=after.reason)
+            await self.cb.step("rollback", f"rolling back: {after.reason}")
 
     async def _apply(self, action: ro.Apply) -> None:
         await self.cb.step("apply", action.stage, objects=[f"{o['kind']}/{o['metadata']['name']}" for o in action.objects])
@@ -156,6 +161,9 @@ class PlanRunner:
 
     async def on_control(self, plan: ro.Plan, pos: ro.Position, action: str, *, gate: str | None) -> ro.Position:
         now = self.clock.now()
+        if action == "abort" and pos.direction == "back":
+            await self.cb.emit("control_ignored", "abort ignored: already going back to the previous release", action=action)
+            return pos
         if action == "abort":
             await self.cb.emit("control", "abort: all traffic back to the previous release", action="abort")
             return ro.fail(plan, pos, "aborted by the user", now)

@@ -42,7 +42,7 @@ class Analyst:
             snap, asked = await self.metrics.figures(sides, window, at=None)
         except MetricsUnavailable as e:
             v = an.Verdict("inconclusive", f"metrics unavailable: {e.message}", an.Figures(), seconds=window, at=at)
-            await self.emit("analysis", f"analysis inconclusive {label}: {e.message}", verdict="inconclusive", **v.to_json())
+            await self.emit("analysis", f"analysis inconclusive {label}: {e.message}", **v.to_json())
             return v
         v = an.analyse(None, snap, canary=new.release, stable=stable.release if stable else None, cfg=limits, seconds=window, at=at)
         kind = "analysis_failed" if v.verdict == "fail" else "analysis"
