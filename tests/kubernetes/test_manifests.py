@@ -299,3 +299,39 @@ def test_lease_and_state_objects_are_valid():
     validate(mf.lease(cfg, holder=None, duration=60, acquired=None, renewed=None))
     validate(mf.state_configmap(cfg, '{"releases":[]}', resource_version="12"))
     assert mf.microtime(1_800_000_000.5) == "2027-01-15T08:00:00.500000Z"
+
+
+def _stage_sequences(cfg):
+    first = first_deploy_shape(cfg, V1)
+    if cfg.strategy.type == "canary":
+        fwd = [first]
+        for before, w in ((0, 10), (10, 50)):
+            fwd += [s.shape for s in ro.canary_weight_stages(cfg, first, V2, before, w)]
+        fin = fwd + [s.shape for s in ro.canary_finish_stages(cfg, first, V2, 50)]
+        back = fwd + [s.shape for s in ro.canary_back_stages(cfg, first, V2)]
+        return [fin, back]
+    plan = ro.plan_for(cfg, cfg.strategy.type, V2, first)
+    fwd = [first] + [s.shape for s in plan.stages]
+    return [fwd, fwd + [s.shape for s in plan.back]]
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_no_stage_stops_pods_that_still_take_traffic(name):
+    """Traffic leaves a track (route weight, or the Service's lane) one stage before its pods stop."""
+    cfg = make_cfg(**VARIANTS[name])
+    gw = cfg.kubernetes.gateway is not None
+    for seq in _stage_sequences(cfg):
+        for prev, cur in zip(seq, seq[1:]):
+            for t in prev.tracks:
+                now = cur.track(t.name)
+                stops = now is None or now.replicas < t.replicas
+                if not stops or t.release != (now.release if now else t.release):
+                    continue  # a template change is the Deployment controller's rolling update (maxUnavailable 0)
+                if gw:
+                    assert prev.weight(t.name) == 0 and cur.weight(t.name) == 0, (name, t.name, prev.weights, cur.weights)
+                else:
+                    from nonstop.agent.kubernetes.shapes import lane
+
+                    # without a gateway a stopping track must not be all the Service selects
+                    others = [x for x in cur.tracks if x.name != t.name and lane(x.name) == lane(cur.primary) and x.replicas > 0]
+                    assert lane(t.name) != lane(prev.primary) or others, (name, t.name)

@@ -368,6 +368,9 @@ def canary_finish_stages(cfg: Config, previous: Shape, new: KRelease, weight: in
         out.append(Stage(f"route 100% to the canary {new.id}", on_canary, traffic=True))
         promoted = canary_shape(cfg, new, new, 100, canary_pods=n)
         out.append(Stage(f"stable Deployment on {new.id}", promoted, wants(promoted, ("main",), app=cfg.app), traffic=True))
+        # the route leaves the canary before its pods stop (never both in one apply)
+        back_on_stable = canary_shape(cfg, new, new, 0, canary_pods=n)
+        out.append(Stage(f"route 100% to the stable Deployment ({new.id})", back_on_stable, traffic=True))
     else:
         promoted = canary_shape(cfg, new, new, weight)
         out.append(Stage(f"stable Deployment on {new.id} (rolling, no pod lost)", promoted, wants(promoted, ("main",), app=cfg.app), traffic=True))
