@@ -408,3 +408,24 @@ def test_abort_turns_a_rollout_around(fake):
     assert out.state == "aborted" and not out.ok, out.reason
     assert template_release(cluster, "roomescape-green") == ("v2", 0)
     assert cluster.get("services", "roomescape")["spec"]["selector"]["nonstop.dev/lane"] == "blue"
+
+
+def test_blue_green_with_a_gateway_switches_route_weights(fake):
+    cluster, _served, path = fake
+    d, _rec = driver(path, kubernetes=GW, strategy={"type": "blue-green", "keep_previous": "10m"})
+
+    async def go():
+        await d.deploy(V[1])
+        a = await d.deploy(V[2])
+        b = await d.rollback()
+        return a, b
+
+    a, b = asyncio.run(go())
+    assert a.ok and b.ok
+    assert applied_route_weights(cluster) == [(100,), (100, 0), (0, 100), (100, 0)]
+    assert cluster.get("httproutes", "roomescape")["spec"]["parentRefs"][0] == {
+        "group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "public", "namespace": "infra"}
+    s = cluster_state(cluster)
+    assert s.live == "v1" and s.status_of("v2") == "bad"
+    # v2 deployed again on purpose: ok again
+    assert asyncio.run(d.deploy(V[2])).ok and cluster_state(cluster).status_of("v2") == "ok"

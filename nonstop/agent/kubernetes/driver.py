@@ -36,7 +36,7 @@ from nonstop.agent.kubernetes.shapes import KRelease, Shape, deployment_name, fi
 from nonstop.agent.kubernetes.watch import Analyst, Watcher
 from nonstop.agent.strategies import steps as sm
 from nonstop.config import BlueGreenStrategy, CanaryStrategy, Config, RollingStrategy
-from nonstop.errors import UsageError
+from nonstop.errors import DeploymentInProgress, UsageError
 
 __all__ = ["Outcome", "KubernetesDriver"]
 
@@ -204,8 +204,11 @@ class KubernetesDriver:
         warm = state.warm
         if not warm or float(warm.get("until", 0)) > self.clock.now():
             return
-        async with self._locked(str(warm.get("release")), "housekeeping"):
-            await self._expire_warm()
+        try:
+            async with self._locked(str(warm.get("release")), "housekeeping"):
+                await self._expire_warm()
+        except DeploymentInProgress:
+            return  # the deploy that holds the Lease expires the warm side itself when it is done
 
     async def status(self) -> dict:
         state = await self._state()
@@ -329,6 +332,8 @@ class KubernetesDriver:
             s = s.finish(outcome=outcome, reason=reason, finished=now, shape=final if outcome != "failed" or previous is None else None, warm=warm)
             if outcome in ("rolled_back", "failed") and kind == "deploy":
                 s = s.mark(release.id, "bad")
+            if outcome == "promoted":
+                s = s.mark(release.id, "ok")  # deployed again on purpose: no longer skipped by rollback
             if outcome == "promoted" and kind == "rollback" and from_release:
                 s = s.mark(from_release, "bad")
             return s.pruned(self.cfg.keep_releases)
