@@ -429,3 +429,18 @@ def test_blue_green_with_a_gateway_switches_route_weights(fake):
     assert s.live == "v1" and s.status_of("v2") == "bad"
     # v2 deployed again on purpose: ok again
     assert asyncio.run(d.deploy(V[2])).ok and cluster_state(cluster).status_of("v2") == "ok"
+
+
+def test_rolling_with_analysis_watches_the_new_pods_and_puts_the_template_back_on_a_breach(fake, prom):
+    cluster, _served, path = fake
+    url, seen = prom(errors=0.4, bad='pod=~"roomescape-[a-z0-9]+-[a-z0-9]+"')
+    d, rec = driver(path, prom_url=url, strategy={"type": "rolling", "analysis": {"watch": "1m", "interval": "5s", "failure_limit": 2}})
+
+    async def go():
+        await d.deploy(V[1])  # a first deploy has nothing to compare with and nothing to go back to: no watch
+        return await d.deploy(V[2])
+
+    out = asyncio.run(go())
+    assert out.state == "rolled_back" and "analysis failed 2 time(s)" in out.reason and "40.0%" in out.reason
+    assert template_release(cluster, "roomescape") == ("v1", 3)
+    assert [t for t, _m, _d in rec.events].count("analysis_failed") == 2

@@ -45,6 +45,8 @@ __all__ = ["RESOURCES", "KubeClient", "connect"]
 
 @dataclass(frozen=True)
 class Resource:
+    """Where a kind lives in the API: ``/<prefix>/namespaces/<ns>/<plural>``."""
+
     prefix: str  # "api/v1" or "apis/<group>/<version>"
     plural: str
 

@@ -55,6 +55,8 @@ FATAL_WAITING = frozenset(
 
 @dataclass(frozen=True)
 class Condition:
+    """One entry of a Deployment's ``status.conditions``."""
+
     type: str
     status: str
     reason: str = ""
@@ -118,16 +120,22 @@ class Want:
 
 @dataclass(frozen=True)
 class Pending:
+    """Not there yet; ``why`` in words (status, events)."""
+
     why: str
 
 
 @dataclass(frozen=True)
 class Ready:
+    """The Deployment reached what was asked."""
+
     why: str = ""
 
 
 @dataclass(frozen=True)
 class Stalled:
+    """It will not get there: the rollout turns around."""
+
     reason: str
     pod: str | None = None
 

@@ -97,6 +97,8 @@ class Stage:
 
 @dataclass(frozen=True)
 class Plan:
+    """A strategy's stages for one release from the ``previous`` shape, and the stages back to it."""
+
     strategy: str
     release: KRelease
     previous: Shape | None
@@ -131,34 +133,46 @@ class Position:
 
 @dataclass(frozen=True)
 class Apply:
+    """Server-side apply these objects (one stage's rendered shape), in order."""
+
     objects: tuple[dict, ...]
     stage: str
 
 
 @dataclass(frozen=True)
 class Wait:
+    """Observe again at ``until``; ``why`` says what the stage waits for."""
+
     until: float
     why: str
 
 
 @dataclass(frozen=True)
 class Gate:
+    """The driver's turn: ``promote`` (wait for `nonstop promote`) or ``watch`` (analysis)."""
+
     kind: str  # promote | watch
     stage: str
 
 
 @dataclass(frozen=True)
 class Done:
+    """The plan went through: the release serves all traffic."""
+
     reason: str = ""
 
 
 @dataclass(frozen=True)
 class RolledBack:
+    """The plan turned around and the previous shape is back (traffic on the previous release)."""
+
     reason: str
 
 
 @dataclass(frozen=True)
 class Failed:
+    """Neither forward nor back could be reached (or a first deploy failed)."""
+
     reason: str
 
 
