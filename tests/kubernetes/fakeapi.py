@@ -68,6 +68,7 @@ class FakeCluster:
     behaviour: dict = field(default_factory=dict)  # release label -> good | crash | stall
     forbidden: set = field(default_factory=set)  # (verb, plural)
     stall_reads: int = 6
+    gateway_accepts: bool = True  # the fake Gateway controller's verdict on every HTTPRoute
     lock: threading.RLock = field(default_factory=threading.RLock)
     _rv: Any = field(default_factory=lambda: itertools.count(100))
     _names: Any = field(default_factory=lambda: itertools.count(10000))
@@ -140,6 +141,26 @@ class FakeCluster:
             progressing = {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
                            "message": f'ReplicaSet "{name}" has timed out progressing.'}
         st["conditions"] = [{"type": "Available", "status": "True" if ready >= n else "False", "reason": "MinimumReplicasAvailable"}, progressing]
+
+    def _gateway_step(self, r: dict) -> None:
+        """A Gateway controller: takes a route's new generation on the read after the one that saw it."""
+        gen = r["metadata"].get("generation", 1)
+        parents = (r.get("status") or {}).get("parents") or []
+        seen = min([c["observedGeneration"] for p in parents for c in p["conditions"]] or [0])
+        if seen >= gen:
+            return
+        key = ("route", r["metadata"]["name"], gen)
+        if not self.reads.get(key):
+            self.reads[key] = 1  # not yet: a controller takes its time
+            return
+        ok = self.gateway_accepts
+        r["status"] = {"parents": [{
+            "parentRef": p, "controllerName": "example.net/fake-gateway",
+            "conditions": [
+                {"type": "Accepted", "status": "True" if ok else "False", "reason": "Accepted" if ok else "NotAllowedByListeners",
+                 "message": "" if ok else "no listener of the Gateway allows routes from this namespace", "observedGeneration": gen},
+                {"type": "ResolvedRefs", "status": "True", "reason": "ResolvedRefs", "observedGeneration": gen},
+            ]} for p in r["spec"].get("parentRefs") or []]}
 
     def pod_objects(self) -> list[dict]:
         out = []
@@ -223,6 +244,8 @@ class _Handler(BaseHTTPRequestHandler):
                     return self._send(404, status_body(404, "NotFound", f'{plural} "{name}" not found', name=name, kind=plural))
                 if plural == "deployments":
                     c._controller_step(cur)
+                if plural == "httproutes":
+                    c._gateway_step(cur)
                 return self._send(200, cur)
             if method == "POST":
                 name = body["metadata"]["name"]

@@ -444,3 +444,33 @@ def test_rolling_with_analysis_watches_the_new_pods_and_puts_the_template_back_o
     assert out.state == "rolled_back" and "analysis failed 2 time(s)" in out.reason and "40.0%" in out.reason
     assert template_release(cluster, "roomescape") == ("v1", 3)
     assert [t for t, _m, _d in rec.events].count("analysis_failed") == 2
+
+
+def test_a_deploy_that_failed_with_an_error_is_finished_by_the_next_one(fake):
+    cluster, _served, path = fake
+    d, rec = driver(path)
+    asyncio.run(d.deploy(V[1]))
+    cluster.forbidden.add(("patch", "services"))
+    from nonstop.agent.kubernetes.errors import ClusterForbidden
+
+    with pytest.raises(ClusterForbidden, match="cannot patch Service roomescape in namespace roomescape"):
+        asyncio.run(d.deploy(V[2]))
+    assert cluster_state(cluster).deployment["release"] == "v2"  # left in progress: not silently dropped
+    assert "holderIdentity" not in cluster.get("leases", "roomescape-nonstop-lock")["spec"]  # but the lock is given back
+    cluster.forbidden.clear()  # the Role is fixed
+    d.control.put_nowait("abort")  # a stale control from before: not for the next operation
+    out = asyncio.run(d.deploy(V[3]))
+    assert out.ok and out.release == "v3"
+    assert any(t == "recovering" and "v2" in m for t, m, _d in rec.events)
+    assert [(h["release"], h["outcome"]) for h in asyncio.run(d.history())][:2] == [("v3", "promoted"), ("v2", "promoted")]
+
+
+def test_a_route_the_gateway_refuses_stops_the_rollout(fake):
+    cluster, _served, path = fake
+    d, rec = driver(path, kubernetes=GW, strategy={"type": "blue-green"})
+    assert asyncio.run(d.deploy(V[1])).ok
+    assert any("waiting for Gateway public to accept HTTPRoute roomescape" in m for t, m, _d in rec.events if t == "waiting")
+    cluster.gateway_accepts = False
+    out = asyncio.run(d.deploy(V[2]))
+    assert out.state == "failed"  # going back needs the route too: the gateway refuses it as well
+    assert "Gateway public does not accept HTTPRoute roomescape: NotAllowedByListeners" in out.reason

@@ -259,3 +259,22 @@ def test_state_history_ids_rollback_target_and_pruning():
     kept = [r["id"] for r in many.pruned(5).releases]
     assert len(kept) == 5 and "v2" in kept  # the live one is never pruned
     assert st.decode(st.encode(many)) == many
+
+
+def test_judging_a_route_by_its_gateway_status():
+    from nonstop.agent.kubernetes.observe import RouteWant, judge_route, observe_route
+
+    want = RouteWant("roomescape", "public")
+    route = {"metadata": {"name": "roomescape", "generation": 3}, "status": {"parents": [{
+        "parentRef": {"name": "public", "namespace": "infra"}, "controllerName": "gateway.envoyproxy.io/gatewayclass-controller",
+        "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "observedGeneration": 2},
+                       {"type": "ResolvedRefs", "status": "True", "reason": "ResolvedRefs", "observedGeneration": 2}]}]}}
+    j = judge_route(observe_route(route), want, T0, T0)
+    assert isinstance(j, Pending) and "generation 3" in j.why  # the new weights are not taken yet
+    for c in route["status"]["parents"][0]["conditions"]:
+        c["observedGeneration"] = 3
+    assert isinstance(judge_route(observe_route(route), want, T0, T0), Ready)
+    route["status"]["parents"][0]["conditions"][1].update(status="False", reason="BackendNotFound", message="service roomescape-canary not found")
+    assert isinstance(judge_route(observe_route(route), want, T0 + 10, T0), Pending)
+    assert isinstance(judge_route(observe_route(route), want, T0 + 61, T0), Stalled)
+    assert isinstance(judge_route(observe_route(None, "roomescape"), want, T0, T0), Pending)

@@ -112,6 +112,8 @@ class KubernetesDriver:
             lambda: lk.acquire(self.client, self.cfg, self.holder, release=release, strategy=strategy, now=self.clock.now(), step=step)
         )
         self._lease, self._lost = ours, None
+        while not self.control.empty():  # a control sent after the last operation ended is not for this one
+            self.control.get_nowait()
         await self.cb.emit("lease", f"deploy lock taken by {self.holder}", holder=self.holder, release=release)
         renewer = asyncio.create_task(self._renew())
         try:
@@ -196,7 +198,7 @@ class KubernetesDriver:
             return None
         dep = state.deployment
         async with self._locked(str(dep.get("release")), str(dep.get("strategy"))) as taken:
-            return await self._recover_locked(taken, force=True)
+            return await self._recover_locked(taken)
 
     async def housekeeping(self) -> None:
         """Scale the warm side to 0 once ``keep_previous`` is over (under the Lease; skipped while one deploys)."""
@@ -364,17 +366,24 @@ class KubernetesDriver:
             await self._update(lambda s: s.settle(cooled, None))
             await self.cb.emit("warm_expired", f"{track.release.id} on {track.name} scaled to 0 (keep_previous over)", release=track.release.id)
 
-    async def _recover_locked(self, taken: lk.LeaseInfo | None, *, force: bool = False) -> Outcome | None:
+    async def _recover_locked(self, taken: lk.LeaseInfo | None) -> Outcome | None:
         state = await self._state()
         dep = state.deployment
-        if dep is None or not (force or taken is not None or dep.get("holder") != self.holder):
+        if dep is None:
             return None
+        # We hold the Lease: a deployment still recorded as in progress is nobody's any more (its runner
+        # died, or failed with an error before it could record the outcome), whoever ran it.
         strategy = str(dep.get("strategy"))
         rel = state.release(str(dep.get("release")))
         previous = Shape.from_json(dep["from_shape"]) if dep.get("from_shape") else None
         pos = ro.Position.from_json(dep.get("position") or {})
         what = ro.recovery(strategy if strategy in ("rolling", "recreate", "blue-green", "canary") else "rolling", pos)
-        await self.cb.emit("recovering", f"{dep.get('kind', 'deploy')} of {dep.get('release')} by {dep.get('holder')} was left at {dep.get('stage')}: {what.replace('_', ' ')}", action=what, holder=dep.get("holder"))
+        expired = f" (its Lease expired {self.clock.now() - (taken.renewed or 0) - taken.duration:.0f}s ago)" if taken is not None and taken.renewed else ""
+        await self.cb.emit(
+            "recovering",
+            f"{dep.get('kind', 'deploy')} of {dep.get('release')} by {dep.get('holder')}{expired} was left at {dep.get('stage')}: {what.replace('_', ' ')}",
+            action=what, holder=dep.get("holder"), stage=dep.get("stage"),
+        )
         if rel is None:
             await self._update(lambda s: s.finish(outcome="failed", reason="left unfinished; nothing to recover", finished=self.clock.now(), shape=None, warm=s.warm))
             return None

@@ -44,10 +44,16 @@ __all__ = [
     "observe_deployment",
     "observe_pod",
     "judge",
+    "RouteObs",
+    "RouteWant",
+    "ROUTE_DEADLINE",
+    "observe_route",
+    "judge_route",
     "parse_time",
 ]
 
 CRASH_RESTARTS = 2
+ROUTE_DEADLINE = 60.0  # seconds for a gateway to take a route's change (its status) before it counts as stalled
 FATAL_WAITING = frozenset(
     {"ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError", "CreateContainerError"}
 )
@@ -253,3 +259,66 @@ def parse_time(text: str | None) -> float | None:
     except ValueError:
         return None
     return t + (float("0." + frac) if frac.isdigit() else 0.0)
+
+
+# -- HTTPRoute: did the gateway take the change? ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RouteWant:
+    """The HTTPRoute ``name`` accepted, at its current generation, by the Gateway ``gateway``."""
+
+    name: str
+    gateway: str
+
+
+@dataclass(frozen=True)
+class RouteObs:
+    """An HTTPRoute as observed: its generation and, per parent Gateway, the conditions its controller set."""
+
+    name: str
+    exists: bool = True
+    generation: int = 0
+    parents: tuple[tuple[str, tuple[Condition, ...], int], ...] = ()  # (gateway name, conditions, observedGeneration)
+
+
+def observe_route(obj: dict[str, Any] | None, name: str = "?") -> RouteObs:
+    if obj is None:
+        return RouteObs(name=name, exists=False)
+    meta = obj.get("metadata") or {}
+    parents = []
+    for p in (obj.get("status") or {}).get("parents") or []:
+        conds = tuple(
+            Condition(str(c.get("type")), str(c.get("status")), str(c.get("reason") or ""), str(c.get("message") or ""))
+            for c in p.get("conditions") or []
+        )
+        seen = min([int(c.get("observedGeneration") or 0) for c in p.get("conditions") or []] or [0])
+        parents.append((str((p.get("parentRef") or {}).get("name")), conds, seen))
+    return RouteObs(name=str(meta.get("name", name)), generation=int(meta.get("generation") or 0), parents=tuple(parents))
+
+
+def judge_route(obs: RouteObs, want: RouteWant, now: float, since: float, deadline: float = ROUTE_DEADLINE) -> Judgement:
+    """Accepted (and its backends resolved) at the current generation → ready; refused → stalled."""
+    late = now - since > deadline
+
+    def pending(why: str) -> Judgement:
+        return Stalled(f"HTTPRoute {want.name}: {why} after {deadline:.0f}s") if late else Pending(why)
+
+    if not obs.exists:
+        return pending(f"HTTPRoute {want.name} does not exist yet")
+    mine = [p for p in obs.parents if p[0] == want.gateway]
+    if not mine:
+        return pending(f"waiting for Gateway {want.gateway} to accept HTTPRoute {want.name}")
+    _gw, conds, seen = mine[0]
+    if seen < obs.generation:
+        return pending(f"waiting for Gateway {want.gateway} to take HTTPRoute {want.name} generation {obs.generation}")
+    by = {c.type: c for c in conds}
+    acc = by.get("Accepted")
+    if acc is not None and acc.status == "False":
+        return Stalled(f"Gateway {want.gateway} does not accept HTTPRoute {want.name}: {acc.reason}" + (f" ({acc.message})" if acc.message else ""))
+    res = by.get("ResolvedRefs")
+    if acc is None or acc.status != "True":
+        return pending(f"waiting for Gateway {want.gateway} to accept HTTPRoute {want.name}")
+    if res is not None and res.status == "False":
+        return pending(f"HTTPRoute {want.name}: backends not resolved: {res.reason} {res.message}".strip())
+    return Ready(f"HTTPRoute {want.name} accepted by Gateway {want.gateway}")

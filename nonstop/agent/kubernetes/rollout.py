@@ -41,7 +41,17 @@ from dataclasses import dataclass, replace
 from typing import Mapping, Union
 
 from nonstop.agent.kubernetes import manifests as mf
-from nonstop.agent.kubernetes.observe import DeployObs, Pending, Ready, Stalled, Want, judge
+from nonstop.agent.kubernetes.observe import (
+    DeployObs,
+    Pending,
+    Ready,
+    RouteObs,
+    RouteWant,
+    Stalled,
+    Want,
+    judge,
+    judge_route,
+)
 from nonstop.agent.kubernetes.shapes import (
     COLORS,
     KRelease,
@@ -68,6 +78,8 @@ __all__ = [
     "Failed",
     "Action",
     "wants",
+    "waits",
+    "route_key",
     "backstop",
     "advance",
     "gate_passed",
@@ -189,6 +201,20 @@ def wants(shape: Shape, only: tuple[str, ...] | None = None, app: str | None = N
     )
 
 
+def route_key(name: str) -> str:
+    """The key of an HTTPRoute in ``observed`` (Deployments are keyed by name: ``<app>`` is both)."""
+    return f"HTTPRoute/{name}"
+
+
+def waits(cfg: Config, stage: Stage) -> tuple[Want | RouteWant, ...]:
+    """What a stage waits for: its Deployments and, with a gateway, the route taken by it (every stage
+    applies the route: a change the gateway never takes would leave the weights where they were)."""
+    k = cfg.kubernetes
+    if k is None or k.gateway is None:
+        return stage.wait
+    return stage.wait + (RouteWant(cfg.app, k.gateway.name),)
+
+
 def backstop(cfg: Config) -> float:
     """Seconds without any progress after which a stage counts as stalled even if Kubernetes says nothing."""
     return mf.progress_deadline(cfg) + 60.0
@@ -240,9 +266,13 @@ def advance(
             return pos, Gate(st.gate, st.name)
         waiting: list[str] = []
         stalled: str | None = None
-        for w in st.wait:
-            obs = observed.get(w.name) or DeployObs(name=w.name, exists=False)
-            j = judge(obs, w, now, pos.since, backstop(cfg))
+        for w in waits(cfg, st):
+            if isinstance(w, RouteWant):
+                robs = observed.get(route_key(w.name)) or RouteObs(name=w.name, exists=False)
+                j = judge_route(robs, w, now, pos.since)  # type: ignore[arg-type]
+            else:
+                obs = observed.get(w.name) or DeployObs(name=w.name, exists=False)
+                j = judge(obs, w, now, pos.since, backstop(cfg))  # type: ignore[arg-type]
             if isinstance(j, Stalled):
                 stalled = j.reason
                 break

@@ -21,7 +21,7 @@ from typing import Any, Awaitable, Callable, Protocol
 from nonstop.agent.kubernetes import manifests as mf
 from nonstop.agent.kubernetes import rollout as ro
 from nonstop.agent.kubernetes import state as st
-from nonstop.agent.kubernetes.observe import DeployObs, observe_deployment
+from nonstop.agent.kubernetes.observe import DeployObs, RouteWant, Want, observe_deployment, observe_route
 from nonstop.agent.kubernetes.shapes import TRACKS, deployment_name
 from nonstop.config import Config
 
@@ -88,9 +88,11 @@ class PlanRunner:
                 return t
         raise ValueError(name)
 
-    def observe_now(self, names: list[str]) -> dict[str, DeployObs]:
-        """Blocking: each Deployment named, with its pods (for crash loops)."""
-        out = {}
+    def observe_now(self, names: list[str], routes: list[str] = ()) -> dict[str, Any]:
+        """Blocking: each Deployment named, with its pods (for crash loops), and each HTTPRoute."""
+        out: dict[str, Any] = {}
+        for name in routes:
+            out[ro.route_key(name)] = observe_route(self.client.get("HTTPRoute", name), name)
         for name in names:
             obj = self.client.get("Deployment", name)
             pods = []
@@ -104,8 +106,10 @@ class PlanRunner:
         stages = plan.stages if pos.direction == "forward" else plan.back
         if pos.finished or pos.stage >= len(stages) or not pos.applied:
             return {}
-        names = [w.name for w in stages[pos.stage].wait]
-        return await self.call(self.observe_now, names) if names else {}
+        wanted = ro.waits(self.cfg, stages[pos.stage])
+        names = [w.name for w in wanted if isinstance(w, Want)]
+        routes = [w.name for w in wanted if isinstance(w, RouteWant)]
+        return await self.call(self.observe_now, names, routes) if wanted else {}
 
     # -- the loop ----------------------------------------------------------------------------
     async def save(self, dep_fields: dict) -> None:
