@@ -474,3 +474,22 @@ def test_a_route_the_gateway_refuses_stops_the_rollout(fake):
     out = asyncio.run(d.deploy(V[2]))
     assert out.state == "failed"  # going back needs the route too: the gateway refuses it as well
     assert "Gateway public does not accept HTTPRoute roomescape: NotAllowedByListeners" in out.reason
+
+
+def test_release_ids_come_from_the_clusters_history(fake):
+    _cluster, _served, path = fake
+    d, _rec = driver(path)
+
+    async def go():
+        a = await d.new_release("1.4.0")
+        await d.deploy(a)
+        same = await d.new_release("1.4.0")
+        other = await d.new_release("1.4.0", image="registry.example/roomescape:hotfix")
+        return a, same, other
+
+    a, same, other = asyncio.run(go())
+    assert (a.id, a.image) == ("1.4.0", "registry.example/roomescape:1.4.0")
+    assert same.id == "1.4.0" and same.created == a.created
+    assert other.id == "1.4.0-2" and other.image == "registry.example/roomescape:hotfix"
+    with pytest.raises(UsageError, match="invalid version"):
+        asyncio.run(d.new_release("bad version"))

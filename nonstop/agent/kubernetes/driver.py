@@ -3,6 +3,7 @@
 The seam the agent wires in (docs/internals.md, "The kubernetes runtime"):
 
     driver = KubernetesDriver(cfg, client, callbacks=Callbacks(step, emit), control=queue)
+    release = await driver.new_release(version, image)        # id from the cluster's history
     outcome = await driver.deploy(release, strategy_name)     # → Outcome
     outcome = await driver.rollback(to=None)
     outcome = await driver.recover()                          # → Outcome | None
@@ -32,7 +33,7 @@ from nonstop.agent.kubernetes import state as st
 from nonstop.agent.kubernetes.canary_run import CanaryRun
 from nonstop.agent.kubernetes.prometheus import Prometheus, Side, pod_regex
 from nonstop.agent.kubernetes.runner import Callbacks, Clock, PlanRunner, RealClock
-from nonstop.agent.kubernetes.shapes import KRelease, Shape, deployment_name, first_deploy_shape
+from nonstop.agent.kubernetes.shapes import KRelease, Shape, deployment_name, first_deploy_shape, image_for
 from nonstop.agent.kubernetes.watch import Analyst, Watcher
 from nonstop.agent.strategies import steps as sm
 from nonstop.config import BlueGreenStrategy, CanaryStrategy, Config, RollingStrategy
@@ -70,7 +71,6 @@ class KubernetesDriver:
     def __init__(
         self, cfg: Config, client: Any, *, callbacks: Callbacks | None = None, control: "asyncio.Queue[str] | None" = None,
         clock: Clock | None = None, metrics: Prometheus | None = None, holder: str | None = None, poll: float = ro.POLL,
-        blocking: Any = None,
     ) -> None:
         assert cfg.kubernetes is not None
         self.cfg = cfg
@@ -82,7 +82,6 @@ class KubernetesDriver:
         self.metrics = metrics or (Prometheus(k.prometheus, namespace=k.namespace, app=cfg.app, queries=k.prometheus_queries) if k.prometheus else None)
         self.holder = holder or lk.holder_identity()
         self.poll = poll
-        self._blocking = blocking  # None: asyncio.to_thread
         self._lease: lk.LeaseInfo | None = None
         self._lost: str | None = None
         self._canary: CanaryRun | None = None
@@ -90,8 +89,7 @@ class KubernetesDriver:
 
     # -- plumbing --------------------------------------------------------------------------
     async def _call(self, fn: Any, *args: Any) -> Any:
-        if self._blocking is not None:
-            return fn(*args)
+        """The client is blocking (urllib3): its calls run in a thread, the loop stays free."""
         return await asyncio.to_thread(fn, *args)
 
     def _runner(self, watcher: Watcher | None = None) -> PlanRunner:
@@ -155,6 +153,23 @@ class KubernetesDriver:
             raise UsageError(f"{action}: only a canary can be held; this rollout can be aborted")
 
     # -- operations -----------------------------------------------------------------------------
+    async def new_release(self, version: str, image: str | None = None, digest: str | None = None) -> KRelease:
+        """The release a deploy of ``version`` is: its id from the cluster's history (the same id when this
+        version ran this image before, ``version-2``… when the version already names another image), its
+        image (``image``, else ``run.image`` filled in)."""
+        from nonstop.agent.store import validate_version
+
+        validate_version(version)
+        state = await self._state()
+        ref = image_for(self.cfg, version, version, image)
+        rid = state.release_id(version, ref)
+        if rid != version and image is None:
+            ref = image_for(self.cfg, version, rid, None)  # {release} in run.image names the id
+            rid = state.release_id(version, ref)
+        old = state.release(rid)
+        created = old.created if old is not None else self.clock.now()
+        return KRelease(rid, version, ref, digest or (old.digest if old is not None else None), created)
+
     async def deploy(self, release: KRelease, strategy_name: str | None = None) -> Outcome:
         """Roll ``release`` out with ``strategy_name`` (default: the configured strategy)."""
         strategy = strategy_name or self.cfg.strategy.type
