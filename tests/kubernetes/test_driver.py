@@ -493,3 +493,31 @@ def test_release_ids_come_from_the_clusters_history(fake):
     assert other.id == "1.4.0-2" and other.image == "registry.example/roomescape:hotfix"
     with pytest.raises(UsageError, match="invalid version"):
         asyncio.run(d.new_release("bad version"))
+
+
+def test_canary_controls_promote_full_and_abort(fake, prom):
+    cluster, _served, path = fake
+    url, _seen = prom()
+    strat = {"type": "canary", "sticky": False, "steps": [{"weight": 10, "pause": "10m"}, {"weight": 50, "pause": "10m"}],
+             "analysis": {"interval": "5s"}}
+    q: asyncio.Queue = asyncio.Queue()
+    rec = Recorder()
+    d, _ = driver(path, prom_url=url, rec=rec, control=q, strategy=strat)
+
+    async def go():
+        await d.deploy(V[1])
+        # promote --full while the first step holds: 100% at once, the remaining pause skipped
+        rec.on_event = lambda t, m, dd: q.put_nowait("promote_full") if t == "weight" else None
+        a = await d.deploy(V[2])
+        # abort while the first step's pod starts: traffic stays on the stable side, the canary stops
+        rec.on_event = lambda t, m, dd: q.put_nowait("abort") if t == "waiting" and "roomescape-canary" in m else None
+        b = await d.deploy(V[3])
+        return a, b
+
+    a, b = asyncio.run(go())
+    assert a.state == "promoted" and "promoted to 100% by the user" in a.reason
+    assert b.state == "aborted" and not b.ok
+    assert template_release(cluster, "roomescape") == ("v2", 3)
+    assert template_release(cluster, "roomescape-canary")[1] == 0
+    with pytest.raises(UsageError):
+        d.check_control("bogus")

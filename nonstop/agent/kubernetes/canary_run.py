@@ -47,6 +47,8 @@ class CanaryRun:
         self.back = ro.canary_back_stages(cfg, previous, release)
         self.results: list[dict] = []
         self._said = ""
+        # promote / pause / resume sent while a step's pods start go to the step machine
+        runner.other = lambda action: self._control(action, self.clock.now())
 
     def status(self) -> dict:
         st = self.state
@@ -139,7 +141,7 @@ class CanaryRun:
 
     def _ended(self, pos: ro.Position) -> tuple[str, str]:
         if pos.finished == "rolled_back":
-            return "rolled_back", pos.reason
+            return ("aborted" if pos.reason == "aborted by the user" else "rolled_back"), pos.reason
         return "failed", pos.reason
 
     async def _control(self, action: str, now: float) -> None:

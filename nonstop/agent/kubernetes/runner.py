@@ -79,6 +79,7 @@ class PlanRunner:
     poll: float = ro.POLL
     watcher: Any = None  # watch.Watcher, for plans with a watch gate
     lost: Callable[[], str | None] = lambda: None  # the Lease's loss, when it happened
+    other: Callable[[str], Awaitable[None]] | None = None  # controls the plan has no use for (a canary's step machine)
     said: str = field(default="", init=False)
 
     # -- observing -------------------------------------------------------------------------
@@ -177,6 +178,9 @@ class PlanRunner:
         if action in ("promote", "promote_full") and gate == "watch":
             await self.cb.emit("control", "promote: the watch ends now", action=action)
             return ro.gate_passed(pos, now)
+        if self.other is not None:
+            await self.other(action)
+            return pos
         await self.cb.emit("control_ignored", f"{action} ignored: nothing to {action} at this stage", action=action)
         return pos
 
