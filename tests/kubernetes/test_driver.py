@@ -284,9 +284,12 @@ def test_a_dead_runners_rolling_deploy_is_resumed_by_the_next_nonstop(fake):
     a, rec_a = driver(path, holder="ci@job-1:10", clock=clock)
     asyncio.run(a.deploy(V[1]))
 
+    cluster.behaviour["v2"] = "stall"  # while job 1 runs, v2's pods are slow: it dies mid-rollout, deterministically
+    cluster.stall_reads = 10**6
+
     async def die_mid_rollout():
         task = asyncio.create_task(a.deploy(V[2]))
-        while not any(t == "waiting" for t, _m, _d in rec_a.events[-3:]) or "v2" not in str(rec_a.steps[-1:]):
+        while not any(t == "waiting" and "roomescape" in m for t, m, _d in rec_a.events if "v2" in str(rec_a.steps[-1:])):
             await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -298,6 +301,7 @@ def test_a_dead_runners_rolling_deploy_is_resumed_by_the_next_nonstop(fake):
     lease["spec"].update(holderIdentity="ci@job-1:10", renewTime=microtime(clock.t - 120), leaseDurationSeconds=60)
     cluster.objects[("leases", "roomescape-nonstop-lock")] = lease
     assert cluster_state(cluster).deployment["release"] == "v2"
+    cluster.behaviour["v2"] = "good"  # the pods come up in the end
     b, rec_b = driver(path, holder="ci@job-2:20", clock=clock)
     out = asyncio.run(b.recover())
     assert out is not None and out.state == "promoted" and out.release == "v2"
@@ -311,7 +315,8 @@ def test_a_dead_runners_canary_is_rolled_back_before_the_next_deploy(fake, prom)
     cluster, _served, path = fake
     url, _seen = prom()
     clock = FakeClock()
-    strat = {"type": "canary", "steps": [{"weight": 10, "pause": "10m"}], "analysis": {"interval": "5s"}}
+    # a manual step: job 1 holds at 10% until it dies (never finishes on its own, whatever the timing)
+    strat = {"type": "canary", "steps": [{"weight": 10, "pause": "manual"}], "analysis": {"interval": "5s"}}
     a, rec_a = driver(path, holder="ci@job-1:10", clock=clock, prom_url=url, kubernetes=GW, strategy=strat)
     asyncio.run(a.deploy(V[1]))
 
