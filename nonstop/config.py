@@ -586,6 +586,76 @@ class KubernetesConfig(_Model):
     gateway: GatewayRef | None = None
     prestop_sleep: Duration = Field(10.0, description="endpoints are removed while the pod keeps serving")
     prometheus: str | None = Field(None, description="canary analysis source: a Prometheus base URL")
+    prestop: Literal["sleep", "exec"] = Field(
+        "sleep",
+        description="how the preStop delay is written: the native sleep action (Kubernetes 1.30+), "
+        "or exec of the image's own `sleep` binary (older clusters)",
+    )
+    progress_deadline: Duration | None = Field(
+        None, description="progressDeadlineSeconds of each Deployment (default: health.startup_timeout + 60s)"
+    )
+    lease_duration: Duration = Field(
+        60.0, description="the deploy lock (a Lease) expires this long after its holder's last renewal"
+    )
+    service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    hostnames: list[str] = Field(default_factory=list, description="HTTPRoute hostnames (with gateway)")
+    resources: dict[Literal["requests", "limits"], dict[str, str]] = Field(
+        default_factory=dict, description="the container's resources, as in a pod spec ({requests: {cpu: 250m}})"
+    )
+    image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets for a private registry")
+    prometheus_queries: dict[Literal["requests", "errors", "latency"], str] = Field(
+        default_factory=dict,
+        description="PromQL templates replacing the defaults ($namespace, $pods, $window); see docs/kubernetes.md",
+    )
+
+    @field_validator("prometheus")
+    @classmethod
+    def _prometheus_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL of a Prometheus server")
+        return v
+
+    @field_validator("lease_duration")
+    @classmethod
+    def _lease(cls, v: float) -> float:
+        if v < 10:
+            raise ValueError("must be at least 10s (the holder renews it every third of it)")
+        return v
+
+    @field_validator("hostnames")
+    @classmethod
+    def _hostnames(cls, v: list[str]) -> list[str]:
+        for h in v:
+            if not re.fullmatch(r"(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*", h):
+                raise ValueError(f"not a hostname: {h!r} (lowercase DNS names, optionally starting with *.)")
+        return v
+
+    @field_validator("image_pull_secrets")
+    @classmethod
+    def _secrets(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", name):
+                raise ValueError(f"not a Secret name: {name!r}")
+        return v
+
+    @field_validator("prometheus_queries")
+    @classmethod
+    def _queries(cls, v: dict[str, str]) -> dict[str, str]:
+        import string
+
+        for key, q in v.items():
+            try:
+                names = {m[1] or m[2] for m in string.Template.pattern.findall(q) if m[1] or m[2]}
+            except Exception:  # pragma: no cover - findall on a str does not raise
+                names = set()
+            unknown = names - {"namespace", "pods", "window", "app", "track"}
+            if unknown:
+                raise ValueError(
+                    f"kubernetes.prometheus_queries.{key}: unknown placeholder ${sorted(unknown)[0]}; known: $namespace, $pods, $window, $app, $track"
+                )
+            if "$pods" not in q and "${pods}" not in q:
+                raise ValueError(f"kubernetes.prometheus_queries.{key}: must select pods with $pods (canary and stable are told apart by pod name)")
+        return v
 
 
 class Config(_Model):
@@ -699,9 +769,77 @@ class Config(_Model):
             raise ValueError("tls: not used with runtime kubernetes (terminate TLS at the cluster's Gateway or Ingress)")
         if self.router.type != "embedded":
             raise ValueError("router: not used with runtime kubernetes (the Service or the Gateway routes)")
+        if not re.fullmatch(r"[a-z]([-a-z0-9]{0,48}[a-z0-9])?", self.app):
+            raise ValueError(
+                "app: with runtime kubernetes the app's name names its Deployments and Services "
+                "(<app>-canary, <app>-nonstop): lowercase letters, digits and '-', starting with a letter, "
+                "at most 50 characters"
+            )
+        if self.run.stop_signal != "SIGTERM":
+            raise ValueError(
+                "run.stop_signal: the kubelet stops a container with SIGTERM (or the image's STOPSIGNAL); "
+                "set STOPSIGNAL in the image instead"
+            )
+        h = self.health
+        if h.expect_body is not None:
+            raise ValueError(
+                "health.expect_body: the kubelet's HTTP probe checks the status code only; remove it "
+                "(Spring Boot's /actuator/health answers 503 while it is not UP)"
+            )
+        if h.type == "http" and not (200 <= h.expect_status <= 399):
+            raise ValueError("health.expect_status: the kubelet's HTTP probe passes on 200-399 only")
+        k = self.kubernetes
+        if k is not None and k.progress_deadline is not None and k.progress_deadline < h.startup_timeout:
+            raise ValueError(
+                "kubernetes.progress_deadline: shorter than health.startup_timeout; a pod allowed to start that "
+                "slowly would be declared stalled"
+            )
+        metrics = k is not None and bool(k.prometheus)
         s = self.strategy
+        if isinstance(s, RollingStrategy):
+            n = self.run.instances
+            if resolve_count(s.max_surge, n, round_up=True) == 0 and resolve_count(s.max_unavailable, n, round_up=False) == 0:
+                raise ValueError(
+                    "strategy: max_surge and max_unavailable are both 0: a rolling update could never make progress"
+                )
+            if s.analysis is not None and not metrics:
+                raise ValueError(
+                    "kubernetes.prometheus: strategy.analysis needs a metrics source in a cluster; "
+                    "name a Prometheus URL or remove the analysis block"
+                )
+        if isinstance(s, BlueGreenStrategy):
+            if s.smoke is not None:
+                raise ValueError(
+                    "strategy.smoke: not run with runtime kubernetes (the command would run where nonstop runs, "
+                    "outside the cluster); gate the new color with its readiness probe or with strategy.analysis"
+                )
+            if s.analysis is not None and not metrics:
+                raise ValueError(
+                    "kubernetes.prometheus: strategy.analysis needs a metrics source in a cluster; "
+                    "name a Prometheus URL or remove the analysis block"
+                )
+        if isinstance(s, CanaryStrategy):
+            weights = [st.weight for st in s.steps if st.weight is not None]
+            if any(b < a for a, b in zip(weights, weights[1:])):
+                raise ValueError("strategy.steps: weights must not decrease (raising the weight only adds users)")
+            if s.sticky == "client_ip":
+                raise ValueError(
+                    "strategy.sticky: client_ip cannot be honoured in a cluster (neither a Service nor an HTTPRoute "
+                    "splits by client address); use sticky: true with kubernetes.gateway, or sticky: false"
+                )
+            if s.match and len(s.match.cookie) > 1:
+                raise ValueError(
+                    "strategy.match.cookie: an HTTPRoute matches cookies through one Cookie header rule: name at most one"
+                )
+            if s.match and any(name.lower() == "cookie" for name in s.match.header) and s.match.cookie:
+                raise ValueError("strategy.match: a Cookie header match and a cookie match cannot be combined")
         if isinstance(s, CanaryStrategy):
             gw = self.kubernetes is not None and self.kubernetes.gateway is not None
+            if gw and s.split_key is not None:
+                raise ValueError(
+                    "strategy.split_key: an HTTPRoute cannot hash the app's own user key; remove it "
+                    "(sticky: true keeps a user on one side through the gateway's session persistence)"
+                )
             if not gw:
                 if s.sticky is not False:
                     raise ValueError(

@@ -48,9 +48,9 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 
 
 def _register() -> None:
-    from nonstop.cli import check_cmd, deploy_cmds, info_cmds, lifecycle_cmds, service_cmds
+    from nonstop.cli import check_cmd, deploy_cmds, info_cmds, kube_cmds, lifecycle_cmds, service_cmds
 
-    for mod in (lifecycle_cmds, deploy_cmds, info_cmds, check_cmd, service_cmds):
+    for mod in (lifecycle_cmds, deploy_cmds, info_cmds, check_cmd, kube_cmds, service_cmds):
         for cmd in mod.COMMANDS:
             cli.add_command(cmd)
 
