@@ -41,6 +41,9 @@ from nonstop.unixsock import reachable
 
 log = logging.getLogger("nonstop.agent")
 
+ROUTER_POLL = 0.05  # seconds between looks at the router's process
+ROUTER_ASK_EVERY = 20  # ...and every this many, an admin call (it may hang without dying)
+
 
 class Agent:
     """Owns the agent's parts and its lifecycle; each part owns one thing."""
@@ -138,20 +141,27 @@ class Agent:
         await self.events.emit(None, "instance_back", f"{rec.id} healthy again, back in rotation", instance=rec.id)
 
     async def _watch_router(self) -> None:
-        """The proxy is its own process: if it dies, start a new one and push the split again."""
+        """The proxy is its own process: if it dies, start a new one and push the split again.
+
+        Its death is seen within ``ROUTER_POLL`` (a look at the process, no call); the listening sockets
+        the agent holds keep new connections waiting in the kernel's backlog meanwhile. Once a second the
+        router is also asked whether it answers."""
+        n = 0
         while not self.stopping.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), timeout=1.0)
+                await asyncio.wait_for(self.stopping.wait(), timeout=ROUTER_POLL)
             if self.stopping.is_set():
                 return
-            if not await self.router.alive():
-                await self.events.emit(None, "router_down", f"{self.router.type} router is not answering: restarting it")
-                try:
-                    await self.router.start()
-                    await self.traffic.reapply()
-                    await self.events.emit(None, "router_up", f"{self.router.type} router restarted")
-                except NonstopError as e:
-                    log.error("router restart failed: %s", e.message)
+            n += 1
+            if not self.router.quickly_dead() and (n % ROUTER_ASK_EVERY or await self.router.alive()):
+                continue
+            await self.events.emit(None, "router_down", f"{self.router.type} router is not answering: restarting it")
+            try:
+                await self.router.start()
+                await self.traffic.reapply()
+                await self.events.emit(None, "router_up", f"{self.router.type} router restarted")
+            except NonstopError as e:
+                log.error("router restart failed: %s", e.message)
 
     # -- stop ----------------------------------------------------------------------
     async def stop(self) -> None:

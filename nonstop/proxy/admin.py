@@ -91,6 +91,13 @@ class AdminAPI:
         if path == "/takeover" and method == "POST":
             self.server.hand_over(writer)
             return None
+        if path == "/share" and method == "POST":
+            self.server.share(writer)
+            return None
+        if path == "/tls" and method == "PUT":
+            return await self.put_tls(_json(body))
+        if path == "/tls" and method == "GET":
+            return self.get_tls()
         raise _error(404, f"no {method} {path}", "NotFound")
 
     async def health(self) -> dict:
@@ -101,8 +108,30 @@ class AdminAPI:
             "revision": srv.state.table.revision,
             "started_at": srv.state.started_at,
             "listen": srv.listen_addr,
+            "tls_listen": srv.tls_addr,
             "stopping": srv.state.closing,
         }
+
+    async def put_tls(self, req) -> dict:
+        """New certificate files (``{"certificates": [{"field", "cert", "key"}]}``): checked, then swapped in."""
+        from nonstop.proxy.certs import CertSource
+
+        if not isinstance(req, dict) or not isinstance(req.get("certificates"), list):
+            raise _error(400, "certificates: expected a list of {field, cert, key}", "InvalidRequest")
+        try:
+            sources = [CertSource(str(c["field"]), str(c["cert"]), str(c["key"])) for c in req["certificates"]]
+        except (KeyError, TypeError):
+            raise _error(400, "certificates: each needs field, cert and key", "InvalidRequest") from None
+        try:
+            self.server.replace_certificates(sources)
+        except NonstopError as e:
+            raise _error(400, e) from None
+        log.info("certificates replaced: %s", ", ".join(s.field for s in sources))
+        return {"certificates": len(sources)}
+
+    def get_tls(self) -> dict:
+        tls = getattr(self.server, "tls", None)
+        return {"certificates": tls.describe(time.time()) if tls is not None else []}
 
     def check_routes(self, body: bytes) -> RouteTable:
         """Parse a ``PUT /routes`` body and settle its revision; raises the 400 / 409 reply."""

@@ -13,11 +13,11 @@ cdef class ClientConnection:
     cdef public ProxyState state
     cdef public RequestHead last_head
     cdef public str client_ip
-    cdef public bytes client_ip_b, url, fwd, last_req, scheme
+    cdef public bytes client_ip_b, url, fwd, last_req, scheme, resp_extra
     cdef public Py_ssize_t raw_head
     cdef public int phase, paused
     cdef public list queue
-    cdef public bint write_paused, closed, lingering, special
+    cdef public bint write_paused, closed, lingering, special, front
     cdef public double deadline, read_timeout, header_timeout, idle_timeout
     cdef public Py_ssize_t max_header_bytes
 

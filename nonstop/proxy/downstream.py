@@ -35,6 +35,7 @@ from nonstop.proxy.http import (
     Reject, RequestHead, ResponseHead, error_response, fast_client_head, fast_request, forwarded_lines, inspect_raw_response,
     inspect_request, inspect_response, parse_head_lines,
 )
+from nonstop.proxy.https import CHALLENGE_PREFIX, challenge_response, redirect_response
 from nonstop.proxy.split import set_cookie_header
 from nonstop.proxy.stats import LATENCY_BUCKETS
 from nonstop.proxy.upstream import _POLL_AFTER_IDLE as _FRESH
@@ -50,10 +51,15 @@ _P_QUEUE = 4  # a pipelined request waits behind the current one
 _BUFFER_LIMIT = 64 * 1024
 _LINGER = 2.0
 _IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))  # RFC 9110 §9.2.2
+RETRY_EVERY = 0.2  # while every target refuses, each is tried again this often (within hold_timeout)
 _REMEMBER_REQUEST = 2048  # a longer fast-path request is not kept for reuse (memory per connection)
 
 _IDLE, _HEAD, _ACTIVE = 0, 1, 2
 _perf = time.perf_counter
+
+
+def _port_of(addr: str) -> int:
+    return int(addr.rpartition(":")[2])
 
 
 class _Stop(Exception):
@@ -67,10 +73,11 @@ class ClientConnection:  # an asyncio protocol (no base class: compiled, a C typ
         "server", "state", "cfg", "transport", "parser", "client_ip", "client_ip_b", "url", "headers",
         "raw_head", "phase", "queue", "reading", "paused", "write_paused", "deadline",
         "closed", "lingering", "tunnel", "upgrade_rest", "wbuf", "special", "fwd", "last_req", "last_head",
-        "read_timeout", "header_timeout", "idle_timeout", "max_header_bytes", "trust", "scheme",
+        "read_timeout", "header_timeout", "idle_timeout", "max_header_bytes", "trust", "scheme", "front",
+        "resp_extra",
     )
 
-    def __init__(self, server) -> None:
+    def __init__(self, server, listener=None) -> None:
         self.server = server
         self.state = server.state
         cfg = self.cfg = server.cfg
@@ -102,7 +109,11 @@ class ClientConnection:  # an asyncio protocol (no base class: compiled, a C typ
         self.last_req = b""  # the last request taken by the fast path, and its head
         self.last_head = None
         self.trust = None  # the trusted proxies, when this connection's peer is one of them
-        self.scheme = b"http"
+        # what the listener it came in on says (server.Listener): X-Forwarded-Proto, the front-door rules
+        # (ACME challenges, the HTTPS redirect) answered before routing, lines added to every response (HSTS)
+        self.scheme = listener.scheme if listener is not None else b"http"
+        self.front = listener.front if listener is not None else False
+        self.resp_extra = listener.resp_extra if listener is not None else b""
 
     # -- asyncio -------------------------------------------------------------
 
@@ -136,6 +147,7 @@ class ClientConnection:  # an asyncio protocol (no base class: compiled, a C typ
                 and not self.raw_head
                 and not self.queue
                 and self.state.fast is not None
+                and not self.front
                 and len(data) <= self.max_header_bytes
             ):
                 # between requests, one target: a plain bodyless request needs no parser.
@@ -245,6 +257,8 @@ class ClientConnection:  # an asyncio protocol (no base class: compiled, a C typ
                 self.reject(431, "header-too-large")
                 raise _Stop
         self.raw_head = 0
+        if self.front and self._front_door():
+            raise _Stop
         p = self.parser
         head = inspect_request(
             p.get_method(), self.url, p.get_http_version(), self.headers, self.client_ip_b,
@@ -263,6 +277,32 @@ class ClientConnection:  # an asyncio protocol (no base class: compiled, a C typ
             return
         self.phase = _ACTIVE
         self._dispatch(ex, head)
+
+    def _front_door(self) -> bool:
+        """On a listener with front-door rules: answer an ACME challenge or the HTTPS redirect here.
+        True when answered (the request goes no further)."""
+        cfg = self.cfg
+        if self.queue:
+            return False  # pipelined behind a request being answered: routed as usual (rare)
+        if cfg.acme_challenges and self.url.startswith(CHALLENGE_PREFIX):
+            self.transport.write(challenge_response(cfg.acme_challenges, self.url) or b"")
+            self.linger()
+            return True
+        if self.scheme == b"http" and cfg.redirect_http and cfg.tls_listen:
+            host = None
+            proto = None
+            for n, v in self.headers:
+                ln = n.lower()
+                if ln == b"host" and host is None:
+                    host = v
+                elif ln == b"x-forwarded-proto":
+                    proto = v
+            if self.trust is not None and proto is not None and proto.strip().lower() == b"https":
+                return False  # TLS was terminated by a trusted proxy in front: serve it
+            self.transport.write(redirect_response(host, self.url, _port_of(cfg.tls_listen)))
+            self.linger()
+            return True
+        return False
 
     def _dispatch(self, ex: Exchange, head: RequestHead) -> None:
         """Start the first queued exchange. Exchange.start, inlined for the commonest
@@ -506,8 +546,14 @@ class Exchange:
                 self.tried += (entry.target,)
                 nxt = conn.state.fallback(entry, self.tried)
                 if nxt is None:
-                    self.fail(502, "upstream-connect")
-                    return
+                    # Every target refused: the request reached none of them, so it waits for one to come
+                    # back (a restarted instance, a new table) for what is left of hold_timeout, like a
+                    # request that found no target at all, instead of a 502 now (DESIGN §5).
+                    nxt = await self._wait_for_target(loop)
+                    if nxt is None:
+                        if not self.finished:
+                            self.fail(502, "upstream-connect")
+                        return
                 self.entry = nxt
                 nxt.target.in_flight += 1
                 nxt.counters.in_flight += 1
@@ -519,6 +565,28 @@ class Exchange:
                 return
             self._bind(up)
             return
+
+    async def _wait_for_target(self, loop):
+        """After every target refused: the next target to try, once the table changes or ``RETRY_EVERY``
+        passed (a restarted instance comes back on the same address); None when hold_timeout ran out."""
+        state = self.conn.state
+        deadline = loop.time() + self.conn.cfg.hold_timeout - (_perf() - self.started)
+        while not self.finished:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            try:
+                await asyncio.wait_for(asyncio.shield(state.changed()), min(remaining, RETRY_EVERY))
+            except asyncio.TimeoutError:
+                pass
+            if self.finished:
+                return None
+            entry, cookie = state.choose(self.headers, self.head.cookie, self.head.client or self.conn.client_ip)
+            if entry is not None:
+                self.tried = ()
+                self.cookie = cookie
+                return entry
+        return None
 
     def _bind(self, up: UpstreamConnection) -> None:
         conn = self.conn
@@ -606,6 +674,8 @@ class Exchange:
         extra = self.entry.release.header
         if self.cookie is not None:
             extra += set_cookie_header(self.cookie)
+        if conn.resp_extra:
+            extra += conn.resp_extra
         head = self.head
         close = not head.keep_alive or conn.state.closing or not self.req_done or self.client_eof
         self.status = status
@@ -658,6 +728,8 @@ class Exchange:
         extra = self.entry.release.header
         if self.cookie is not None:
             extra += set_cookie_header(self.cookie)
+        if conn.resp_extra:
+            extra += conn.resp_extra
         close = not self.head.keep_alive or conn.state.closing or not self.req_done or self.client_eof
         r = inspect_raw_response(status, raw, keep_alive, self.head, self.head.http10, close, extra)
         if type(r) is Reject:
@@ -745,7 +817,7 @@ class Exchange:
             self._abort_both()
             return
         close = not self.head.keep_alive or not self.req_done or conn.state.closing or self.client_eof
-        extra = self.entry.release.header if self.entry is not None else b""
+        extra = (self.entry.release.header if self.entry is not None else b"") + conn.resp_extra
         conn.write(error_response(status, reason, close=close, extra=extra))
         self._finish(status, close)
 

@@ -153,6 +153,10 @@ class Router(ABC):
     async def current(self) -> Routing | None:
         """The routing the router serves now, when it can tell (None when unknown)."""
 
+    def quickly_dead(self) -> bool:
+        """True when the router's server is known to be gone without asking it (checked often; False: unknown)."""
+        return False
+
     async def alive(self) -> bool:
         """True when the router's server answers (used by supervision)."""
         try:

@@ -9,6 +9,7 @@ pid file and admin socket on restart, and starts a new one (which restores
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -17,9 +18,12 @@ from pathlib import Path
 import psutil
 
 from nonstop.agent.routers.base import Router, RouterInfo, Routing, StatsSnapshot
+from nonstop.agent.sockets import ListeningSockets
 from nonstop.config import Config
 from nonstop.errors import ProxyError, RouterError
 from nonstop.proxy.client import AdminClient
+from nonstop.proxy.config import ProxyConfig
+from nonstop.proxy.handoff import ENV_FDS
 
 
 class EmbeddedRouter(Router):
@@ -36,30 +40,49 @@ class EmbeddedRouter(Router):
         self.routes_file = state_dir / "routes.json"
         self.log_file = state_dir / "logs" / "proxy.log"
         self.client = AdminClient(str(self.socket))
+        self.sockets: ListeningSockets | None = None
+        self.acme_pair: tuple[str, str] | None = None  # (cert, key) issued by ACME, once there is one
+        self._proc: subprocess.Popen | None = None
 
     # -- process ---------------------------------------------------------------
+    def proxy_config(self) -> ProxyConfig:
+        """The proxy's settings from ``nonstop.yml`` (each proxy setting is declared once, in ProxyConfig)."""
+        cfg = self.cfg
+        r = cfg.router
+        host, port = cfg.listen_addr
+        pc = ProxyConfig(
+            listen=f"{host}:{port}",
+            admin_socket=str(self.socket),
+            routes_file=str(self.routes_file),
+            pid_file=str(self.pid_file),
+            hold_timeout=cfg.hold_timeout,
+            connect_timeout=r.connect_timeout,
+            read_timeout=r.read_timeout,
+            idle_timeout=r.idle_timeout,
+            shutdown_timeout=cfg.drain_timeout,
+            max_body=r.max_body,
+            workers=r.workers,
+            trusted_proxies=list(cfg.trusted_proxies),
+        )
+        t = cfg.tls
+        if t is not None:
+            pairs = ([("tls", t.cert, t.key)] if t.cert else []) + [
+                (f"tls.certificates[{i}]", c.cert, c.key) for i, c in enumerate(t.certificates)
+            ]
+            if t.acme is not None:
+                pc.acme_challenges = str(self.state_dir / "tls" / "challenges")
+                if self.acme_pair is not None:
+                    pairs.append(("tls.acme", *self.acme_pair))
+            pc.tls_listen = t.listen
+            pc.tls_fields = [f for f, _, _ in pairs]
+            pc.tls_certs = [str(cfg.path(c)) for _, c, _ in pairs]
+            pc.tls_keys = [str(cfg.path(k)) for _, _, k in pairs]
+            pc.redirect_http = t.redirect_http
+            pc.hsts = t.hsts
+        return pc
+
     def argv(self) -> list[str]:
-        r = self.cfg.router
-        host, port = self.cfg.listen_addr
-        argv = [
-            sys.executable, "-m", "nonstop.proxy",
-            "--listen", f"{host}:{port}",
-            "--admin-socket", str(self.socket),
-            "--routes-file", str(self.routes_file),
-            "--pid-file", str(self.pid_file),
-            "--hold-timeout", str(self.cfg.hold_timeout),
-            "--connect-timeout", str(r.connect_timeout),
-            "--read-timeout", str(r.read_timeout),
-            "--idle-timeout", str(r.idle_timeout),
-            "--shutdown-timeout", str(self.cfg.drain_timeout),
-        ]
-        if r.max_body is not None:
-            argv += ["--max-body", str(r.max_body)]
-        for cidr in self.cfg.trusted_proxies:
-            argv += ["--trusted-proxy", cidr]
-        if r.workers > 1:
-            argv += ["--workers", str(r.workers)]
-        return argv
+        return [sys.executable, "-m", "nonstop.proxy", *self.proxy_config().to_argv()]
 
     def pid(self) -> int | None:
         try:
@@ -69,9 +92,15 @@ class EmbeddedRouter(Router):
         return pid if psutil.pid_exists(pid) else None
 
     async def start(self) -> None:
-        if await self.alive():
+        alive = await self.alive()
+        if self.sockets is None:
+            # the agent's own copies, held for its whole life: a proxy that dies loses no queued connection
+            self.sockets = ListeningSockets.obtain(self.cfg, self.socket, alive)
+        if alive:
             return
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        value, fds = self.sockets.env()
+        env = {**os.environ, ENV_FDS: value}
         with open(self.log_file, "ab") as logf:
             proc = subprocess.Popen(
                 self.argv(),
@@ -80,7 +109,10 @@ class EmbeddedRouter(Router):
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # survives the agent; a Ctrl-C in the agent's terminal never reaches it
                 close_fds=True,
+                pass_fds=fds,
+                env=env,
             )
+        self._proc = proc
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -108,6 +140,24 @@ class EmbeddedRouter(Router):
                 p.kill()
             except psutil.Error:
                 pass
+
+    def quickly_dead(self) -> bool:
+        """True when the proxy process is known to be gone (no admin call: checked often)."""
+        if self._proc is not None and self._proc.pid == self.pid_from_file():
+            return self._proc.poll() is not None  # our child: reaped here
+        pid = self.pid_from_file()
+        if pid is None:
+            return False  # not started yet, or starting: leave it to alive()
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    def pid_from_file(self) -> int | None:
+        try:
+            return int(self.pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
 
     async def alive(self) -> bool:
         if not self.socket.exists():
@@ -148,7 +198,7 @@ class EmbeddedRouter(Router):
 
     async def current(self) -> Routing | None:
         try:
-            return Routing.from_table(await self.client.get_routes())
+            return Routing.from_table((await self.client.get_routes()).to_dict())
         except ProxyError as e:
             raise RouterError(f"cannot read proxy routes: {e.message}") from e
 
