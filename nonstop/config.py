@@ -492,7 +492,7 @@ class DashboardConfig(_Model):
 class NotifyConfig(_Model):
     url: str
     headers: dict[str, str] = Field(default_factory=dict)
-    events: list[Literal["start", "step", "success", "failure", "rollback"]] | None = None
+    events: list[Literal["start", "step", "success", "failure", "rollback", "certificate"]] | None = None
     timeout: Duration = 5.0
 
     @field_validator("url")

@@ -72,14 +72,36 @@ class Agent:
         if self.notifier:
             self.events.listen(self.notifier)
         self._tasks: list[asyncio.Task] = []
+        self.acme = None  # certificates from ACME (tls.acme), issued and renewed in the background
+        if cfg.tls is not None and cfg.tls.acme is not None:
+            from nonstop.agent.acme import AcmeManager
+
+            self.acme = AcmeManager(cfg.tls.acme, self.state, base_dir=cfg.base_dir, on_result=self._acme_result)
 
     @property
     def cfg(self) -> Config:
         return self.config.current
 
+    async def _acme_result(self, result) -> None:
+        """An issuance or renewal ended: say so (events, dashboard, webhooks); the first certificate goes to
+        the proxy at once (renewals replace the same files, which the proxy re-reads by itself)."""
+        await self.events.emit(None, **result.event())
+        router = self.router
+        if getattr(result, "cert", None) and getattr(router, "acme_pair", "n/a") is None:
+            router.acme_pair = (str(self.acme.paths.fullchain), str(self.acme.paths.privkey))
+            pc = router.proxy_config()
+            try:
+                await router.client.put_tls([
+                    {"field": f, "cert": c, "key": k} for f, c, k in zip(pc.tls_fields, pc.tls_certs, pc.tls_keys)
+                ])
+            except NonstopError as e:
+                log.error("could not give the new certificate to the proxy: %s", e.message)
+
     # -- start -------------------------------------------------------------------
     async def start(self) -> None:
         log.info("agent starting app=%s state_dir=%s router=%s", self.cfg.app, self.state, self.router.type)
+        if self.acme is not None and self.acme.has_files() and hasattr(self.router, "acme_pair"):
+            self.router.acme_pair = (str(self.acme.paths.fullchain), str(self.acme.paths.privkey))
         await self.router.start()
         self.traffic.load()
         await self.fleet.adopt()
@@ -99,6 +121,8 @@ class Agent:
         )
         self._tasks.append(loop.create_task(self._watch_router()))
         self._tasks.append(loop.create_task(self.stats.feed(self.stopping)))
+        if self.acme is not None:
+            self._tasks.append(loop.create_task(self.acme.run(self.stopping)))
         log.info("agent ready")
 
     async def _bring_up_live(self) -> None:
@@ -231,7 +255,23 @@ class Agent:
             ],
             "instances": instances,
             "deployment": _dep_json(dep, self.deployer.current) if dep else None,
+            "tls": await self._tls_status(),
         }
+
+    async def _tls_status(self) -> dict | None:
+        """HTTPS: where, which certificates the proxy serves (names, expiry), and ACME's state (with the CA's
+        own words when it refused)."""
+        t = self.cfg.tls
+        if t is None:
+            return None
+        served = None
+        client = getattr(self.router, "client", None)
+        if client is not None:
+            try:
+                served = await client.get_tls()
+            except NonstopError:
+                served = None
+        return {"listen": t.listen, "certificates": served, "acme": self.acme.status() if self.acme else None}
 
     def history(self, limit: int = 50) -> dict:
         return {

@@ -338,14 +338,27 @@ class LoadClient:
     def __init__(self, url: str, *, rate: float | None = 100.0, keepalive: int = 4, new: int = 2,
                  post: int = 2, slow: int = 1, slow_ms: int = 1000, post_bytes: tuple[int, int] = (64, 32768),
                  duration: float | None = None, max_requests: int | None = None, timeout: float = 10.0,
-                 seed: int = 1) -> None:
+                 seed: int = 1, cafile: str | None = None, connect_to: str | None = None) -> None:
         parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"need an http://host:port/ URL, got {url!r}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"need an http(s)://host:port/ URL, got {url!r}")
         self.url = url
         self.host = parts.hostname
-        self.port = parts.port or 80
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.host_header = parts.netloc
+        # https: verified against ``cafile`` for the URL's host name (SNI); ``connect_to`` HOST:PORT is where
+        # the TCP connection goes (a name that resolves nowhere, served on loopback)
+        self.ssl = None
+        self.server_hostname = None
+        if parts.scheme == "https":
+            import ssl
+
+            self.ssl = ssl.create_default_context(cafile=cafile)
+            self.server_hostname = parts.hostname
+        if connect_to:
+            self.host, _, port_s = connect_to.rpartition(":")
+            self.port = int(port_s)
+        self.handshakes: list[tuple[float, str]] = []  # (when, sha256 of the certificate) per new TLS connection
         self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self.rate = rate
         self.counts = {"keepalive": keepalive, "new": new, "post": post, "slow": slow}
@@ -526,7 +539,17 @@ class LoadClient:
         """Sends one request (opening a connection if needed); returns the connection if reusable."""
         loop = asyncio.get_running_loop()
         if conn is None:
-            _, conn = await loop.create_connection(_Connection, self.host, self.port)
+            if self.ssl is not None:
+                transport, conn = await loop.create_connection(_Connection, self.host, self.port, ssl=self.ssl,
+                                                               server_hostname=self.server_hostname)
+                sslobj = transport.get_extra_info("ssl_object")
+                if sslobj is not None:
+                    import hashlib
+
+                    der = sslobj.getpeercert(binary_form=True) or b""
+                    self.handshakes.append((time.monotonic(), hashlib.sha256(der).hexdigest()))
+            else:
+                _, conn = await loop.create_connection(_Connection, self.host, self.port)
         assert conn is not None
         rec.sent = True
         try:

@@ -26,6 +26,21 @@ def in_flight_at(records, t: float) -> list:
     return [r for r in records if r.start <= t and (r.end == 0 or r.end >= t)]
 
 
+RACE = ("connection closed by server after the request was sent", "connection lost after the request was sent")
+
+
+def assert_only_the_dead_process_lost(result, t_kill: float, keepalive_conns: int) -> None:
+    """Every failure was in flight in the killed process at that instant, or is the one race a client of
+    a dead process cannot avoid: a request written on its kept-alive connection to it before the
+    connection's close reached the client (at most one per such connection, within 50 ms; browsers and
+    HTTP libraries send those again, as for an nginx reload)."""
+    at_kill = {id(r) for r in in_flight_at(result.records, t_kill)}
+    raced = [r for r in result.failures if id(r) not in at_kill]
+    for r in raced:
+        assert r.kind in ("keepalive", "post") and r.start <= t_kill + 0.05 and (r.error or "").startswith(RACE), result.format()
+    assert len(raced) <= keepalive_conns, result.format()
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -75,7 +90,6 @@ def test_kill_9_of_the_proxy_refuses_no_connection(stack_factory, tmp_path):
     print(f"\nkill -9 of the proxy: {result.failed} failed of {result.total}; {len(at_kill)} were in flight in it; "
           f"refused {len(refused)}")
     assert refused == [], result.format()
-    assert result.failed <= len(at_kill), result.format()
-    assert all(r.start <= t_kill + 0.05 for r in result.failures), result.format()
+    assert_only_the_dead_process_lost(result, t_kill, LOAD["keepalive"] + LOAD["post"])
     events = st.cli("status", "--json", check=True).json
     assert events["live_release"] == "v1"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 
-from nonstop.agent.preflight import commands, containers, ports, routers, statedir
+from nonstop.agent.preflight import commands, containers, ports, routers, statedir, tls
 from nonstop.agent.preflight.base import Check, Env
 from nonstop.agent.preflight.deploy import DeployRequest
 from nonstop.agent.preflight.deploy import problems as _deploy_problems
@@ -34,6 +34,7 @@ COMMON: tuple[tuple[str, Check], ...] = (
     ("strategy.smoke", commands.smoke),
     ("dashboard.listen", ports.dashboard),
     ("ports are distinct", ports.distinct),
+    ("tls", tls.certificates),
 )
 BY_RUNTIME: dict[str, tuple[tuple[str, Check], ...]] = {
     "process": (("run.command", commands.run_command), ("run.workdir", commands.run_workdir), ("run.ports", ports.run_ports)),
