@@ -8,6 +8,7 @@ should use (``NonstopError.exit_code``).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Callable
 
 from starlette.applications import Starlette
@@ -15,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from nonstop import __version__
 from nonstop.agent import logfiles
 from nonstop.agent.room import StateDirFull
 from nonstop.errors import NonstopError, UsageError
@@ -55,7 +57,7 @@ def make_app(agent, on_down: Callable[[], None]) -> Starlette:
         return StreamingResponse(gen(), media_type="application/x-ndjson")
 
     async def ping(request: Request) -> Response:
-        return JSONResponse({"ok": True, "app": agent.cfg.app})
+        return JSONResponse({"ok": True, "app": agent.cfg.app, "version": __version__, "pid": os.getpid()})
 
     async def status(request: Request) -> Response:
         return JSONResponse(await agent.status())

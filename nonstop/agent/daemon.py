@@ -23,6 +23,7 @@ from pathlib import Path
 
 import uvicorn
 
+from nonstop import __version__
 from nonstop.agent.api import make_app
 from nonstop.agent.deployer import LIVE, Deployer
 from nonstop.agent.liveconfig import LiveConfig
@@ -246,7 +247,8 @@ class Agent:
         return {
             "app": self.cfg.app,
             "listen": self.cfg.listen,
-            "agent": {"pid": os.getpid(), "started_at": self.started_at},
+            "agent": {"pid": os.getpid(), "started_at": self.started_at, "version": __version__},
+            "versions": {"agent": __version__, "proxy": getattr(self.router, "proxy_version", None)},
             "router": vars(self.router.info()),
             "dashboard": _read(self.state / "dashboard.url"),
             "live_release": self.traffic.live_release,

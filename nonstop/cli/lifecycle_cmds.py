@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from nonstop import __version__
 from nonstop.cli.context import Ctx
 from nonstop.cli.options import json_option, pass_ctx
 from nonstop.errors import AgentUnreachable, ConfigError, NonstopError
@@ -58,9 +60,11 @@ def up(c: Ctx, detach: bool, timeout: float | None) -> None:
     """Start the proxy and the agent (and the last live release, if any)."""
     cfg = c.cfg
     if c.client.alive():
-        st = c.client.get("/status")
-        _report_up(c, st, already=True)
-        return
+        running = c.client.get("/ping").get("version")
+        if running == __version__:
+            _report_up(c, c.client.get("/status"), already=True)
+            return
+        _replace_agent(c, running)  # an agent of another nonstop version: this one takes over, gapless
     from nonstop.agent import preflight
 
     # Every reason it could not work (ports taken, a missing program, a config the router refuses), at once
@@ -89,6 +93,36 @@ def up(c: Ctx, detach: bool, timeout: float | None) -> None:
         else:
             raise AgentUnreachable(f"the agent did not answer within {limit:g}s (log: {logs / 'agent.log'})")
     _report_up(c, c.client.get("/status"), already=False)
+
+
+def _replace_agent(c: Ctx, running: str | None) -> None:
+    """Stop an agent of an older nonstop so that this version's starts in its place (the package was
+    upgraded). Its proxy and instances keep serving; the new agent adopts them and replaces the proxy by
+    a socket hand-over. Refused while a deployment runs (exit 4) or when the running agent is newer."""
+    from nonstop import version_tuple
+    from nonstop.errors import DeploymentInProgress, UsageError
+
+    shown = running or "a version from before 0.2.0"
+    if version_tuple(running) > version_tuple(__version__):
+        raise UsageError(f"the running agent is nonstop {shown}, newer than this one ({__version__}): "
+                         "run the newer nonstop, or `nonstop down` first")
+    st = c.client.get("/status")
+    dep = st.get("deployment")
+    if dep and dep.get("state") in ("pending", "progressing", "paused"):
+        raise DeploymentInProgress(
+            f"deployment #{dep['id']} of {dep['release']} ({dep['strategy']}) is in progress under nonstop {shown}: "
+            "upgrade when it has finished")
+    pid = (st.get("agent") or {}).get("pid")
+    c.say(f"upgrading nonstop {shown} → {__version__}: the proxy and the instances keep serving")
+    try:
+        os.kill(int(pid), signal.SIGTERM)  # an agent stopped by signal leaves the proxy and instances running
+    except (ProcessLookupError, TypeError, ValueError):
+        pass
+    deadline = time.monotonic() + 30
+    while c.client.alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if c.client.alive():
+        raise AgentUnreachable(f"the nonstop {shown} agent (pid {pid}) did not stop within 30s")
 
 
 def _report_up(c: Ctx, st: dict, *, already: bool) -> None:

@@ -13,6 +13,7 @@ import logging
 import os
 import time
 
+from nonstop import __version__
 from nonstop.errors import NonstopError
 from nonstop.proxy import stats
 from nonstop.proxy.drain import Action, DrainPlan
@@ -104,6 +105,7 @@ class AdminAPI:
         srv = self.server
         return {
             "ok": True,
+            "version": __version__,
             "pid": os.getpid(),
             "revision": srv.state.table.revision,
             "started_at": srv.state.started_at,

@@ -15,8 +15,11 @@ import sys
 import time
 from pathlib import Path
 
+import logging
+
 import psutil
 
+from nonstop import __version__
 from nonstop.agent.routers.base import Router, RouterInfo, Routing, StatsSnapshot
 from nonstop.agent.sockets import ListeningSockets
 from nonstop.config import Config
@@ -24,6 +27,9 @@ from nonstop.errors import ProxyError, RouterError
 from nonstop.proxy.client import AdminClient
 from nonstop.proxy.config import ProxyConfig
 from nonstop.proxy.handoff import ENV_FDS
+
+
+log = logging.getLogger("nonstop.agent")
 
 
 class EmbeddedRouter(Router):
@@ -43,6 +49,7 @@ class EmbeddedRouter(Router):
         self.sockets: ListeningSockets | None = None
         self.acme_pair: tuple[str, str] | None = None  # (cert, key) issued by ACME, once there is one
         self._proc: subprocess.Popen | None = None
+        self.proxy_version: str | None = None  # what the running proxy said at its last health check
 
     # -- process ---------------------------------------------------------------
     def proxy_config(self) -> ProxyConfig:
@@ -93,6 +100,10 @@ class EmbeddedRouter(Router):
 
     async def start(self) -> None:
         alive = await self.alive()
+        if alive and self.proxy_version != __version__:
+            # a proxy of another nonstop version (the package was upgraded): a new one takes its sockets
+            # and table over and retires it, with no request lost (DESIGN §3, upgrading without a gap)
+            await self.upgrade()
         if self.sockets is None:
             # the agent's own copies, held for its whole life: a proxy that dies loses no queued connection
             self.sockets = ListeningSockets.obtain(self.cfg, self.socket, alive)
@@ -141,6 +152,26 @@ class EmbeddedRouter(Router):
             except psutil.Error:
                 pass
 
+    async def upgrade(self) -> None:
+        """Replace the running proxy by one of this version: ``--takeover`` (its listening sockets and route
+        table handed over on its admin socket), then it drains and exits."""
+        old_pid, old_version = self.pid(), self.proxy_version or "an older version"
+        with open(self.log_file, "ab") as logf:
+            proc = subprocess.Popen(
+                [*self.argv(), "--takeover"], stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                start_new_session=True, close_fds=True,
+            )
+        self._proc = proc
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RouterError(f"the new proxy exited during the takeover (code {proc.returncode}): {_tail(self.log_file)}")
+            if await self.alive() and self.proxy_version == __version__:
+                log.info("proxy upgraded from %s (pid %s) to %s (pid %s)", old_version, old_pid, __version__, proc.pid)
+                return
+            await asyncio.sleep(0.05)
+        raise RouterError(f"the new proxy did not take over within 30s: {_tail(self.log_file)}")
+
     def quickly_dead(self) -> bool:
         """True when the proxy process is known to be gone (no admin call: checked often)."""
         if self._proc is not None and self._proc.pid == self.pid_from_file():
@@ -163,10 +194,11 @@ class EmbeddedRouter(Router):
         if not self.socket.exists():
             return False
         try:
-            await self.client.health()
-            return True
+            h = await self.client.health()
         except ProxyError:
             return False
+        self.proxy_version = h.get("version")  # None: a proxy from before versions were told
+        return True
 
     # -- traffic -----------------------------------------------------------------
     async def apply(self, routing: Routing) -> None:
@@ -203,7 +235,9 @@ class EmbeddedRouter(Router):
             raise RouterError(f"cannot read proxy routes: {e.message}") from e
 
     def info(self) -> RouterInfo:
-        return RouterInfo(type="embedded", mode="managed", detail={"pid": self.pid(), "socket": str(self.socket)})
+        return RouterInfo(type="embedded", mode="managed", detail={
+            "pid": self.pid(), "socket": str(self.socket), "version": self.proxy_version,
+        })
 
 
 def _tail(path: Path, n: int = 800) -> str:
