@@ -18,7 +18,9 @@ import os
 import secrets
 import signal
 import socket
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
@@ -342,8 +344,8 @@ class _Server(uvicorn.Server):
         return contextlib.nullcontext()
 
 
-async def serve(cfg: Config, *, down_on_signal: bool = False) -> int:
-    """Run the agent until SIGTERM/SIGINT (or ``down``). Returns an exit code."""
+async def serve(cfg: Config, *, down_on_signal: bool = False) -> int | Reexec:
+    """Run the agent until SIGTERM/SIGINT (or ``down``). Returns an exit code, or ``Reexec`` after SIGHUP."""
     from nonstop.agent import dashboard as dashmod
 
     if cfg.dashboard.enabled:  # a non-loopback address fails here, before anything starts
@@ -362,14 +364,21 @@ async def serve(cfg: Config, *, down_on_signal: bool = False) -> int:
     pid_file.write_text(f"{os.getpid()}\n")
     loop = asyncio.get_running_loop()
     exit_now = asyncio.Event()
-    signalled = {"down": False}
+    signalled = {"down": False, "reexec": False}
 
     def on_signal(sig: int) -> None:  # only queue: the loop below acts
         signalled["down"] = down_on_signal
         exit_now.set()
 
+    def on_hup() -> None:
+        # SIGHUP (`systemctl reload`, or `nonstop up` of a newer version): this process starts again from
+        # the code installed now, in place (same pid), handing itself the listening sockets
+        signalled["reexec"] = True
+        exit_now.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
         agent.notifier.start()
         try:
@@ -387,7 +396,7 @@ async def serve(cfg: Config, *, down_on_signal: bool = False) -> int:
             raise
         srv_task = loop.create_task(server.serve(sockets=[sock]))
         await exit_now.wait()
-        if signalled["down"] and not agent.down_requested:
+        if signalled["down"] and not agent.down_requested and not signalled["reexec"]:
             await agent.down()
         server.should_exit = True
         with contextlib.suppress(BaseException):
@@ -396,6 +405,9 @@ async def serve(cfg: Config, *, down_on_signal: bool = False) -> int:
             await dash.stop()
         await agent.stop()
         await agent.notifier.close(timeout=2.0)
+        if signalled["reexec"] and not agent.down_requested:
+            socks = getattr(agent.router, "sockets", None)
+            return Reexec(dict(socks.socks) if socks is not None else {})
         return 0
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -403,6 +415,29 @@ async def serve(cfg: Config, *, down_on_signal: bool = False) -> int:
         with contextlib.suppress(FileNotFoundError):
             if pid_file.read_text().strip() == str(os.getpid()):
                 pid_file.unlink()
+
+
+@dataclass
+class Reexec:
+    """``serve`` ended to start again in place: the listening sockets to hand to the next image."""
+
+    sockets: dict[str, socket.socket]
+
+    def exec(self, argv: list[str]) -> None:
+        """Become ``python -m nonstop.agent argv`` (the code installed now), same pid, the sockets passed the
+        way systemd passes them (``LISTEN_FDS`` from fd 3), so the next agent finds them first."""
+        import fcntl
+
+        # copies above the fds they go to (3, 4, …), so that placing one never closes another
+        high = [fcntl.fcntl(s.fileno(), fcntl.F_DUPFD_CLOEXEC, 3 + len(self.sockets)) for s in self.sockets.values()]
+        for i, fd in enumerate(high):
+            os.dup2(fd, 3 + i, inheritable=True)
+            os.close(fd)
+        env = dict(os.environ)
+        if self.sockets:
+            env.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS=str(len(high)), LISTEN_FDNAMES=":".join(self.sockets))
+        log.info("re-executing the agent from the installed code (pid %d)", os.getpid())
+        os.execve(sys.executable, [sys.executable, "-m", "nonstop.agent", *argv], env)
 
 
 def _running_agent(pid_file: Path) -> int | None:

@@ -64,7 +64,9 @@ def up(c: Ctx, detach: bool, timeout: float | None) -> None:
         if running == __version__:
             _report_up(c, c.client.get("/status"), already=True)
             return
-        _replace_agent(c, running)  # an agent of another nonstop version: this one takes over, gapless
+        if _replace_agent(c, running):  # an agent of another nonstop version: this one takes over, gapless
+            _report_up(c, c.client.get("/status"), already=False)
+            return
     from nonstop.agent import preflight
 
     # Every reason it could not work (ports taken, a missing program, a config the router refuses), at once
@@ -95,7 +97,7 @@ def up(c: Ctx, detach: bool, timeout: float | None) -> None:
     _report_up(c, c.client.get("/status"), already=False)
 
 
-def _replace_agent(c: Ctx, running: str | None) -> None:
+def _replace_agent(c: Ctx, running: str | None) -> bool:
     """Stop an agent of an older nonstop so that this version's starts in its place (the package was
     upgraded). Its proxy and instances keep serving; the new agent adopts them and replaces the proxy by
     a socket hand-over. Refused while a deployment runs (exit 4) or when the running agent is newer."""
@@ -114,8 +116,25 @@ def _replace_agent(c: Ctx, running: str | None) -> None:
             "upgrade when it has finished")
     pid = (st.get("agent") or {}).get("pid")
     c.say(f"upgrading nonstop {shown} → {__version__}: the proxy and the instances keep serving")
+    if version_tuple(running) >= (0, 2):
+        # it starts again in place from the code installed now (SIGHUP, as `systemctl reload` does)
+        os.kill(int(pid), signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        now_running = None
+        while time.monotonic() < deadline:
+            try:
+                now_running = c.client.get("/ping").get("version") if c.client.alive() else None
+            except NonstopError:
+                now_running = None
+            if now_running not in (None, running):
+                break
+            time.sleep(0.1)
+        if now_running != __version__:
+            raise NonstopError(f"the agent (pid {pid}) started again as nonstop {now_running or '?'}, not {__version__}: "
+                               "it runs from another installation than this command")
+        return True  # upgraded in place: nothing left to start
     try:
-        os.kill(int(pid), signal.SIGTERM)  # an agent stopped by signal leaves the proxy and instances running
+        os.kill(int(pid), signal.SIGTERM)  # a 0.1 agent stopped by signal leaves the proxy and instances running
     except (ProcessLookupError, TypeError, ValueError):
         pass
     deadline = time.monotonic() + 30
@@ -123,6 +142,7 @@ def _replace_agent(c: Ctx, running: str | None) -> None:
         time.sleep(0.05)
     if c.client.alive():
         raise AgentUnreachable(f"the nonstop {shown} agent (pid {pid}) did not stop within 30s")
+    return False  # stopped: `up` starts this version's agent
 
 
 def _report_up(c: Ctx, st: dict, *, already: bool) -> None:

@@ -91,3 +91,28 @@ def test_up_replaces_an_older_agent_and_proxy_under_load(stack_factory, previous
     assert set(result.by_version()) == {"v1", "v2"}
     assert st.status()["live_release"] == "v1"
     assert "upgrading nonstop" in up.err + up.out
+
+
+def test_sighup_restarts_the_agent_in_place_under_load(stack_factory, tmp_path):
+    """``systemctl reload`` (SIGHUP): the agent re-executes the installed code with the same pid, keeping
+    the listening sockets (passed to itself as systemd passes them); the proxy and instances keep serving."""
+    import signal
+
+    from tests.e2e.helpers import wait_for
+
+    good = make_artifact(tmp_path / "artifacts", "good", "--boot-seconds", "0.3")
+    st = stack_factory(run={"command": RUN_COMMAND})
+    st.deploy("v1", "--artifact", str(good))
+    before = st.status()
+    with LoadClient(st.url, **LOAD) as load:
+        warm(load, 100, stack=st)
+        os.kill(before["agent"]["pid"], signal.SIGHUP)
+        wait_for(lambda: st.cli("status", "--json").code == 0 and st.status()["agent"]["started_at"] != before["agent"]["started_at"],
+                 timeout=30, interval=0.2, what="the agent started again")
+        warm(load, 100, stack=st)
+        st.deploy("v2", "--artifact", str(good))  # and it works as before
+        warm(load, 60, stack=st)
+    after = st.status()
+    assert after["agent"]["pid"] == before["agent"]["pid"]
+    assert after["live_release"] == "v2"
+    assert load.result.failed == 0, load.result.format()
