@@ -224,8 +224,8 @@ class Agent:
     # -- status ----------------------------------------------------------------------
     async def status(self) -> dict:
         split = self.traffic.split
-        routing = split.routing()
-        routed = routing.addrs
+        table = split.table()
+        routed = table.addrs
         now = time.time()
         instances = []
         for r in self.fleet.running():
@@ -255,7 +255,7 @@ class Agent:
             "dashboard": _read(self.state / "dashboard.url"),
             "live_release": self.traffic.live_release,
             "routes": [
-                {"release": rel.name, "weight": rel.weight, "targets": [t.addr for t in rel.targets]} for rel in routing.releases
+                {"release": rel.name, "weight": rel.weight, "targets": [t.addr for t in rel.targets]} for rel in table.releases
             ],
             "instances": instances,
             "deployment": _dep_json(dep, self.deployer.current) if dep else None,

@@ -145,7 +145,7 @@ class Dashboard:
             return None, repr(e)
 
     def weights(self) -> dict[str, int]:
-        return {r.name: r.weight for r in self.agent.traffic.split.routing().releases}
+        return {r.name: r.weight for r in self.agent.traffic.split.table().releases}
 
     async def run(self) -> None:
         """Sample once per ``interval`` until the agent stops."""

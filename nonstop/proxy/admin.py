@@ -142,14 +142,10 @@ class AdminAPI:
             table = RouteTable.from_json(body)
         except InvalidRoutes as e:
             raise _error(400, e) from None
-        if table.revision == 0:
-            table = table.with_revision(state.table.revision + 1)
-        elif table.revision <= state.table.revision:
-            raise _error(409, StaleRevision(
-                f"revision {table.revision} is not above the current {state.table.revision}",
-                detail={"current": state.table.revision},
-            ))
-        return table
+        try:
+            return table.settle(state.table.revision)
+        except StaleRevision as e:
+            raise _error(409, e) from None
 
     def commit(self, table) -> None:
         """Save ``table``, then make it live. Saved first: when the disk write fails, nothing changed."""

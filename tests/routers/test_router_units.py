@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from nonstop.agent.routers.base import ReleaseRoute, Routing, Target
+from nonstop.agent.routers.base import Release, RouteTable, Target
 from nonstop.agent.routers.haproxy_stats import haproxy_record
 from nonstop.agent.routers.haproxy_conf import MatchKey
 from nonstop.agent.routers.nginx_accesslog import LATENCY_BUCKETS, LogTail, StatsBook, nginx_record
@@ -17,7 +17,7 @@ from nonstop.errors import RouterError
 
 
 def rel(name, weight, *addrs, draining=False, **kw):
-    return ReleaseRoute(name, weight, tuple(Target(a, draining) for a in addrs), **kw)
+    return Release(name, weight, tuple(Target(a, draining) for a in addrs), **kw)
 
 
 def test_normalise_is_the_embedded_rule():
@@ -29,21 +29,21 @@ def test_normalise_is_the_embedded_rule():
 
 
 def test_plan_canary_first_gets_the_low_buckets_and_draining_releases_none():
-    p = plan(Routing((rel("v2", 10, "127.0.0.1:2"), rel("v1", 90, "127.0.0.1:1"), rel("v0", 0, "127.0.0.1:3", draining=True))))
+    p = plan(RouteTable(releases=(rel("v2", 10, "127.0.0.1:2"), rel("v1", 90, "127.0.0.1:1"), rel("v0", 0, "127.0.0.1:3", draining=True))))
     assert p.by_bucket[:10] == ("v2",) * 10 and p.by_bucket[10:] == ("v1",) * 90
     assert [r.name for r in p.usable] == ["v2", "v1"]
-    assert plan(Routing()).by_bucket == ()
+    assert plan(RouteTable()).by_bucket == ()
 
 
 @pytest.mark.parametrize(
     "routing,message",
     [
-        (Routing((rel('v"1', 100, "127.0.0.1:1"),)), "release name"),
-        (Routing((rel("v1", 100, "127.0.0.1:1"), rel("v1", 0, "127.0.0.1:2"))), "twice"),
-        (Routing((rel("v1", 100, "127.0.0.1:1; evil"),)), "HOST:PORT"),
-        (Routing((rel("v1", 100, "127.0.0.1:1", match_headers=(("X Bad", "1"),)),)), "header name"),
-        (Routing((rel("v1", 100, "127.0.0.1:1", match_cookies=(("a-b", "1"),)),)), "cookie name"),
-        (Routing((rel("v1", 100, "127.0.0.1:1", match_headers=(("X-A", "\n"),)),)), "printable"),
+        (RouteTable(releases=(rel('v"1', 100, "127.0.0.1:1"),)), "release name"),
+        (RouteTable(releases=(rel("v1", 100, "127.0.0.1:1"), rel("v1", 0, "127.0.0.1:2"))), "twice"),
+        (RouteTable(releases=(rel("v1", 100, "127.0.0.1:1; evil"),)), "HOST:PORT"),
+        (RouteTable(releases=(rel("v1", 100, "127.0.0.1:1", match_headers=(("X Bad", "1"),)),)), "header name"),
+        (RouteTable(releases=(rel("v1", 100, "127.0.0.1:1", match_cookies=(("a-b", "1"),)),)), "cookie name"),
+        (RouteTable(releases=(rel("v1", 100, "127.0.0.1:1", match_headers=(("X-A", "\n"),)),)), "printable"),
     ],
 )
 def test_plan_refuses_what_a_config_cannot_carry(routing, message):
@@ -54,7 +54,7 @@ def test_plan_refuses_what_a_config_cannot_carry(routing, message):
 def test_nginx_upstreams_carry_the_routing_and_escape_match_values():
     text = render_upstreams(
         "room-escape",
-        Routing((rel("v2", 10, "127.0.0.1:2", match_headers=(("X-Canary", "a b$"),)), rel("default", 90, "127.0.0.1:1"))),
+        RouteTable(releases=(rel("v2", 10, "127.0.0.1:2", match_headers=(("X-Canary", "a b$"),)), rel("default", 90, "127.0.0.1:1"))),
     )
     assert "upstream nonstop_room_escape__0_v2" in text
     assert "\\default nonstop_room_escape__1_default;" in text  # a release called "default" stays a key

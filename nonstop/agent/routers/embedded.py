@@ -20,7 +20,7 @@ import logging
 import psutil
 
 from nonstop import __version__
-from nonstop.agent.routers.base import Router, RouterInfo, Routing, StatsSnapshot
+from nonstop.agent.routers.base import Router, RouterInfo, RouteTable, StatsSnapshot
 from nonstop.agent.sockets import ListeningSockets
 from nonstop.config import Config
 from nonstop.errors import ProxyError, RouterError
@@ -201,9 +201,9 @@ class EmbeddedRouter(Router):
         return True
 
     # -- traffic -----------------------------------------------------------------
-    async def apply(self, routing: Routing) -> None:
+    async def apply(self, table: RouteTable) -> None:
         try:
-            await self.client.put_routes(routing.to_table())
+            await self.client.put_routes(table)
         except ProxyError as e:
             raise RouterError(f"the proxy refused the new routes: {e.message}") from e
 
@@ -228,9 +228,9 @@ class EmbeddedRouter(Router):
         except ProxyError as e:
             raise RouterError(f"cannot read proxy metrics: {e.message}") from e
 
-    async def current(self) -> Routing | None:
+    async def current(self) -> RouteTable | None:
         try:
-            return Routing.from_table((await self.client.get_routes()).to_dict())
+            return await self.client.get_routes()
         except ProxyError as e:
             raise RouterError(f"cannot read proxy routes: {e.message}") from e
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import psutil
 
-from nonstop.agent.routers.base import Router, RouterInfo, Routing, StatsSnapshot
+from nonstop.agent.routers.base import Router, RouterInfo, RouteTable, StatsSnapshot
 from nonstop.agent.routers.haproxy_api import HaproxyApi, ServerStat
 from nonstop.agent.routers.haproxy_conf import (
     SLOTS,
@@ -188,7 +188,7 @@ class HaproxyRouter(Router):
         return await self._answers()
 
     # -- routing --------------------------------------------------------
-    async def apply(self, routing: Routing) -> None:
+    async def apply(self, routing: RouteTable) -> None:
         p = plan(routing)
         if self.mode == "external":
             async with self._lock:
@@ -259,7 +259,7 @@ class HaproxyRouter(Router):
                 ", ".join(f"{r.name}={r.weight}%" for r in routing.releases) or "(nothing)",
             )
 
-    async def _apply_external(self, routing: Routing, p) -> None:
+    async def _apply_external(self, routing: RouteTable, p) -> None:
         be = self.external_backend
         if p.matchers:
             raise RouterError(
@@ -332,7 +332,7 @@ class HaproxyRouter(Router):
             except RouterError as e:
                 log.warning("haproxy: could not remove %s/%s after a failed apply: %s", be, srv, e)
 
-    async def current(self) -> Routing | None:
+    async def current(self) -> RouteTable | None:
         try:
             data = json.loads(self.sidecar.read_text())
         except FileNotFoundError:
@@ -340,7 +340,7 @@ class HaproxyRouter(Router):
         except ValueError as e:
             log.warning("haproxy: unreadable %s: %s", self.sidecar, e)
             return None
-        return Routing.from_table(data["routing"]) if "routing" in data else None
+        return RouteTable.from_dict(data["routing"]) if "routing" in data else None
 
     async def drain(self, addrs: list[str], timeout: float) -> bool:
         """Wait until the servers of ``addrs`` that are out of the routing have no session; then delete them."""
@@ -483,8 +483,8 @@ class HaproxyRouter(Router):
             pass
         return None
 
-    def _save_sidecar(self, routing: Routing) -> None:
-        data = {"routing": routing.to_table(), "slots": self._slots, "server_release": self._server_release}
+    def _save_sidecar(self, routing: RouteTable) -> None:
+        data = {"routing": routing.to_dict(), "slots": self._slots, "server_release": self._server_release}
         tmp = self.sidecar.with_suffix(".tmp")
         with open(tmp, "w") as f:
             json.dump(data, f, indent=2)

@@ -22,7 +22,7 @@ import tempfile
 
 from dataclasses import dataclass
 
-from nonstop.agent.routers.base import ReleaseRoute, Routing
+from nonstop.agent.routers.base import Release, RouteTable
 from nonstop.agent.routers.nginx_conf import BUCKETS, COOKIE_ATTRS, COOKIE_NAME, Plan, ident
 from nonstop.errors import RouterError
 
@@ -93,7 +93,7 @@ class MatchKey:
         parts += [f"c{i}=%[req.cook({c}),hex]&" for i, c in enumerate(self.cookies)]
         return "".join(parts)
 
-    def pattern(self, r: ReleaseRoute) -> str:
+    def pattern(self, r: Release) -> str:
         """The ``map_reg`` pattern matching the requests ``r``'s match rules select."""
         want_h = {n.lower(): v for n, v in r.match_headers}
         want_c = dict(r.match_cookies)
@@ -261,7 +261,7 @@ def sticky_setting(sticky: bool | str) -> str:
     return "client_ip" if sticky == "client_ip" else ("1" if sticky else "0")
 
 
-def initial_maps(routing: Routing | None) -> dict[str, str]:
+def initial_maps(routing: RouteTable | None) -> dict[str, str]:
     """Map files as written before start: empty routing, sticky on."""
     sticky = sticky_setting(True if routing is None else routing.sticky)
     return {"bucket": "", "match": "", "release": "", "settings": f"sticky {sticky}\nsplit 0\n"}

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import psutil
 
-from nonstop.agent.routers.base import Router, RouterInfo, Routing, StatsSnapshot
+from nonstop.agent.routers.base import Router, RouterInfo, RouteTable, StatsSnapshot
 from nonstop.agent.routers.nginx_accesslog import LogTail, StatsBook, nginx_record
 from nonstop.agent.routers.nginx_conf import ManagedPaths, plan, render_managed, render_upstreams
 from nonstop.config import ROUTER_CAPABILITIES, Config, router_capabilities, split_command
@@ -97,7 +97,7 @@ class NginxRouter(Router):
                 await self._replace_and_reload(Path(self.paths.conf), conf)
             self._open_log()
             return
-        routing = await self.current() or Routing()
+        routing = await self.current() or RouteTable()
         Path(self.paths.temp).mkdir(parents=True, exist_ok=True)
         self._write(self.upstream_file, self._upstreams_text(routing))
         self._write(Path(self.paths.conf), self._managed_conf())
@@ -159,7 +159,7 @@ class NginxRouter(Router):
             self._tail = None
 
     # -- routing --------------------------------------------------------
-    async def apply(self, routing: Routing) -> None:
+    async def apply(self, routing: RouteTable) -> None:
         text = self._upstreams_text(routing)  # validates; RouterError before touching anything
         async with self._lock:
             started = time.monotonic()
@@ -190,9 +190,9 @@ class NginxRouter(Router):
             self._restore(path, old)
             raise
 
-    async def current(self) -> Routing | None:
+    async def current(self) -> RouteTable | None:
         try:
-            return Routing.from_table(json.loads(self.sidecar.read_text()))
+            return RouteTable.from_dict(json.loads(self.sidecar.read_text()))
         except FileNotFoundError:
             pass
         except (ValueError, KeyError, TypeError) as e:
@@ -202,7 +202,7 @@ class NginxRouter(Router):
             for line in text.splitlines():
                 if line.startswith(ROUTING_MARK):
                     try:
-                        return Routing.from_table(json.loads(line[len(ROUTING_MARK):]))
+                        return RouteTable.from_dict(json.loads(line[len(ROUTING_MARK):]))
                     except (ValueError, KeyError, TypeError):
                         return None
         return None
@@ -256,10 +256,10 @@ class NginxRouter(Router):
         )
 
     # -- internals ------------------------------------------------------
-    def _upstreams_text(self, routing: Routing) -> str:
+    def _upstreams_text(self, routing: RouteTable) -> str:
         plan(routing)  # raises RouterError for what nginx cannot carry
         body = render_upstreams(self.app, routing)
-        mark = ROUTING_MARK + json.dumps(routing.to_table(), separators=(",", ":")) + "\n"
+        mark = ROUTING_MARK + json.dumps(routing.to_dict(), separators=(",", ":")) + "\n"
         return mark + body
 
     def _managed_conf(self) -> str:
@@ -406,8 +406,8 @@ class NginxRouter(Router):
                 pass
             raise
 
-    def _save_sidecar(self, routing: Routing) -> None:
-        self._write(self.sidecar, json.dumps(routing.to_table(), indent=2) + "\n")
+    def _save_sidecar(self, routing: RouteTable) -> None:
+        self._write(self.sidecar, json.dumps(routing.to_dict(), indent=2) + "\n")
 
     def _open_log(self) -> None:
         if self.access_log and self._tail is None:

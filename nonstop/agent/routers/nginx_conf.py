@@ -1,4 +1,4 @@
-"""Pure nginx config rendering: a ``Routing`` in, nginx config text out. No I/O.
+"""Pure nginx config rendering: a ``RouteTable`` in, nginx config text out. No I/O.
 
 Two pieces:
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from nonstop.agent.routers.base import ReleaseRoute, Routing
+from nonstop.agent.routers.base import Release, RouteTable
 from nonstop.errors import RouterError
 from nonstop.proxy.split import normalise  # the embedded proxy's rule, so every router gives the same buckets
 
@@ -54,12 +54,12 @@ _ADDR = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}$")
 class Plan:
     """What a routing means for a router: usable releases, bucket → release, match rules in order."""
 
-    usable: tuple[ReleaseRoute, ...]
+    usable: tuple[Release, ...]
     by_bucket: tuple[str, ...]  # 100 release names, or () when nothing is usable
-    matchers: tuple[ReleaseRoute, ...]  # usable releases with match rules, first wins
+    matchers: tuple[Release, ...]  # usable releases with match rules, first wins
 
 
-def plan(routing: Routing) -> Plan:
+def plan(routing: RouteTable) -> Plan:
     """Check a routing and compute its split (pure). Raises ``RouterError`` for names nginx/HAProxy cannot carry."""
     seen: set[str] = set()
     for r in routing.releases:
@@ -143,7 +143,7 @@ def render_log_format(app: str) -> str:
     return f"log_format {log_format_name(app)} escape=json '{body}';\n"
 
 
-def render_upstreams(app: str, routing: Routing, *, keepalive: int = 32, log_format: bool = True) -> str:
+def render_upstreams(app: str, routing: RouteTable, *, keepalive: int = 32, log_format: bool = True) -> str:
     """The http-level include: upstreams, the release choice, the log format.
 
     Releases without a live target get no upstream and no buckets; when no
@@ -193,7 +193,7 @@ def render_upstreams(app: str, routing: Routing, *, keepalive: int = 32, log_for
         pin = '""'
         cookie_state = '"none"'
     if routing.split_key is not None:
-        kind, name = routing.split_key
+        kind, name = routing.split_key.kind, routing.split_key.name
         key_var = f"$cookie_{name}" if kind == "cookie" else f"$http_{name.lower().replace('-', '_')}"
         out.append(_split_clients(f"${{{key_var[1:]}}}", f"${v}_key_bucket"))
         out.append(
