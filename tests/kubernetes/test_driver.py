@@ -350,7 +350,11 @@ def test_status_and_refusals(fake):
     d, _rec = driver(path)
     asyncio.run(d.deploy(V[1]))
     s = asyncio.run(d.status())
-    assert s["live"] == "v1" and s["tracks"][0]["available"] == 3 and s["lock"] is None and s["context"] == "test"
+    assert s["live"] == "v1" and s["lock"] is None and s["context"] == "test"
+    [dep] = s["deployments"]
+    assert (dep["name"], dep["track"], dep["release"], dep["available"]) == ("roomescape", "main", "v1", 3)
+    assert len(dep["pods"]) == 3 and all(p["ready"] and p["release"] == "v1" for p in dep["pods"])
+    assert s["service"] == {"name": "roomescape", "selector": {"nonstop.dev/app": "roomescape", "nonstop.dev/lane": "main"}}
     with pytest.raises(UsageError, match="already live"):
         asyncio.run(d.deploy(V[1]))
     with pytest.raises(UsageError, match="no previous release"):

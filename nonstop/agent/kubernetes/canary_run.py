@@ -57,6 +57,7 @@ class CanaryRun:
                 "weight": st.weight, "step": min(st.step + 1, self.plan.count), "steps": self.plan.count,
                 "phase": st.phase, "failures": st.failures, "failure_limit": self.plan.failure_limit,
                 "waiting_for": sm.waiting_for(self.plan, st, self.clock.now()), "analysis": self.results[-5:],
+                "received": (self.results[-1].get("received") if self.results else None) or {},
             }
         }
 
