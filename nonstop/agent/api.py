@@ -93,8 +93,10 @@ def make_app(agent, on_down: Callable[[], None]) -> Starlette:
 
     async def logs(request: Request) -> Response:
         q = request.query_params
-        release = q.get("release") or agent.traffic.live_release
         lines = int(q.get("lines", "100"))
+        if getattr(agent, "runtime_logs", None) is not None:  # kubernetes: the pods' logs, from the API server (JSON)
+            return JSONResponse(await agent.runtime_logs(q.get("release"), lines))
+        release = q.get("release") or agent.traffic.live_release
         if release is None:
             raise UsageError("no release is live; name one: nonstop logs RELEASE")
         if agent.store.get_release(release) is None and release not in ("agent", "proxy"):

@@ -19,13 +19,12 @@ from nonstop.agent.kubernetes.runner import Callbacks
 from nonstop.agent.kubernetes.shapes import KRelease
 from nonstop.errors import DeploymentInProgress, UsageError
 
-from tests.kubernetes.fakeapi import serve_prometheus
+from tests.kubernetes.fakeapi import prom_answer, serve_prometheus
 from tests.kubernetes.kube import make_cfg
 
 T0 = 1_800_000_000.0
 V = {n: KRelease(f"v{n}", f"v{n}", f"registry.example/roomescape:v{n}") for n in range(1, 5)}
 GW = {"gateway": {"name": "public", "namespace": "infra"}}
-BOUNDS = [0.05, 0.1, 0.25, 0.5, 1.0]
 
 
 class FakeClock:
@@ -61,21 +60,6 @@ class Recorder:
 
     def types(self):
         return [t for t, _m, _d in self.events]
-
-
-def prom_answer(errors: float = 0.0, bad: str = "-canary-"):
-    """Figures per side: 200 requests in any window; the 5xx share ``errors`` for the pods whose name pattern
-    contains ``bad`` (0 for the others); p99 under 100 ms."""
-
-    def answer(q: str):
-        canary = bad in q
-        if "_bucket" in q:
-            return [({"le": str(b)}, 190.0 if b < 0.1 else 200.0) for b in BOUNDS] + [({"le": "+Inf"}, 200.0)]
-        if 'status=~"5.."' in q:
-            return [({}, 200.0 * errors if canary else 0.0)]
-        return [({}, 200.0)]
-
-    return answer
 
 
 @pytest.fixture

@@ -73,7 +73,7 @@ class KubernetesDriver:
 
     def __init__(
         self, cfg: Config, client: Any, *, callbacks: Callbacks | None = None, control: "asyncio.Queue[str] | None" = None,
-        clock: Clock | None = None, metrics: Prometheus | None = None, holder: str | None = None, poll: float = ro.POLL,
+        clock: Clock | None = None, metrics: Prometheus | None = None, holder: str | None = None, poll: float | None = None,
     ) -> None:
         assert cfg.kubernetes is not None
         self.cfg = cfg
@@ -84,7 +84,7 @@ class KubernetesDriver:
         k = cfg.kubernetes
         self.metrics = metrics or (Prometheus(k.prometheus, namespace=k.namespace, app=cfg.app, queries=k.prometheus_queries) if k.prometheus else None)
         self.holder = holder or lk.holder_identity()
-        self.poll = poll
+        self.poll = poll if poll is not None else k.poll_interval  # seconds between reads of a rollout
         self._lease: lk.LeaseInfo | None = None
         self._lost: str | None = None
         self._canary: CanaryRun | None = None
@@ -226,6 +226,10 @@ class KubernetesDriver:
                 await self._expire_warm()
         except DeploymentInProgress:
             return  # the deploy that holds the Lease expires the warm side itself when it is done
+
+    async def cluster_state(self) -> st.ClusterState:
+        """The shared state as the cluster has it now (history, settled shape, warm side, deployment in progress)."""
+        return await self._state()
 
     async def check_lock(self) -> None:
         """``DeploymentInProgress`` (exit 4, naming holder, release, started, step) when another live holder has
