@@ -14,6 +14,7 @@ import copy
 import json
 import os
 import signal
+import sys
 import time
 
 import httpx
@@ -218,6 +219,27 @@ def test_a_lease_held_by_another_operator_is_exit_4_until_released(fake, stack):
     cluster.objects[("leases", "roomescape-nonstop-lock")] = lease
     assert stack.deploy("v2")["ok"]
     assert stack.status()["lock"] is None
+
+
+def test_deploy_builds_with_version_and_release_and_takes_an_image(fake, stack):
+    cluster, _served, _path = fake
+    build = {"commands": [[sys.executable, "-c", "open('built-{version}-{release}', 'w').close()"]]}
+    stack.write(build=build)
+    stack.ok("up", "--detach")
+    r = stack.cli("deploy", "--artifact", "app.jar")
+    assert r.code == 2 and "deploys images, not artifacts" in r.err
+    assert stack.deploy("v1")["ok"] and (stack.dir / "built-v1-v1").exists()
+    image = lambda: cluster.get("deployments", "roomescape")["spec"]["template"]["spec"]["containers"][0]["image"]  # noqa: E731
+    assert image() == "registry.example/roomescape:v1"
+    # v1 names another image now: a new release id, {release} in the build is that id
+    out = stack.deploy("v1", "--image", "registry.example/roomescape:hotfix")
+    assert out["release"] == "v1-2" and (stack.dir / "built-v1-v1-2").exists()
+    assert image() == "registry.example/roomescape:hotfix"
+    assert stack.cli("deploy", "--version", "v1-2", "--image", "registry.example/roomescape:hotfix").code == 2  # live already
+    stack.write(build={"commands": [[sys.executable, "-c", "raise SystemExit(3)"]]})
+    failed = stack.deploy("v2", expect=1)
+    assert failed["state"] == "failed" and "failed with exit code 3" in failed["reason"]
+    assert image() == "registry.example/roomescape:hotfix"  # a failed build changed nothing
 
 
 def test_an_unreachable_cluster_is_exit_3_naming_context_and_server(stack, tmp_path):

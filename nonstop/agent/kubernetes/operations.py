@@ -47,7 +47,7 @@ class Current:
 
     dep_id: int
     kind: str  # deploy | rollback | recover
-    phase: str = "starting"  # build | cluster
+    phase: str = "starting"  # build; cluster once the driver holds the Lease (controls reach it from then on)
     steps: int = 0
 
 
@@ -118,6 +118,8 @@ class KubeDeployer:
         if type_ in ("success", "failure"):
             return  # the operation's ``result`` event says it, with the outcome and the timing
         cur = self.current
+        if cur is not None and type_ == "lease":
+            cur.phase = "cluster"  # the driver holds the Lease and has dropped stale controls: steering reaches it now
         paused = _paused(type_, data)
         if cur is not None and paused is not None:
             dep = self.store.get_deployment(cur.dep_id)
@@ -204,8 +206,6 @@ class KubeDeployer:
             await self._build(dep_id, release)
             await self._emit("release", f"release {release.id}: image {release.image_ref}", release=release.id, image=release.image_ref)
             async with self.lock:
-                assert self.current is not None
-                self.current.phase = "cluster"
                 driver = await self.agent.driver()
                 out = await driver.deploy(release, strategy)
         except asyncio.CancelledError:
@@ -226,8 +226,6 @@ class KubeDeployer:
         await self._emit("start", f"rollback to {target.id} started", strategy="rollback", from_release=live, release=target.id)
         try:
             async with self.lock:
-                assert self.current is not None
-                self.current.phase = "cluster"
                 driver = await self.agent.driver()
                 out = await driver.rollback(target.id)
         except asyncio.CancelledError:
