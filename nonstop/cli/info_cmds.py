@@ -20,13 +20,18 @@ from nonstop.errors import AgentUnreachable
 @json_option
 @pass_ctx
 def status(c: Ctx) -> None:
-    """Live release, traffic split, instances and their health, deployment in progress."""
+    """Live release, traffic split, instances and their health, deployment in progress (kubernetes: the cluster's
+    picture; exit 3 when the cluster does not answer)."""
     st = c.client.get("/status")
+    cluster_down = st.get("runtime") == "kubernetes" and not (st.get("cluster") or {}).get("reachable", True)
     if c.json:
-        return c.print_json(st)
-    from nonstop.cli import render
+        c.print_json(st)
+    else:
+        from nonstop.cli import render
 
-    (render.kube_status if st.get("runtime") == "kubernetes" else render.status)(c.console, st)
+        (render.kube_status if st.get("runtime") == "kubernetes" else render.status)(c.console, st)
+    if cluster_down:  # the agent answers, the cluster does not: shown above, and exit 3 for scripts
+        raise SystemExit(AgentUnreachable.exit_code)
 
 
 @click.command()

@@ -76,6 +76,7 @@ class FakeCluster:
     gateways: dict = field(default_factory=dict)  # (namespace, name) -> Gateway object
     gateway_api: bool = True  # False: the Gateway API's CRDs are not installed
     reviews: list = field(default_factory=list)  # the SelfSubjectAccessReviews' resourceAttributes, in order
+    unreachable: bool = False  # True: every connection is dropped without an answer (an API server gone)
     lock: threading.RLock = field(default_factory=threading.RLock)
     _rv: Any = field(default_factory=lambda: itertools.count(100))
     _names: Any = field(default_factory=lambda: itertools.count(10000))
@@ -220,6 +221,9 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         body = self._body() if method in ("POST", "PUT", "PATCH", "DELETE") else None
+        if c.unreachable:
+            self.close_connection = True
+            return
         c.requests.append(Request(method, url.path, query, self.headers.get("Content-Type"), body))
         if self.headers.get("Authorization") != f"Bearer {TOKEN}":
             return self._send(401, status_body(401, "Unauthorized", "Unauthorized"))

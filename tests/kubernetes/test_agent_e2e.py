@@ -219,6 +219,13 @@ def test_a_lease_held_by_another_operator_is_exit_4_until_released(fake, stack):
     cluster.objects[("leases", "roomescape-nonstop-lock")] = lease
     assert stack.deploy("v2")["ok"]
     assert stack.status()["lock"] is None
+    cluster.unreachable = True  # the API server goes away: the agent says so, and status is exit 3
+    r = stack.cli("status", "--json")
+    assert r.code == 3 and r.json["cluster"]["reachable"] is False and "cannot reach the Kubernetes API of context test" in r.json["cluster"]["error"]
+    r = stack.cli("deploy", "--version", "v3")
+    assert r.code == 3 and "cannot reach the Kubernetes API of context test" in r.err
+    cluster.unreachable = False
+    assert stack.status()["live_release"] == "v2"
 
 
 def test_deploy_builds_with_version_and_release_and_takes_an_image(fake, stack):
