@@ -41,7 +41,7 @@ def stack(fake, tmp_path):
 
 
 @pytest.fixture
-def prom():
+def prom_url():
     served, seen = serve_prometheus(prom_answer())
     try:
         yield served.url, seen
@@ -142,9 +142,9 @@ def test_up_deploy_rolling_and_blue_green_status_rollback_history_logs_dashboard
         hooks.close()
 
 
-def test_canary_through_a_gateway_pause_resume_promote_and_abort(fake, stack, prom):
+def test_canary_through_a_gateway_pause_resume_promote_and_abort(fake, stack, prom_url):
     cluster, _served, _path = fake
-    url, seen = prom
+    url, seen = prom_url
     cluster.gateways[("infra", "public")] = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
                                              "metadata": {"name": "public", "namespace": "infra"}, "spec": {}}
     stack.write(

@@ -14,12 +14,10 @@ from nonstop.agent.kubernetes import client as kc
 from nonstop.agent.kubernetes import state as st
 from nonstop.agent.kubernetes.driver import KubernetesDriver
 from nonstop.agent.kubernetes.manifests import microtime
-from nonstop.agent.kubernetes.prometheus import Prometheus
 from nonstop.agent.kubernetes.runner import Callbacks
 from nonstop.agent.kubernetes.shapes import KRelease
 from nonstop.errors import DeploymentInProgress, UsageError
 
-from tests.kubernetes.fakeapi import prom_answer, serve_prometheus
 from tests.kubernetes.kube import make_cfg
 
 T0 = 1_800_000_000.0
@@ -60,20 +58,6 @@ class Recorder:
 
     def types(self):
         return [t for t, _m, _d in self.events]
-
-
-@pytest.fixture
-def prom():
-    servers = []
-
-    def start(errors: float = 0.0, bad: str = "-canary-"):
-        s, seen = serve_prometheus(prom_answer(errors, bad))
-        servers.append(s)
-        return s.url, seen
-
-    yield start
-    for s in servers:
-        s.close()
 
 
 def driver(path, *, holder="ci@runner:1", clock=None, rec=None, prom_url=None, control=None, **over):
@@ -514,50 +498,3 @@ def test_canary_controls_promote_full_and_abort(fake, prom):
     assert template_release(cluster, "roomescape-canary")[1] == 0
     with pytest.raises(UsageError):
         d.check_control("bogus")
-
-
-def test_status_while_a_watch_runs_and_while_a_canary_steps(fake, prom):
-    _cluster, _served, path = fake
-    url, _seen = prom(errors=0.5, bad="roomescape-green-")
-    seen: dict = {}
-
-    class Peek(Recorder):
-        """Reads the driver's status from inside its own callbacks: what `nonstop status` sees at that moment."""
-
-        async def emit(self, type_, message, **data):
-            await super().emit(type_, message, **data)
-            if type_ in ("weight", "analysis_failed"):
-                seen[type_] = await d.status()
-
-    rec = Peek()
-    d, _ = driver(path, prom_url=url, rec=rec, strategy={
-        "type": "blue-green", "analysis": {"watch": "1m", "interval": "5s", "max_error_rate": "1%", "failure_limit": 2}})
-    asyncio.run(d.deploy(V[1]))
-    assert asyncio.run(d.deploy(V[2])).state == "rolled_back"
-    w = seen["analysis_failed"]["watch"]  # at the second failed check (the figures of the first are counted)
-    assert w["release"] == "v2" and w["failures"] == 1 and w["failure_limit"] == 2 and 0 < w["remaining"] < 60
-    assert [a["verdict"] for a in w["analysis"]] == ["fail"]
-    assert seen["analysis_failed"]["deployment"]["release"] == "v2"  # the cluster's record of it
-    assert "watch" not in asyncio.run(d.status())  # over
-
-
-def test_status_while_a_canary_steps(fake, prom):
-    _cluster, _served, path = fake
-    url, _seen = prom()
-    seen: dict = {}
-
-    class Peek(Recorder):
-        async def emit(self, type_, message, **data):
-            await super().emit(type_, message, **data)
-            if type_ == "weight":
-                seen[type_] = await d.status()
-
-    d, _ = driver(path, prom_url=url, rec=Peek(), kubernetes=GW, strategy={
-        "type": "canary", "steps": [{"weight": 10, "pause": "10s"}], "analysis": {"interval": "5s"}})
-    asyncio.run(d.deploy(V[1]))
-    assert asyncio.run(d.deploy(V[2])).ok
-    s = seen["weight"]
-    assert s["canary"]["weight"] == 10 and s["canary"]["step"] == 1 and s["canary"]["steps"] == 1
-    assert s["route"]["backends"] == [{"name": "roomescape-stable", "weight": 90}, {"name": "roomescape-canary", "weight": 10}]
-    assert {x["name"]: (x["release"], x["available"]) for x in s["deployments"]} == {"roomescape": ("v1", 3), "roomescape-canary": ("v2", 1)}
-    assert s["lock"]["holder"] == "ci@runner:1" and not s["lock"]["expired"]

@@ -32,7 +32,7 @@ from nonstop.agent.kubernetes.shapes import KRelease
 from nonstop.agent.preflight import statedir
 from nonstop.agent.preflight.base import Env
 from nonstop.configfile import ConfigProblems, Problem
-from nonstop.errors import ConfigError, DeploymentInProgress, NonstopError, UsageError
+from nonstop.errors import DeploymentInProgress, NonstopError, UsageError
 from nonstop.names import STRATEGIES
 
 __all__ = ["KubeDeployer", "Current", "request_problems"]
