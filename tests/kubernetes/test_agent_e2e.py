@@ -54,10 +54,15 @@ def specs(cluster, plural):
 
 
 def test_up_deploy_rolling_and_blue_green_status_rollback_history_logs_dashboard_webhooks_down(fake, stack):
+    import socket
+
     cluster, served, _path = fake
-    port = stack_ports(1)[0]
+    port, taken = stack_ports(2)
     hooks = Hooks()
-    common = {"dashboard": {"enabled": True, "listen": f"127.0.0.1:{port}"}, "notify": [{"url": hooks.url}]}
+    # `listen` names an address another program holds: a cluster's front door is its Service, nothing binds it
+    holder = socket.create_server(("127.0.0.1", taken))
+    common = {"listen": f"127.0.0.1:{taken}", "dashboard": {"enabled": True, "listen": f"127.0.0.1:{port}"},
+              "notify": [{"url": hooks.url}]}
     try:
         stack.write(**common)
         up = stack.ok("up", "--detach", "--json").json
@@ -140,6 +145,7 @@ def test_up_deploy_rolling_and_blue_green_status_rollback_history_logs_dashboard
         assert len(stack.ok("logs", "--json").json["files"]) == 2
     finally:
         hooks.close()
+        holder.close()
 
 
 def test_canary_through_a_gateway_pause_resume_promote_and_abort(fake, stack, prom_url):
