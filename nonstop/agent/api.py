@@ -62,8 +62,8 @@ def make_app(agent, on_down: Callable[[], None]) -> Starlette:
 
     async def history(request: Request) -> Response:
         limit = int(request.query_params.get("limit", "50"))
-        if getattr(agent, "refresh", None) is not None:  # kubernetes: the history is the cluster's; read it now
-            await agent.refresh()
+        if getattr(agent, "reread_cluster", None) is not None:  # kubernetes: the history is the cluster's; read it now
+            await agent.reread_cluster()
         return JSONResponse(agent.history(limit))
 
     async def deploy(request: Request) -> Response:

@@ -142,7 +142,7 @@ class KubeAgent:
                               file=old.source, field=changed)
         return new
 
-    async def refresh(self) -> None:
+    async def reread_cluster(self) -> None:
         """Read the shared state again: the history ``history()`` answers with, and the local mirror of it."""
         driver = await self.driver()
         state = await driver.cluster_state()
@@ -183,7 +183,7 @@ class KubeAgent:
         driver = await self.driver()
         await asyncio.to_thread(driver.client.version)  # unreachable: ClusterUnreachable (exit 3), context and server named
         await self.deployer.recover()
-        await self.refresh()
+        await self.reread_cluster()
         self._tasks.append(asyncio.get_running_loop().create_task(self._housekeeping(), name="kubernetes housekeeping"))
         log.info("agent ready (cluster %s at %s)", driver.client.context, driver.client.server)
 
@@ -200,7 +200,7 @@ class KubeAgent:
                 return
             try:
                 await self.deployer.housekeeping()
-                await self.refresh()
+                await self.reread_cluster()
                 said = ""
             except NonstopError as e:
                 if e.message != said:  # once per distinct trouble, not every tick

@@ -267,7 +267,7 @@ class KubeDeployer:
             data["cluster_id"] = cluster_id
         self.store.update_deployment(dep_id, state=state, outcome=state, reason=reason, finished_at=time.time(), data=data)
         try:
-            await self.agent.refresh()  # the history and the mirror before the result goes out
+            await self.agent.reread_cluster()  # the history and the mirror before the result goes out
         except NonstopError as e:
             log.warning("could not read the cluster's state after deployment #%s: %s", dep_id, e.message)
         ok = state == "promoted"
