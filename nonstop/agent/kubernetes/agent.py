@@ -90,6 +90,7 @@ class KubeAgent:
         if self.notifier:
             self.events.listen(self.notifier)
         self._client: Any = None
+        self._connecting = asyncio.Lock()
         self._driver: Any = None
         self._picture: dict | None = None
         self._cluster: Any = None  # the last ClusterState read
@@ -113,10 +114,11 @@ class KubeAgent:
     async def driver(self):
         """The driver for the current config, connecting first if need be (``ConfigError`` for a kubeconfig
         problem; the API server itself is first asked by the operation)."""
-        if self._client is None:
-            from nonstop.agent.kubernetes.client import connect
+        async with self._connecting:  # the first status and the first deploy may ask at once: one client
+            if self._client is None:
+                from nonstop.agent.kubernetes.client import connect
 
-            self._client = await asyncio.to_thread(connect, self.cfg)
+                self._client = await asyncio.to_thread(connect, self.cfg)
         if self._driver is None or self._driver.cfg is not self.cfg:
             from nonstop.agent.kubernetes.driver import KubernetesDriver
             from nonstop.agent.kubernetes.runner import Callbacks
