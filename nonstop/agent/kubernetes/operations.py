@@ -148,7 +148,7 @@ class KubeDeployer:
         from nonstop.agent.releases import default_version
 
         workdir = cfg.path(cfg.build.workdir) if cfg.build else cfg.base_dir
-        version = version or default_version(workdir)
+        version = version or await asyncio.to_thread(default_version, workdir)  # asks git: not on the loop
         release = await driver.new_release(version, image)
         state = await driver.cluster_state()
         settled = state.settled
