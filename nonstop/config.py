@@ -597,6 +597,9 @@ class KubernetesConfig(_Model):
     lease_duration: Duration = Field(
         60.0, description="the deploy lock (a Lease) expires this long after its holder's last renewal"
     )
+    poll_interval: Duration = Field(
+        2.0, description="how often a rollout's Deployments (and the shared state, for the agent) are read from the API server"
+    )
     service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
     hostnames: list[str] = Field(default_factory=list, description="HTTPRoute hostnames (with gateway)")
     resources: dict[Literal["requests", "limits"], dict[str, str]] = Field(
@@ -620,6 +623,13 @@ class KubernetesConfig(_Model):
     def _lease(cls, v: float) -> float:
         if v < 10:
             raise ValueError("must be at least 10s (the holder renews it every third of it)")
+        return v
+
+    @field_validator("poll_interval")
+    @classmethod
+    def _poll(cls, v: float) -> float:
+        if not 0.05 <= v <= 60:
+            raise ValueError("must be between 50ms and 60s")
         return v
 
     @field_validator("hostnames")

@@ -64,6 +64,8 @@ def make_app(agent, on_down: Callable[[], None]) -> Starlette:
 
     async def history(request: Request) -> Response:
         limit = int(request.query_params.get("limit", "50"))
+        if getattr(agent, "reread_cluster", None) is not None:  # kubernetes: the history is the cluster's; read it now
+            await agent.reread_cluster()
         return JSONResponse(agent.history(limit))
 
     async def deploy(request: Request) -> Response:
@@ -95,8 +97,10 @@ def make_app(agent, on_down: Callable[[], None]) -> Starlette:
 
     async def logs(request: Request) -> Response:
         q = request.query_params
-        release = q.get("release") or agent.traffic.live_release
         lines = int(q.get("lines", "100"))
+        if getattr(agent, "runtime_logs", None) is not None:  # kubernetes: the pods' logs, from the API server (JSON)
+            return JSONResponse(await agent.runtime_logs(q.get("release"), lines))
+        release = q.get("release") or agent.traffic.live_release
         if release is None:
             raise UsageError("no release is live; name one: nonstop logs RELEASE")
         if agent.store.get_release(release) is None and release not in ("agent", "proxy"):

@@ -355,7 +355,12 @@ async def serve(cfg: Config, *, down_on_signal: bool = False) -> int | Reexec:
     # Ports taken by another program, a missing binary, a config the router refuses: exit 2 before
     # anything starts (this app's own proxy and instances, still running, are adopted, not refused).
     preflight.refuse(await preflight.startup(cfg))
-    agent = Agent(cfg)
+    if cfg.run.runtime == "kubernetes":  # no proxy, no fleet: the cluster runs the app (agent/kubernetes/agent.py)
+        from nonstop.agent.kubernetes.agent import KubeAgent
+
+        agent = KubeAgent(cfg)
+    else:
+        agent = Agent(cfg)
     pid_file = agent.state / "agent.pid"
     sock_path = agent.state / "agent.sock"
     other = _running_agent(pid_file)
@@ -390,7 +395,7 @@ async def serve(cfg: Config, *, down_on_signal: bool = False) -> int | Reexec:
         except BaseException:
             # A failed start leaves no orphan behind: a proxy that serves nothing is stopped
             # (one that serves live traffic stays: the data plane outlives the agent).
-            if not agent.traffic.split.routed_addrs and not agent.fleet.running():
+            if isinstance(agent, Agent) and not agent.traffic.split.routed_addrs and not agent.fleet.running():
                 with contextlib.suppress(Exception):
                     await agent.router.stop()
             raise

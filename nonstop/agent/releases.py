@@ -387,6 +387,13 @@ class Releases:
                 return cand
             n += 1
 
+    def run_build(self, build: BuildConfig, workdir: Path, name: str, log: Log | None = None) -> Path:
+        """Run ``build.commands`` alone, into ``logs/build-<name>.log`` (no artifact copy, no release row: the
+        kubernetes runtime builds and pushes images). ``BuildFailed`` as ``create``; returns the log's path."""
+        log_path = self.logs_dir / f"build-{name}.log"
+        self._build(build, workdir, log_path, log)
+        return log_path
+
     def _build(self, build: BuildConfig, workdir: Path, log_path: Path, log: Log | None) -> None:
         if not workdir.is_dir():
             raise BuildFailed(

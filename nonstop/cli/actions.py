@@ -37,7 +37,9 @@ def follow(c: Ctx, path: str, body: dict) -> None:
                       "release": result.get("release"), "reason": result.get("reason"), "seconds": result.get("seconds"),
                       "detail": result.get("detail", {}), "events": events})
     if not result.get("ok"):
-        raise SystemExit(1)
+        # 1: failed, traffic on the previous release; the agent names another code when the cause was another
+        # (a cluster's Lease taken by another machine in between: 4)
+        raise SystemExit(int(result.get("exit_code") or 1))
 
 
 def _progress(c: Ctx):

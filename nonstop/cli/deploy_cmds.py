@@ -13,7 +13,7 @@ from nonstop.names import STRATEGIES
 @click.command()
 @click.option("--version", "version", default=None, help="version name of the release (default: a timestamp + git sha)")
 @click.option("--artifact", type=click.Path(), default=None, help="the file or folder to deploy (copied into releases/<id>/)")
-@click.option("--image", "image", default=None, metavar="IMAGE", help="containers: deploy this prebuilt image (instead of run.image)")
+@click.option("--image", "image", default=None, metavar="IMAGE", help="containers, kubernetes: deploy this prebuilt image (instead of run.image)")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default=None, help="override strategy.type")
 @click.option("--detach", is_flag=True, help="return once the deployment has started")
 @json_option

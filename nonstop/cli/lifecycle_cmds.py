@@ -88,6 +88,8 @@ def up(c: Ctx, detach: bool, timeout: float | None) -> None:
                 tail = (logs / "agent.log").read_text(errors="replace")[-1500:]
                 if proc.returncode == ConfigError.exit_code:  # it refused its config, or what it names
                     raise ConfigError(f"the agent refused to start:\n{tail}", file=str(cfg.source))
+                if proc.returncode == AgentUnreachable.exit_code:  # what it needs does not answer (a cluster's API server)
+                    raise AgentUnreachable(f"the agent could not start:\n{tail}")
                 raise NonstopError(f"the agent exited at start (code {proc.returncode}):\n{tail}")
             if c.client.alive():
                 break
@@ -151,6 +153,12 @@ def _report_up(c: Ctx, st: dict, *, already: bool) -> None:
         return
     live = st.get("live_release") or "no release yet (run `nonstop deploy`)"
     word = "already running" if already else "up"
+    if st.get("runtime") == "kubernetes":
+        k = st.get("cluster") or {}
+        where = f"cluster {k.get('context')} ({k.get('server')}), namespace {k.get('namespace')}"
+        c.console.print(f"[green]✓[/] nonstop {word}: {st['app']} on {where}  live: {live}  (agent pid {st['agent']['pid']})",
+                        markup=True, highlight=False)
+        return
     c.console.print(f"[green]✓[/] nonstop {word}: {st['app']} on http://{st['listen']}  live: {live}  (agent pid {st['agent']['pid']})")
 
 
@@ -172,6 +180,8 @@ def down(c: Ctx) -> None:
         return _down_offline(c, pid)
     if c.json:
         c.print_json({"running": False, "agent": True})
+    elif c.runtime == "kubernetes":
+        c.console.print("[green]✓[/] nonstop down: the agent stopped; the app keeps running in the cluster")
     else:
         c.console.print("[green]✓[/] nonstop down: instances, proxy and agent stopped")
 
