@@ -57,7 +57,7 @@ def test_without_a_gateway_the_weights_are_the_ready_pods_behind_the_service():
                    deployments=[dep("roomescape-blue", "blue", "v3", [pod("x", "v3", "blue")]), dep("roomescape", "main", "v2", [pod("y", "v2", "main")])])
     assert views.track_weights(cfg, blue) == {"blue": 100}
     split = views.split_of(cfg, p | {"deployments": picture()["deployments"]})
-    assert {r.name: r.weight for r in split.routing().releases} == {"v2": 25, "v1": 75}
+    assert {r.name: r.weight for r in split.table().releases} == {"v2": 25, "v1": 75}
 
 
 def test_with_a_gateway_the_weights_are_the_routes():
