@@ -14,7 +14,7 @@ import logging
 import time
 from pathlib import Path
 
-from nonstop.agent import preflight, strategies
+from nonstop.agent import hooks, preflight, strategies
 from nonstop.agent.fleet import Fleet
 from nonstop.agent.store import Deployment, Release
 from nonstop.agent.strategies.run import Aborted, Parts, Run, default_undo
@@ -128,6 +128,12 @@ class Deployer:
             log.exception("deploy crashed")
             await self._finish(dep, "failed", f"internal error: {e!r}", t0)
             return
+        try:
+            if await hooks.run_hook(self.cfg, "pre_deploy", release, self.parts.releases.artifact_path(release)) is not None:
+                await self.events.emit(dep.id, "hook", "pre_deploy hook passed", hook="pre_deploy")
+        except NonstopError as e:
+            await self._finish(dep, "failed", e.message, t0, detail=e.detail, release=release)
+            return
         run = Run(self.parts, self.store.get_deployment(dep.id), release, live, strategy)
         self.current = run
         strat = strategies.get(strategy)
@@ -161,6 +167,11 @@ class Deployer:
             await self._finish(run.dep, "failed", f"internal error: {e!r}", t0, release=release)
             return
         self._went_live(release)
+        try:
+            if await hooks.run_hook(self.cfg, "post_deploy", release, self.parts.releases.artifact_path(release)) is not None:
+                await self.events.emit(dep.id, "hook", "post_deploy hook passed", hook="post_deploy")
+        except NonstopError as e:  # the release is live: said, not undone
+            await self.events.emit(dep.id, "hook_failed", e.message, hook="post_deploy", **e.detail)
         await self._finish(run.dep, "promoted", f"{release.id} is live", t0, release=release)
 
     async def _build(self, dep: Deployment, version: str | None, artifact: str | None, image: str | None) -> Release:
