@@ -26,7 +26,7 @@ from pathlib import Path
 import uvicorn
 
 from nonstop import __version__
-from nonstop.agent.api import make_app
+from nonstop.agent.api import AgentServer, make_app
 from nonstop.agent.deployer import LIVE, Deployer
 from nonstop.agent.liveconfig import LiveConfig
 from nonstop.agent.stats_history import StatsHistory
@@ -339,11 +339,6 @@ def bind_unix(path: Path) -> socket.socket:
     return sock
 
 
-class _Server(uvicorn.Server):
-    def capture_signals(self):  # the agent handles signals itself
-        return contextlib.nullcontext()
-
-
 async def serve(cfg: Config, *, down_on_signal: bool = False) -> int | Reexec:
     """Run the agent until SIGTERM/SIGINT (or ``down``). Returns an exit code, or ``Reexec`` after SIGHUP."""
     from nonstop.agent import dashboard as dashmod
@@ -390,7 +385,7 @@ async def serve(cfg: Config, *, down_on_signal: bool = False) -> int | Reexec:
             await agent.start()
             dash = await dashmod.start_dashboard(agent, notifier=agent.notifier) if cfg.dashboard.enabled else None
             app = make_app(agent, on_down=exit_now.set)
-            server = _Server(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2))
+            server = AgentServer(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2))
             sock = bind_unix(sock_path)
         except BaseException:
             # A failed start leaves no orphan behind: a proxy that serves nothing is stopped

@@ -8,6 +8,7 @@ from nonstop.cli.context import Ctx
 from nonstop.cli.options import json_option, pass_ctx
 from nonstop.cli.actions import follow, rollback as do_rollback, steer
 from nonstop.names import STRATEGIES
+from nonstop.protocol import DeployRequest
 
 
 @click.command()
@@ -22,13 +23,12 @@ def deploy(c: Ctx, version: str | None, artifact: str | None, image: str | None,
     """Build (if configured), store the release and roll it out with the configured strategy."""
     import os
 
-    body = {"version": version, "artifact": os.path.abspath(artifact) if artifact else None, "strategy": strategy,
-            "image": image}
+    req = DeployRequest(version, os.path.abspath(artifact) if artifact else None, strategy, image, follow=not detach)
     if detach:
-        res = c.client.post("/deploy", {**body, "follow": False})
+        res = c.client.post("/deploy", req.to_json())
         c.print_json(res) if c.json else c.say(f"deployment #{res['deployment']} started")
         return
-    follow(c, "/deploy", body)
+    follow(c, "/deploy", req.to_json())
 
 
 @click.command()
