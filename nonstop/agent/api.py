@@ -21,7 +21,6 @@ from starlette.routing import Route
 
 from nonstop import __version__
 from nonstop.agent import logfiles
-from nonstop.agent.room import StateDirFull
 from nonstop.errors import NonstopError, UsageError
 from nonstop.protocol import DeployRequest, RollbackRequest, SteerRequest, error_json, event_json
 

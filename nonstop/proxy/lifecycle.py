@@ -20,6 +20,7 @@ import subprocess
 import sys
 
 from nonstop.errors import ProxyError
+from nonstop.files import write_atomic
 from nonstop.proxy import handoff
 from nonstop.proxy import routes as routes_mod
 from nonstop.proxy.config import ProxyConfig
@@ -119,7 +120,7 @@ class ProxyProcess:
         if cfg.admin_socket:
             self._admin, self._admin_ino = await bind_admin(cfg.admin_socket, self.api().handle)
         if cfg.pid_file:
-            _write_atomic(cfg.pid_file, f"{os.getpid()}\n")
+            write_atomic(cfg.pid_file, f"{os.getpid()}\n")
         _retire(old_pid)
 
     @property
@@ -197,13 +198,6 @@ def _release_admin_path(path: str | None, ino: int | None) -> None:
             os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _remove_if(path: str, text: str) -> None:

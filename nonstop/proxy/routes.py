@@ -12,12 +12,11 @@ start. The agent may import this module; it imports nothing of the agent.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 
 from nonstop.errors import ProxyError
+from nonstop.files import write_atomic
 
 
 class InvalidRoutes(ProxyError):
@@ -276,26 +275,8 @@ def _release_from_dict(rd: object, where: str) -> Release:
 
 
 def save(table: RouteTable, path: str) -> None:
-    """Write ``routes.json`` atomically: temp file in the same dir, fsync, rename, fsync dir."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".routes-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(table.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    """Write ``routes.json`` whole: a proxy rereading it sees the old table or the new one."""
+    write_atomic(path, table.to_json())
 
 
 def load(path: str) -> RouteTable:

@@ -82,7 +82,7 @@ def test_a_folder_for_java_jar_and_a_file_for_a_path_inside_are_refused(deploy, 
     jar.write_bytes(b"PK")
     problems, store = deploy(f"{PY} -jar {{artifact}} {{port}}", version="v1", artifact=str(folder))
     assert [(p.field, "java -jar {artifact} needs a jar file" in p.message) for p in problems] == [("--artifact", True)]
-    problems, _ = deploy(f"{{artifact}}/bin/start {{port}}", version="v1", artifact=str(jar))
+    problems, _ = deploy("{artifact}/bin/start {port}", version="v1", artifact=str(jar))
     assert [p.field for p in problems] == ["--artifact"] and "needs a folder" in problems[0].message
     assert store.list_releases() == []
 

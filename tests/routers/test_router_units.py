@@ -9,10 +9,11 @@ import re
 import pytest
 
 from nonstop.agent.routers.base import Release, RouteTable, Target
-from nonstop.agent.routers.haproxy_stats import haproxy_record
 from nonstop.agent.routers.haproxy_conf import MatchKey
-from nonstop.agent.routers.nginx_accesslog import LATENCY_BUCKETS, LogTail, StatsBook, nginx_record
-from nonstop.agent.routers.nginx_conf import normalise, plan, render_upstreams
+from nonstop.agent.routers.accesslog import LATENCY_BUCKETS, LogTail, StatsBook, haproxy_record, nginx_record
+from nonstop.agent.routers.common import plan
+from nonstop.agent.routers.nginx_conf import render_upstreams
+from nonstop.proxy.split import normalise
 from nonstop.errors import RouterError
 
 

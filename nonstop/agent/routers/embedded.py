@@ -9,17 +9,17 @@ pid file and admin socket on restart, and starts a new one (which restores
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import logging
-
 import psutil
 
 from nonstop import __version__
+from nonstop.agent.logfiles import tail
 from nonstop.agent.routers.base import Router, RouterInfo, RouteTable, StatsSnapshot
 from nonstop.agent.sockets import ListeningSockets
 from nonstop.config import Config
@@ -127,12 +127,11 @@ class EmbeddedRouter(Router):
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                tail = _tail(self.log_file)
-                raise RouterError(f"the proxy exited at start (code {proc.returncode}): {tail}")
+                raise RouterError(f"the proxy exited at start (code {proc.returncode}): {tail(self.log_file, 12)}")
             if await self.alive():
                 return
             await asyncio.sleep(0.05)
-        raise RouterError(f"the proxy did not answer on {self.socket} within 15s: {_tail(self.log_file)}")
+        raise RouterError(f"the proxy did not answer on {self.socket} within 15s: {tail(self.log_file, 12)}")
 
     async def stop(self) -> None:
         pid = self.pid()
@@ -165,12 +164,12 @@ class EmbeddedRouter(Router):
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise RouterError(f"the new proxy exited during the takeover (code {proc.returncode}): {_tail(self.log_file)}")
+                raise RouterError(f"the new proxy exited during the takeover (code {proc.returncode}): {tail(self.log_file, 12)}")
             if await self.alive() and self.proxy_version == __version__:
                 log.info("proxy upgraded from %s (pid %s) to %s (pid %s)", old_version, old_pid, __version__, proc.pid)
                 return
             await asyncio.sleep(0.05)
-        raise RouterError(f"the new proxy did not take over within 30s: {_tail(self.log_file)}")
+        raise RouterError(f"the new proxy did not take over within 30s: {tail(self.log_file, 12)}")
 
     def quickly_dead(self) -> bool:
         """True when the proxy process is known to be gone (no admin call: checked often)."""
@@ -238,14 +237,6 @@ class EmbeddedRouter(Router):
         return RouterInfo(type="embedded", mode="managed", detail={
             "pid": self.pid(), "socket": str(self.socket), "version": self.proxy_version,
         })
-
-
-def _tail(path: Path, n: int = 800) -> str:
-    try:
-        data = path.read_bytes()[-n:]
-    except OSError:
-        return ""
-    return data.decode("utf-8", "replace").strip()
 
 
 __all__ = ["EmbeddedRouter"]

@@ -49,11 +49,13 @@ from nonstop.agent.routers.haproxy_conf import (
     server_name,
     sticky_setting,
 )
-from nonstop.agent.routers.haproxy_stats import add_snapshots, haproxy_record, stat_snapshot, sum_stat
-from nonstop.agent.routers.nginx_accesslog import LogTail, StatsBook
-from nonstop.agent.routers.nginx_conf import ident, normalise, plan
+from nonstop.agent.routers.haproxy_stats import add_snapshots, stat_snapshot, sum_stat
+from nonstop.agent.routers.accesslog import LogTail, StatsBook, haproxy_record
+from nonstop.agent.routers.common import error_tail, ident, plan, run_command
+from nonstop.proxy.split import normalise
 from nonstop.config import ROUTER_CAPABILITIES, CanaryStrategy, Config, router_capabilities
 from nonstop.errors import RouterError
+from nonstop.files import write_atomic
 
 __all__ = ["HaproxyRouter"]
 
@@ -120,7 +122,7 @@ class HaproxyRouter(Router):
         for name, text in initial_maps(routing).items():
             Path(self.paths.map(name)).write_text(text)
         Path(self.paths.conf).write_text(self._config_text())
-        code, out = await _run([self.rc.binary, "-c", "-f", self.paths.conf], timeout=30)
+        code, out = await run_command([self.rc.binary, "-c", "-f", self.paths.conf], timeout=30)
         if code != 0:
             raise RouterError(f"haproxy config check failed: {out.strip()}")
         try:
@@ -485,12 +487,7 @@ class HaproxyRouter(Router):
 
     def _save_sidecar(self, routing: RouteTable) -> None:
         data = {"routing": routing.to_dict(), "slots": self._slots, "server_release": self._server_release}
-        tmp = self.sidecar.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.sidecar)
+        write_atomic(self.sidecar, json.dumps(data, indent=2) + "\n")
 
     def _load_sidecar(self) -> None:
         try:
@@ -515,12 +512,8 @@ class HaproxyRouter(Router):
         except OSError as e:
             log.warning("haproxy managed: cannot truncate %s: %s", self.paths.access_log, e)
 
-    def _error_tail(self, lines: int = 5) -> str:
-        try:
-            text = Path(self.paths.error_log).read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no log)"
-        return " | ".join(text.strip().splitlines()[-lines:])
+    def _error_tail(self) -> str:
+        return error_tail(self.paths.error_log)
 
 
 def _drop_to() -> str | None:
@@ -540,22 +533,3 @@ def _drop_to() -> str | None:
         except KeyError:
             continue
     return None
-
-
-async def _run(argv: list[str], *, timeout: float) -> tuple[int, str]:
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-        )
-    except OSError as e:
-        raise RouterError(f"cannot run {argv[0]!r}: {e.strerror}") from None
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except asyncio.TimeoutError:
-        try:
-            proc.kill()
-        except ProcessLookupError:
-            pass
-        await proc.wait()
-        raise RouterError(f"{' '.join(argv)} did not finish within {timeout:.0f}s") from None
-    return proc.returncode, out.decode(errors="replace")

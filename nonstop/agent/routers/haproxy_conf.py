@@ -23,7 +23,7 @@ import tempfile
 from dataclasses import dataclass
 
 from nonstop.agent.routers.base import Release, RouteTable
-from nonstop.agent.routers.nginx_conf import BUCKETS, COOKIE_ATTRS, COOKIE_NAME, Plan, ident
+from nonstop.agent.routers.common import BUCKETS, COOKIE_ATTRS, COOKIE_NAME, Plan, ident
 from nonstop.errors import RouterError
 
 __all__ = ["SLOTS", "HaproxyPaths", "MatchKey", "render_config", "bucket_entries", "match_entries", "server_name"]
