@@ -4,6 +4,7 @@
   both routers render: the usable releases, which of the 100 buckets goes to which release
   (``nonstop.proxy.split.normalise``: the embedded proxy's own rule, so every router gives a
   user the same bucket), and the match rules in order. Pure.
+- ``resolve_targets`` turns target names into addresses before a router is told of them.
 - ``run_command`` runs ``nginx -t``, ``haproxy -c`` and friends: never through a shell, bounded
   in time, the output kept for the error.
 - ``error_tail`` is the end of a router's error log, on one line, for a ``RouterError``.
@@ -13,7 +14,9 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
+import socket
 from dataclasses import dataclass
 
 import psutil
@@ -23,7 +26,7 @@ from nonstop.agent.routers.base import Release, RouteTable
 from nonstop.errors import RouterError
 from nonstop.proxy.split import normalise
 
-__all__ = ["BUCKETS", "COOKIE_NAME", "COOKIE_ATTRS", "Plan", "plan", "ident", "run_command", "error_tail", "still_running"]
+__all__ = ["BUCKETS", "COOKIE_NAME", "COOKIE_ATTRS", "Plan", "plan", "ident", "resolve_targets", "run_command", "error_tail", "still_running"]
 
 BUCKETS = 100
 COOKIE_NAME = "nonstop_bucket"
@@ -79,6 +82,36 @@ def plan(routing: RouteTable) -> Plan:
 def ident(text: str) -> str:
     """A name nginx/HAProxy accept in identifiers: non-alphanumerics become ``_``."""
     return re.sub(r"[^A-Za-z0-9_]", "_", text)
+
+
+async def resolve_targets(p: Plan) -> tuple[dict[str, str], dict[str, str]]:
+    """Each live target's address as ``ip:port`` (``[ip]:port`` for IPv6), and the aliases made.
+
+    HAProxy takes a name it cannot resolve without complaint (the server just never works, as no
+    resolvers section exists), so names are resolved here, before any change; a name that does not
+    resolve is a ``RouterError`` naming the release and the target. The aliases (``ip:port`` ->
+    the target as the routing names it) let stats read back under the routing's names.
+    """
+    resolved: dict[str, str] = {}
+    aliases: dict[str, str] = {}
+    loop = asyncio.get_running_loop()
+    for r in p.usable:
+        for t in r.live_targets:
+            host = t.host.strip("[]")
+            try:
+                ipaddress.ip_address(host)
+                resolved[t.addr] = t.addr
+                continue
+            except ValueError:
+                pass
+            try:
+                infos = await loop.getaddrinfo(host, t.port, type=socket.SOCK_STREAM)
+            except OSError as e:
+                raise RouterError(f"release {r.name!r}: cannot resolve target {t.addr!r}: {e}") from None
+            ip = infos[0][4][0]
+            resolved[t.addr] = f"[{ip}]:{t.port}" if ":" in ip else f"{ip}:{t.port}"
+            aliases[resolved[t.addr].strip("[]").replace("]:", ":")] = t.addr
+    return resolved, aliases
 
 
 async def run_command(argv: list[str], *, timeout: float) -> tuple[int, str]:

@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import ipaddress
 import json
 import logging
 import os
 import pwd
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -35,24 +33,25 @@ from typing import Any
 
 import psutil
 
+from nonstop.agent.routers.accesslog import LogTail, StatsBook, haproxy_record
 from nonstop.agent.routers.base import Router, RouterInfo, RouteTable, StatsSnapshot
+from nonstop.agent.routers.common import error_tail, ident, plan, resolve_targets, run_command
 from nonstop.agent.routers.haproxy_api import HaproxyApi, ServerStat
 from nonstop.agent.routers.haproxy_conf import (
     SLOTS,
     HaproxyPaths,
     MatchKey,
+    assign_slots,
     backend_name,
     bucket_entries,
     initial_maps,
     match_entries,
     render_config,
     server_name,
+    server_weights,
     sticky_setting,
 )
 from nonstop.agent.routers.haproxy_stats import add_snapshots, stat_snapshot, sum_stat
-from nonstop.agent.routers.accesslog import LogTail, StatsBook, haproxy_record
-from nonstop.agent.routers.common import error_tail, ident, plan, run_command
-from nonstop.proxy.split import normalise
 from nonstop.config import ROUTER_CAPABILITIES, CanaryStrategy, Config, router_capabilities
 from nonstop.errors import RouterError
 from nonstop.files import write_atomic
@@ -202,22 +201,7 @@ class HaproxyRouter(Router):
             started = time.monotonic()
             state = await self._slot_state()
             old_slots = dict(self._slots)
-            keep = {r.name for r in p.usable}
-            slots = {n: s for n, s in old_slots.items() if n in keep}
-            taken = set(old_slots.values())
-            for r in p.usable:
-                if r.name in slots:
-                    continue
-                free = [s for s in range(SLOTS) if s not in taken]
-                if not free:
-                    raise RouterError(
-                        f"haproxy: more than {SLOTS} releases with live targets at once "
-                        f"({', '.join(sorted(set(old_slots) | keep))}); retire one first"
-                    )
-                # Prefer a slot with no leftover servers (cleaner stats, nothing to drain there).
-                free.sort(key=lambda s: (len(state.get(s, {})), s))
-                slots[r.name] = free[0]
-                taken.add(free[0])
+            slots = assign_slots(old_slots, [r.name for r in p.usable], {s: len(v) for s, v in state.items()})
 
             # 1. Additive: every live target is a ready server in its release's slot. Traffic unchanged.
             added: list[tuple[str, str]] = []
@@ -273,15 +257,10 @@ class HaproxyRouter(Router):
             self._warned_sticky = True
         resolved = await self._resolve_all(p)
         current = await self.api.servers(be)
-        shares = dict(zip([r.name for r in p.usable], normalise([r.weight for r in p.usable])))
         live: dict[str, int] = {}
-        for r in p.usable:
-            n = len(r.live_targets)
-            for t in r.live_targets:
-                # HAProxy weights are 0..256 per server; a release's share spread over its targets.
-                w = 0 if shares[r.name] == 0 else max(1, round(shares[r.name] * 256 / 100 / n))
-                live[server_name(t.addr)] = w
-                self._server_release[server_name(t.addr)] = r.name
+        for srv, (weight, release) in server_weights(p).items():
+            live[srv] = weight
+            self._server_release[srv] = release
         added: list[tuple[str, str]] = []
         try:
             for r in p.usable:
@@ -304,26 +283,9 @@ class HaproxyRouter(Router):
         self._save_sidecar(routing)
 
     async def _resolve_all(self, p) -> dict[str, str]:
-        """Target addr -> "ip:port". HAProxy takes a name it cannot resolve without complaint (the server
-        just never works, as no resolvers section exists), so names are resolved here, before any change."""
-        out: dict[str, str] = {}
-        for r in p.usable:
-            for t in r.live_targets:
-                host = t.host.strip("[]")
-                try:
-                    ipaddress.ip_address(host)
-                    out[t.addr] = t.addr
-                    continue
-                except ValueError:
-                    pass
-                try:
-                    infos = await asyncio.get_running_loop().getaddrinfo(host, t.port, type=socket.SOCK_STREAM)
-                except OSError as e:
-                    raise RouterError(f"release {r.name!r}: cannot resolve target {t.addr!r}: {e}") from None
-                ip = infos[0][4][0]
-                out[t.addr] = f"[{ip}]:{t.port}" if ":" in ip else f"{ip}:{t.port}"
-                self._alias[out[t.addr].strip("[]").replace("]:", ":")] = t.addr
-        return out
+        resolved, aliases = await resolve_targets(p)
+        self._alias.update(aliases)
+        return resolved
 
     async def _forget(self, added: list[tuple[str, str]]) -> None:
         """Undo servers added by a failed apply (best effort; they never got traffic)."""
