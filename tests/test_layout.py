@@ -21,11 +21,7 @@ MAX_LINES = 500
 # Over the limit today and being split by someone else right now (issue #11); the lead removes each entry
 # when its split lands (test_the_allow_list_names_only_modules_still_oversized says when).
 OVERSIZED_FOR_NOW: dict[str, str] = {
-    "nonstop/proxy/downstream.py": "ClientConnection and Exchange in one file; being split where the request changes hands",
-    "nonstop/proxy/http.py": "the checked head parsers and the fast-path scanners together; being split",
-    "nonstop/agent/routers/haproxy.py": "one HaproxyRouter class for both modes (managed, external); being split",
     "nonstop/agent/runtimes/container.py": "the docker/podman runtime with its naming, labels and CLI calls; being split",
-    "nonstop/testing/load.py": "the load client, its connection, its results and its command line; being split",
 }
 
 CONTROL_PLANE = ("nonstop.agent", "nonstop.cli", "nonstop.config")
