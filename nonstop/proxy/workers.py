@@ -33,7 +33,9 @@ from nonstop.proxy.state import ProxyState
 log = logging.getLogger("nonstop.proxy")
 
 # what a worker does not take from the supervisor's settings: its own sockets and files come from it
-_NOT_FOR_WORKERS = ("listen", "tls_listen", "upstreams", "admin_socket", "routes_file", "pid_file", "takeover", "workers")
+# A worker gets its listening sockets from the supervisor (by name: http, https), not addresses to bind;
+# tls_listen still goes to it: it says an https socket is to be served (and where a redirect points).
+_NOT_FOR_WORKERS = ("listen", "upstreams", "admin_socket", "routes_file", "pid_file", "takeover", "workers")
 
 
 class Worker:
