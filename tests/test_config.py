@@ -101,6 +101,10 @@ strategy:
           "strategy": {"type": "canary"}}, "router", "cannot honour canary analysis"),
         ({"app": None}, "app", ""),
         ({"notify": [{"url": "ftp://x"}]}, "notify[0].url", "http"),
+        ({"hooks": {"post_deploy": "curl -X POST http://127.0.0.1:{port}/warm"}}, "hooks.post_deploy",
+         "hooks.post_deploy: unknown placeholder {port}; a hook runs once per deploy"),
+        ({"hooks": {"pre_deploy": ["migrate", "--instance={instance}"]}}, "hooks.pre_deploy",
+         "unknown placeholder {instance}"),
     ],
 )
 def test_errors_name_the_field_and_the_file(tmp_path, change, field, words):

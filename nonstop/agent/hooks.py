@@ -4,7 +4,8 @@
 a non-zero exit (or a timeout) fails the deploy with nothing moved.
 ``post_deploy`` runs after the release went live: a failure is reported
 (an event, the output's tail) and nothing is undone — the release serves.
-Commands take ``{release}``, ``{version}``, ``{artifact}``, ``{state_dir}``;
+Commands take ``{release}``, ``{version}``, ``{artifact}``, ``{state_dir}`` (config.HOOK_PLACEHOLDERS: any other
+is refused when the config is read);
 their output goes to ``logs/hook-<name>-<release>.log``.
 """
 

@@ -27,7 +27,7 @@ from nonstop.config.loader import CONFIG_NAME, from_dict, load
 from nonstop.config.model import Config
 from nonstop.config.notify import NotifyConfig
 from nonstop.config.routers import ROUTER_CAPABILITIES, EmbeddedRouter, HaproxyRouter, NginxRouter, Router, router_capabilities
-from nonstop.config.run import IMAGE_PLACEHOLDERS, PLACEHOLDERS, BuildConfig, HealthConfig, RunConfig, port_list
+from nonstop.config.run import HOOK_PLACEHOLDERS, IMAGE_PLACEHOLDERS, PLACEHOLDERS, BuildConfig, HealthConfig, RunConfig, port_list
 from nonstop.config.strategies import (
     STRATEGY_BLOCKS,
     BlueGreenStrategy,
@@ -65,6 +65,7 @@ __all__ = [
     "HealthConfig",
     "PLACEHOLDERS",
     "IMAGE_PLACEHOLDERS",
+    "HOOK_PLACEHOLDERS",
     "port_list",
     # strategies and analysis
     "Strategy",

@@ -15,7 +15,7 @@ from nonstop.config.fields import Command, Duration, _Model, _addr
 from nonstop.config.kubernetes import KubernetesConfig
 from nonstop.config.notify import NotifyConfig
 from nonstop.config.routers import EmbeddedRouter, Router, router_capabilities
-from nonstop.config.run import BuildConfig, HealthConfig, RunConfig
+from nonstop.config.run import HOOK_PLACEHOLDERS, BuildConfig, HealthConfig, RunConfig, _unknown_placeholders
 from nonstop.config.strategies import BlueGreenStrategy, CanaryStrategy, RecreateStrategy, RollingStrategy, Strategy, resolve_count
 from nonstop.config.tls import TlsConfig
 
@@ -50,6 +50,21 @@ class Config(_Model):
     @classmethod
     def _listen(cls, v: str) -> str:
         _addr(v, "listen")
+        return v
+
+    @field_validator("hooks")
+    @classmethod
+    def _hooks(cls, v: dict) -> dict:
+        for name, cmd in v.items():
+            text = cmd if isinstance(cmd, str) else " ".join(cmd)
+            if not text.strip():
+                raise ValueError(f"hooks.{name}: must not be empty")
+            unknown = _unknown_placeholders(text, HOOK_PLACEHOLDERS)
+            if unknown:
+                raise ValueError(
+                    f"hooks.{name}: unknown placeholder {{{unknown[0]}}}; a hook runs once per deploy and knows "
+                    + ", ".join("{" + p + "}" for p in HOOK_PLACEHOLDERS)
+                )
         return v
 
     @field_validator("trusted_proxies")

@@ -13,7 +13,7 @@ from nonstop.config.fields import Command, Duration, _Model
 from nonstop.names import CONTAINER_RUNTIMES, RUNTIMES
 
 PLACEHOLDERS = ("port", "artifact", "release", "version", "instance", "state_dir")
-"""What ``run.command`` and hooks may name; smoke commands also get ``{url}``."""
+"""What ``run.command`` may name; smoke commands also get ``{url}``."""
 
 
 class BuildConfig(_Model):
@@ -23,6 +23,9 @@ class BuildConfig(_Model):
     shell: bool = False
     timeout: Duration = 1800.0
 
+
+HOOK_PLACEHOLDERS = ("release", "version", "artifact", "state_dir")
+"""What ``hooks.pre_deploy`` / ``hooks.post_deploy`` may name (a hook runs once per deploy: no port, no instance)."""
 
 IMAGE_PLACEHOLDERS = ("version", "release")
 """What ``run.image`` may name."""
