@@ -227,3 +227,17 @@ def test_blue_green_with_two_instances(stack_factory, arts):
     assert load.result.failed == 0, load.result.format()
     routes = st.status()["routes"]
     assert routes[0]["release"] == "v2" and len(routes[0]["targets"]) == 2
+
+
+def test_deploy_strategy_blue_green_over_a_recreate_block_keeps_the_old_color_warm(stack_factory, arts):
+    st = bg(stack_factory, strategy={"type": "recreate"})
+    st.deploy("v1", "--artifact", str(arts["good"]))
+    with LoadClient(st.url, **LOAD) as load:
+        load.wait_served(50, timeout=20)
+        res = st.deploy("v2", "--artifact", str(arts["good"]), "--strategy", "blue-green")
+        assert [e for e in res["events"] if e["type"] == "kept_warm"], res["events"]  # blue-green's own keep_previous
+        r = st.cli("rollback", "--json")
+        assert r.code == 0, r.out + r.err
+        assert any("switching to warm v1" in e["message"] for e in r.json["events"]), r.json["events"]
+        load.wait_served(load.served + 50, timeout=20)
+    assert load.result.failed == 0, load.result.format()
