@@ -18,11 +18,25 @@ from nonstop.agent.strategies.watcher import Watcher, baseline, saved_watch
 from nonstop.agent.fleet import Fleet
 from nonstop.agent.commands import render
 from nonstop.config import BlueGreenStrategy
-from nonstop.errors import DeploymentFailed
+from nonstop.errors import DeploymentFailed, UsageError
+
+
+def _control(stage: str):
+    """What a blue-green deploy accepts now (the watch sets its own): ``abort`` always; ``promote`` only
+    while it waits for one. Anything else is refused (exit 2), not queued to act later by surprise."""
+
+    def check(action: str) -> None:
+        if action == "abort" or (stage == "waiting for `nonstop promote`" and action in ("promote", "promote_full")):
+            return
+        verb = action.replace("_full", " --full")
+        raise UsageError(f"blue-green is {stage}: `nonstop {verb}` has nothing to act on (`nonstop abort` stops it)")
+
+    return check
 
 
 async def run(r: Run) -> None:
     n = r.cfg.run.instances
+    r.check_control = _control("starting the new color")
     old = r.stable_instances()
     beside = f" beside {r.stable.id}" if old else ""
     await r.step("starting", f"starting {n} instance(s) of {r.release.id}{beside}")
@@ -34,7 +48,13 @@ async def run(r: Run) -> None:
         await smoke(r, s, new)
     if not s.auto_promote:
         await r.step("paused", f"{r.release.id} is up on {', '.join(Fleet.addr(x) for x in new)}: waiting for `nonstop promote`")
-        await wait_for_promote(r)
+        r.check_control = _control("waiting for `nonstop promote`")
+        r.set_paused(True)  # `status` shows it waiting, as a canary's manual step
+        try:
+            await wait_for_promote(r)
+        finally:
+            r.set_paused(False)
+        r.check_control = _control("switching")
     a = s.analysis
     if a is not None and not old:
         a = None
@@ -106,7 +126,6 @@ async def wait_for_promote(r: Run) -> None:
             return
         if action == "abort":
             raise Aborted("aborted by the user before the switch")
-        # pause / resume: nothing moves until promote anyway
 
 
 async def smoke(r: Run, s: BlueGreenStrategy, new) -> None:
