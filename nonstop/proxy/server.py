@@ -18,6 +18,8 @@ import time
 
 from nonstop.proxy import build
 from nonstop.proxy.admin import AdminAPI
+from nonstop.proxy.balance import ENV as BALANCE_ENV
+from nonstop.proxy.balance import AcceptShare, Acceptor
 from nonstop.proxy.config import ProxyConfig
 from nonstop.proxy.downstream import ClientConnection
 from nonstop.proxy.forwarded import TrustedProxies
@@ -52,8 +54,12 @@ class ProxyServer(ProxyProcess):
         self.trusted = TrustedProxies(cfg.trusted_proxies) if cfg.trusted_proxies else None
         self.connections: set[ClientConnection] = set()
         self.tls = None  # tls.TlsContexts once serving HTTPS
-        self._servers: list[asyncio.AbstractServer] = []
+        self._servers: list[asyncio.AbstractServer | Acceptor] = []
         self._tick_task: asyncio.Task | None = None
+        # a worker of --workers N: the table of open connections per worker it accepts by (balance.py)
+        share = os.environ.get(BALANCE_ENV) if cfg.worker else None
+        self.accept_share = AcceptShare.from_env(share) if share else None
+        self._acceptors: list[Acceptor] = []
 
     def api(self) -> AdminAPI:
         return AdminAPI(self)
@@ -70,17 +76,23 @@ class ProxyServer(ProxyProcess):
             # a certificate that does not load stops the start here: never a half-started proxy
             self.tls = TlsContexts([CertSource(c.field, c.cert, c.key) for c in cfg.certificates()], time.time())
             secure = Listener(b"https", front=bool(cfg.acme_challenges), resp_extra=hsts_line(cfg.hsts))
-            self._servers.append(await loop.create_server(
-                lambda: ClientConnection(self, secure), sock=https, backlog=cfg.backlog, ssl=self.tls.base,
-                ssl_handshake_timeout=cfg.header_timeout,
-            ))
-        self._servers.append(await loop.create_server(
-            lambda: ClientConnection(self, plain), sock=self.sockets["http"], backlog=cfg.backlog
-        ))
+            self._servers.append(await self._listen(lambda: ClientConnection(self, secure), https, ssl=self.tls.base,
+                                                    ssl_handshake_timeout=cfg.header_timeout))
+        self._servers.append(await self._listen(lambda: ClientConnection(self, plain), self.sockets["http"]))
         self._tick_task = asyncio.ensure_future(self._tick())
         if cfg.worker:
             # a worker of a supervisor (--workers N): its stdin closes when the supervisor goes
             loop.add_reader(0, self._check_parent)
+
+    async def _listen(self, factory, sock, **tls):
+        """Serve ``sock``: the event loop's server, or, for a worker of ``--workers N``, an ``Acceptor``
+        that takes its share of the connections the workers all wait for (balance.py)."""
+        loop = asyncio.get_running_loop()
+        if self.accept_share is None:
+            return await loop.create_server(factory, sock=sock, backlog=self.cfg.backlog, **tls)
+        acceptor = Acceptor(loop, sock, factory, self.accept_share, lambda: len(self.connections), **tls)
+        self._acceptors.append(acceptor)
+        return acceptor
 
     async def start(self) -> None:
         await super().start()
@@ -113,6 +125,8 @@ class ProxyServer(ProxyProcess):
                     log.exception("timeout handling failed")
                     c.abort()
             n += 1
+            for a in self._acceptors:
+                a.publish()  # connections closed since: this worker takes new ones again
             if n % 5 == 0:
                 for t in self.state.targets.values():
                     t.pool.expire(now, cfg.pool_idle_timeout)

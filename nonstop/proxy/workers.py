@@ -25,6 +25,8 @@ import tempfile
 from nonstop.errors import ProxyError
 from nonstop.proxy import handoff, stats
 from nonstop.proxy.admin import AdminAPI, _error, parse_drain, report
+from nonstop.proxy.balance import ENV as BALANCE_ENV
+from nonstop.proxy.balance import GONE, AcceptShare
 from nonstop.proxy.client import AdminClient
 from nonstop.proxy.config import ProxyConfig
 from nonstop.proxy.lifecycle import ProxyProcess
@@ -59,6 +61,8 @@ class Supervisor(ProxyProcess):
         self._own_dir = None if cfg.admin_socket else tempfile.mkdtemp(prefix="nsp-w-", dir="/tmp")
         self._dir = os.path.dirname(os.path.abspath(cfg.admin_socket)) if cfg.admin_socket else self._own_dir
         self._monitors: list[asyncio.Task] = []
+        # open connections per worker, shared: how the workers spread the connections they accept (balance.py)
+        self.accept_share = AcceptShare.create(cfg.workers)
 
     def api(self) -> AdminAPI:
         return SupervisorAPI(self)
@@ -79,9 +83,11 @@ class Supervisor(ProxyProcess):
         path = os.path.join(self._dir, f".w{index}-{os.getpid()}.sock")
         env = dict(os.environ)
         env[handoff.ENV_FDS] = value
+        env[BALANCE_ENV] = self.accept_share.env_value(index)
+        self.accept_share.set(index, GONE)  # until the new worker writes its own count
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "nonstop.proxy", *self._worker_args(path),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=fds, env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=[*fds, self.accept_share.fd], env=env,
         )
         try:
             line = await asyncio.wait_for(proc.stdout.readline(), 30)
@@ -101,6 +107,7 @@ class Supervisor(ProxyProcess):
         code = await w.proc.wait()
         if self.closing:
             return
+        self.accept_share.set(w.index, GONE)  # the others stop waiting for it to take its share
         log.error("worker %d (pid %d) exited with %s: restarting", w.index, w.proc.pid, code)
         await asyncio.sleep(0.5)  # no restart storm
         if self.closing:

@@ -160,3 +160,28 @@ def test_workers_serve_https_and_redirect_plain_http(tmp_path):
         await app.stop()
 
     run(main())
+
+
+def test_connections_opened_at_once_are_spread_over_the_workers():
+    """A load balancer opens its keep-alive connections at once: each worker takes its share of them."""
+
+    async def main():
+        app = await App().start()
+        with run_proxy("--workers", "2") as p:
+            admin = AdminClient(p.admin_socket)
+            workers = (await admin.health())["workers"]
+            await admin.put_routes(_table(app.addr))
+            host, port = p.addr.rsplit(":", 1)
+            conns = await asyncio.gather(*(asyncio.open_connection(host, int(port)) for _ in range(40)))
+            for r, w in conns:  # one request on each: every connection is established and served
+                w.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            for r, w in conns:
+                assert (await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 200 ")
+            held = [sum(1 for c in psutil.Process(pid).net_connections("tcp")
+                        if c.laddr and c.laddr.port == int(port) and c.status == "ESTABLISHED") for pid in workers]
+            assert sum(held) == 40 and min(held) >= 15, held
+            for r, w in conns:
+                w.close()
+        await app.stop()
+
+    run(main())
