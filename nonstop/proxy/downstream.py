@@ -498,6 +498,12 @@ class Exchange:
             entry = self.entry
             try:
                 up = await connect(loop, entry.target, conn.cfg.connect_timeout)
+                if up.closed or up.transport.is_closing():
+                    # Accepted, then closed before one byte of the request was written (a container
+                    # engine's port forwarder whose container just died does this): as good as
+                    # refused. Writing to it would raise, and leave the request without an answer.
+                    up.close()
+                    raise ConnectionResetError("closed before the request was sent")
             except (OSError, asyncio.TimeoutError):
                 if self.finished:
                     return
