@@ -291,11 +291,21 @@ class Fleet:
         releases: Callable[[str], Release | None],
         stop_event: asyncio.Event,
     ) -> None:
-        """Health-check routed instances forever; take failing ones out and restart them with backoff."""
+        """Health-check routed instances forever; take failing ones out and restart them with backoff.
+
+        Health checks run every ``health.interval``; whether each instance still runs is also looked at
+        as soon as the runtime reports a change (a container's exit arrives as an engine event), so a dead
+        one leaves the split within milliseconds, not an interval later. That matters for containers: the
+        engine's port forwarder keeps accepting connections for a dead container and closes them after
+        the request was sent, which the proxy cannot retry; a dead process's port refuses, and is retried."""
         hc = self.cfg.health
         trackers: dict[str, healthmod.HealthTracker] = {}
+        next_check = time.monotonic()
         while not stop_event.is_set():
             now = time.monotonic()
+            check = now >= next_check
+            if check:
+                next_check = now + hc.interval
             addrs = routed()
             for rec in self.running():
                 if rec.id in self._busy or rec.id in self._restart_tasks:
@@ -308,10 +318,14 @@ class Fleet:
                     continue
                 if not await self.alive(rec):
                     h = self.handle(rec)
+                    # out of the split before anything else: each millisecond is requests sent to it
+                    await on_down(rec, f"{_kind(h)} exited")
                     code = await self.runtime.exit_code(h) if h is not None else None
                     why = f"{_kind(h)} exited (code {code})" if code is not None else f"{_kind(h)} exited"
-                    await self._down(rec, why, on_down, on_up, releases)
+                    await self._down(rec, why, None, on_up, releases)
                     trackers.pop(rec.id, None)
+                    continue
+                if not check:
                     continue
                 tr = trackers.get(rec.id)
                 if tr is None:
@@ -325,10 +339,7 @@ class Fleet:
                 if st == "unhealthy":
                     await self._down(rec, f"health check failing: {res.detail}", on_down, on_up, releases)
                     trackers.pop(rec.id, None)
-            try:
-                await asyncio.wait_for(stop_event.wait(), timeout=hc.interval)
-            except asyncio.TimeoutError:
-                pass
+            await _first(stop_event.wait(), self.runtime.wait_changed(max(0.0, next_check - time.monotonic())))
 
     async def _retire(self, rec: InstanceRecord) -> None:
         if rec.id in self._busy:
@@ -336,9 +347,11 @@ class Fleet:
         await self.stop([rec], None, reason="keep_previous elapsed")
 
     async def _down(self, rec, why, on_down, on_up, releases) -> None:
+        """Out of the split (``on_down``; None: done already), recorded, restarted in the background."""
+        if on_down is not None:
+            await on_down(rec, why)
         rec = self.set_state(rec, "unhealthy")
         await self.events.emit(None, "instance_unhealthy", f"{rec.id} taken out of rotation: {why}", instance=rec.id, reason=why)
-        await on_down(rec, why)
         self.restart(rec, on_up, releases)
 
     def restart(self, rec: InstanceRecord, on_up, releases) -> None:
@@ -399,6 +412,16 @@ class Fleet:
             t.cancel()
         await self._http.aclose()
         await self.runtime.close()
+
+
+async def _first(*aws) -> None:
+    """Until the first of ``aws`` is done (the others cancelled)."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
 
 
 def _kind(h: Handle | None) -> str:

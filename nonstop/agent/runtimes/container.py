@@ -19,11 +19,15 @@ and never touched.
 Whether a container runs is answered from ``ContainerStates``, kept current
 by the engine's event stream, so ``alive`` costs a dictionary look-up; while
 the stream is down, a snapshot at most every ``poll_interval`` stands in.
-Output goes through ``LogFollower`` into the instance's log file.
+Sooner than any event, a pidfd on the container's main process (``PidWatch``)
+says the moment it exits. Output goes through ``LogFollower`` into the
+instance's log file.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 import re
@@ -37,6 +41,7 @@ from nonstop.agent.runtimes import images, inside
 from nonstop.agent.runtimes.base import Found, Handle, ImageInfo, InstanceSpec, Runtime, StopResult
 from nonstop.agent.runtimes.engine import Engine
 from nonstop.agent.runtimes.logfollow import LogFollower
+from nonstop.agent.runtimes.pidwatch import PidWatch
 from nonstop.agent.runtimes.states import ContainerState, ContainerStates, exit_status, parse_time_ns, state_from_inspect
 from nonstop.agent.runtimes.watch import EventWatch
 from nonstop.errors import EngineUnreachable, InstanceError
@@ -79,10 +84,12 @@ def _has(words: str, markers: tuple[str, ...]) -> bool:
 
 class ContainerRuntime(Runtime):
     """Runs one app's instances as labelled containers of one engine. Owns the state cache and its
-    event stream, and one log follower per running container it watches."""
+    event stream, the pidfds on the containers' main processes, and one log follower per running
+    container it watches."""
 
     poll_interval = 1.0  # seconds between snapshots while the event stream is down
     kill_wait = 10.0  # seconds to wait for a container to die after the kill
+    settle_wait = 5.0  # seconds for the engine to see an exit its pidfd already showed
 
     def __init__(
         self,
@@ -102,6 +109,9 @@ class ContainerRuntime(Runtime):
         self.followers: dict[str, LogFollower] = {}
         self.engine_calls = 0  # CLI calls made to answer alive() (the cost the event stream saves)
         self.watch = EventWatch(self.engine, self._filters(), self.states)
+        self.pids = PidWatch(self._process_exited)
+        self.exited: set[str] = set()  # containers whose main process exited (pidfd), whatever the engine says yet
+        self._tasks: set[asyncio.Task] = set()
         self._last_poll = 0.0
         self._starting = 0  # starts in flight
 
@@ -135,6 +145,7 @@ class ContainerRuntime(Runtime):
             return None
         st = state_from_inspect(docs[0], as_of)
         self.states.observe(cid, st)
+        self._track(docs[0])
         return st
 
     async def _ours_docs(self) -> list[dict]:
@@ -149,12 +160,38 @@ class ContainerRuntime(Runtime):
         for d in docs:
             seen.add(d["Id"])
             self.states.observe(d["Id"], state_from_inspect(d, as_of))
+            self._track(d)
         # Ours but not listed: removed behind our back. Not while a start runs: its container may
         # have been created after the list was taken.
         for cid, st in list(self.states.by_id.items()) if not self._starting else []:
             if cid not in seen and not st.removed and st.as_of_ns < as_of:
                 self.states.observe(cid, ContainerState(False, st.exit_code, as_of, removed=True))
         return docs
+
+    def _track(self, doc: Mapping[str, Any]) -> None:
+        """Watch a running container's main process (once), when it is a process of this host."""
+        st = doc.get("State") or {}
+        cid = str(doc.get("Id") or "")
+        if cid and st.get("Running") and cid not in self.exited and not self.pids.watching(cid):
+            self.pids.watch(cid, int(st.get("Pid") or 0), parse_time_ns(str(st.get("StartedAt") or "")))
+
+    def _process_exited(self, cid: str) -> None:
+        self.exited.add(cid)
+        self.watch.poke()
+
+    async def _learn_pid(self, cid: str) -> None:
+        with contextlib.suppress(EngineUnreachable, InstanceError):
+            await self._observe(cid)
+
+    async def _engine_caught_up(self, cid: str) -> None:
+        """After a pidfd showed the exit: until the engine shows it too (it may still say "running"
+        for a few milliseconds, and would refuse to remove the container or reuse its port)."""
+        deadline = time.monotonic() + self.settle_wait
+        while time.monotonic() < deadline:
+            st = await self._observe(cid)
+            if st is None or not st.running:
+                return
+            await self.watch.wait_changed(min(0.2, max(0.0, deadline - time.monotonic())))
 
     # -- start ---------------------------------------------------------------------
     async def start(self, spec: InstanceSpec) -> Handle:
@@ -211,6 +248,9 @@ class ContainerRuntime(Runtime):
                 "state dir; it is left alone: remove or rename it",
                 detail={"instance": spec.id, "container": name},
             )
+        if (doc.get("State") or {}).get("Running") and doc["Id"] in self.exited:
+            await self._engine_caught_up(doc["Id"])
+            doc = (await self._inspect(doc["Id"]) or [doc])[0]
         if (doc.get("State") or {}).get("Running"):
             raise InstanceError(
                 f"instance {spec.id}: container {name} of this app is still running", detail={"instance": spec.id}
@@ -273,6 +313,9 @@ class ContainerRuntime(Runtime):
         cid = res.out.strip().splitlines()[-1].strip()
         self.states.started(cid, as_of)
         self._follow(cid, log_path)
+        task = asyncio.get_running_loop().create_task(self._learn_pid(cid))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         ref = {
             "id": cid,
             "name": name,
@@ -309,7 +352,7 @@ class ContainerRuntime(Runtime):
     # -- watch -----------------------------------------------------------------------
     async def alive(self, handle: Handle) -> bool:
         cid = self._cid(handle)
-        if not cid:
+        if not cid or cid in self.exited:
             return False
         self.watch.ensure()
         st = self.states.get(cid)
@@ -329,9 +372,19 @@ class ContainerRuntime(Runtime):
             st = self.states.get(cid)
         return bool(st and st.running)
 
+    async def wait_changed(self, timeout: float) -> None:
+        self.watch.ensure()
+        if self.watch.watching:
+            await self.watch.wait_changed(timeout)
+        else:
+            await asyncio.sleep(timeout)  # no stream: alive() polls (at most every poll_interval)
+
     async def exit_code(self, handle: Handle) -> int | None:
         cid = self._cid(handle)
         st = self.states.get(cid)
+        if cid in self.exited and (st is None or st.running):
+            await self._engine_caught_up(cid)  # the pidfd was first; the code is the engine's to tell
+            st = self.states.get(cid)
         if st is None or (st.running is False and st.exit_code is None and not st.removed):
             try:
                 st = await self._observe(cid) or self.states.get(cid)
@@ -392,7 +445,7 @@ class ContainerRuntime(Runtime):
         last_look = time.monotonic()
         while True:
             st = self.states.get(cid)
-            if st is not None and not st.running:
+            if cid in self.exited or (st is not None and not st.running):
                 return True
             left = deadline - time.monotonic()
             if left <= 0:
@@ -409,6 +462,8 @@ class ContainerRuntime(Runtime):
             return "gone"
         self.watch.ensure()
         try:
+            if cid in self.exited:
+                await self._engine_caught_up(cid)
             st = await self._observe(cid)
             if st is None or not st.running:
                 await self._retire(cid)
@@ -428,6 +483,7 @@ class ContainerRuntime(Runtime):
 
     async def _retire(self, cid: str) -> None:
         """After it stopped: the rest of its output into the log, then the container removed."""
+        self.pids.forget(cid)
         f = self.followers.pop(cid, None)
         if f is not None:
             await f.finish()
@@ -444,6 +500,8 @@ class ContainerRuntime(Runtime):
         if not cid:
             return
         try:
+            if cid in self.exited:
+                await self._engine_caught_up(cid)
             docs = await self._inspect(cid)
         except EngineUnreachable:
             return
@@ -453,6 +511,7 @@ class ContainerRuntime(Runtime):
             return
         await self._retire(cid)
         self.states.forget(cid)
+        self.exited.discard(cid)
 
     # -- engine and images -------------------------------------------------------------
     async def check(self) -> list[str]:
@@ -496,6 +555,9 @@ class ContainerRuntime(Runtime):
             return None
 
     async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        self.pids.close()
         await self.watch.close()
         for f in list(self.followers.values()):
             await f.close()

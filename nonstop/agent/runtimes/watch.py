@@ -53,6 +53,10 @@ class EventWatch:
         except asyncio.TimeoutError:
             pass
 
+    def poke(self) -> None:
+        """Wake the waiters as an applied event would (the runtime learnt of a change another way)."""
+        self._notify()
+
     def _notify(self) -> None:
         if self._changed is not None:
             self._changed.set()
