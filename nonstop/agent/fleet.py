@@ -107,6 +107,14 @@ class Fleet:
             return None
         return process_handle(rec.pid, rec.pid_create_time, rec.started_at)
 
+    @classmethod
+    def container(cls, rec: InstanceRecord) -> str | None:
+        """The short id (12 hex digits, as ``docker ps`` shows) of ``rec``'s container; None for a process."""
+        h = cls.handle(rec)
+        if h is None or h.runtime == "process":
+            return None
+        return str(h.ref.get("id", ""))[:12] or None
+
     async def alive(self, rec: InstanceRecord) -> bool:
         h = self.handle(rec)
         return bool(h and await self.runtime.alive(h))
@@ -429,10 +437,8 @@ def _kind(h: Handle | None) -> str:
 
 
 def _what(rec: InstanceRecord) -> str:
-    h = Fleet.handle(rec)
-    if h is not None and h.runtime != "process":
-        return f"container {str(h.ref.get('id', ''))[:12]}"
-    return f"pid {rec.pid}"
+    cid = Fleet.container(rec)
+    return f"container {cid}" if cid else f"pid {rec.pid}"
 
 
 class _Default(dict):
