@@ -24,8 +24,8 @@ from tests.e2e.test_canary import canary_bound
 from tests.runtimes.containers import dockerd, example_image, podman_env  # noqa: F401  (fixtures)
 
 LOAD = dict(rate=80, keepalive=3, new=2, post=2, slow=2, slow_ms=1000, timeout=15)
-WARM = 40  # requests served before and after each change (half a second of load)
-BOOT = "app.boot-seconds=0.2"  # baked into each image (a run.args value would override a baked one)
+WARM = 25  # requests served before and after each change (a third of a second of load)
+BOOT = "app.boot-seconds=0.05"  # baked into each image (a run.args value would override a baked one)
 TAKE_OUT = 0.02  # seconds from a container's death to nonstop taking it out of the split (pidfd → routes)
 ENGINE_VARS = ("DOCKER_HOST", "CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF", "PATH")
 
@@ -39,7 +39,6 @@ def images(dockerd, example_image):  # noqa: F811
         "v3": example_image(dockerd, "v3", BOOT),
         "down": example_image(dockerd, "v2", BOOT, "app.health=DOWN", name="roomescape-down"),
         "faulty": example_image(dockerd, "v2", BOOT, "app.fail-rate=0.33", name="roomescape-faulty"),
-        "slow": example_image(dockerd, "v2", "app.boot-seconds=4", name="roomescape-slow"),
     }
 
 
@@ -256,15 +255,17 @@ def test_rolling_over_three_containers_then_one_killed_from_outside(stack_factor
 # -- failures --------------------------------------------------------------------------------------
 
 
-def test_agent_killed_mid_deployment_restarted_agent_re_adopts_and_rolls_back(stack_factory, dockerd, images):  # noqa: F811
-    """kill -9 of the agent while v2's container boots: traffic flows on; `nonstop up` re-adopts v1's very
-    container (by its stored handle; strays are found by label) and rolls the deployment back."""
+def test_agent_killed_mid_deployment_restarted_agent_re_adopts_and_finishes(stack_factory, dockerd, images):  # noqa: F811
+    """kill -9 of the agent mid-deployment, twice, under load (0 failed): while v2's container is starting
+    (an image never healthy: it stays starting), `nonstop up` re-adopts v1's very container (by its
+    stored handle; strays are found by label) and rolls the deployment back; after v3's switch, while
+    it is watched, the restarted agent adopts both colors, watches on and finishes the switch."""
     st = container_stack(stack_factory, dockerd)
     st.deploy("v1")
     (v1_container,) = running_ids(dockerd, st, "v1")
     with LoadClient(st.url, **LOAD) as load:
         warm(load, WARM, stack=st)
-        dep = st.cli_async("deploy", "--version", "v2", "--image", "roomescape-slow:v2")
+        dep = st.cli_async("deploy", "--version", "v2", "--image", "roomescape-down:v2")
         wait_for(lambda: running_ids(dockerd, st, "v2"), timeout=20, what="v2's container started")
         os.kill(st.pid("agent"), signal.SIGKILL)
         dep.communicate(timeout=30)
@@ -282,6 +283,28 @@ def test_agent_killed_mid_deployment_restarted_agent_re_adopts_and_rolls_back(st
     assert [c["Id"] for c in ours(dockerd, st)] == [v1_container]
     dep_row = st.cli("history", "--json", check=True).json["deployments"][0]
     assert dep_row["outcome"] == "rolled_back" and "agent" in dep_row["reason"]
+
+    # killed after the switch, while v3 is watched: the restarted agent watches on and finishes the switch
+    st.write_config(strategy={"type": "blue-green", "keep_previous": "10m",
+                              "analysis": {"watch": "3s", "interval": "1s", "min_requests": 10000}})
+    with LoadClient(st.url, **LOAD) as load:
+        warm(load, WARM, stack=st)
+        dep = st.cli_async("deploy", "--version", "v3")
+        wait_for(lambda: (st.status()["deployment"] or {}).get("phase") == "watching", timeout=30, interval=0.1,
+                 what="v3 switched and watched")
+        (v3_container,) = running_ids(dockerd, st, "v3")
+        os.kill(st.pid("agent"), signal.SIGKILL)
+        dep.communicate(timeout=30)
+        warm(load, WARM, stack=st)
+        st.cli("up", "--detach", "--timeout", "60", check=True)
+        s = wait_for(lambda: (lambda s: s if s["deployment"] is None else None)(st.status()), timeout=30, what="recovery")
+        warm(load, WARM, stack=st)
+    assert load.result.failed == 0, load.result.format()
+    assert s["live_release"] == "v3" and versions(load.result)[-1] == "v3"
+    assert running_ids(dockerd, st, "v3") == [v3_container]  # adopted, not restarted
+    assert running_ids(dockerd, st, "v1") == [v1_container]  # still the warm previous color
+    dep_row = st.cli("history", "--json", check=True).json["deployments"][0]
+    assert dep_row["outcome"] == "promoted", dep_row
 
 
 # -- podman ----------------------------------------------------------------------------------------

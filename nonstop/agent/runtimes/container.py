@@ -4,11 +4,7 @@ An instance is ``<engine> run -d`` of the release's image *by id* (the exact
 bytes recorded with the release, whatever its tag points at later), published
 on ``127.0.0.1:{port}`` (where the router sends its traffic), with no engine
 restart policy (the fleet restarts with backoff, as for processes), and
-labelled::
-
-    nonstop.app, nonstop.release, nonstop.instance, nonstop.port,
-    nonstop.state (this state dir: two checkouts of one app never adopt each other's),
-    nonstop.version, nonstop.container_port, nonstop.log
+labelled (``runargs.py`` names and labels it, and builds the ``run`` command).
 
 The labels are the whole record: after an agent restart ``discover`` finds
 every container of this app and state dir by label (no PID files), and every
@@ -28,9 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import re
 import shlex
 import time
 from datetime import datetime, timezone
@@ -42,35 +36,16 @@ from nonstop.agent.runtimes.base import Found, Handle, ImageInfo, InstanceSpec, 
 from nonstop.agent.runtimes.engine import Engine
 from nonstop.agent.runtimes.logfollow import LogFollower
 from nonstop.agent.runtimes.pidwatch import PidWatch
+from nonstop.agent.runtimes.runargs import ENV_NAME, LABEL, LABELS, container_name, explain_run_failure, run_argv, state_key
 from nonstop.agent.runtimes.states import ContainerState, ContainerStates, exit_status, parse_time_ns, state_from_inspect
 from nonstop.agent.runtimes.watch import EventWatch
 from nonstop.errors import EngineUnreachable, InstanceError
 
 __all__ = ["ContainerRuntime", "container_name", "LABELS"]
 
-log = logging.getLogger("nonstop.runtime.container")
-
-LABELS = ("app", "release", "instance", "port", "state", "version", "container_port", "log")
-_L = {k: f"nonstop.{k}" for k in LABELS}
-
-# Variables the engine's CLI itself reads: a run.env entry with such a name is meant for the
-# container, so it is passed on the command line rather than through the CLI's environment.
-_CLI_ENV = re.compile(r"^(DOCKER_|CONTAINER_|CONTAINERS_|PODMAN_|BUILDAH_|XDG_|PATH$|HOME$)")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NO_SUCH = ("no such", "not known", "not found")
 
-
-def _safe(part: str) -> str:
-    return re.sub(r"[^a-zA-Z0-9_.-]+", "-", part).strip("-.") or "x"
-
-
-def state_key(state_dir: Path) -> str:
-    return hashlib.sha256(str(state_dir).encode()).hexdigest()[:8]
-
-
-def container_name(app: str, release: str, port: int, key: str) -> str:
-    """``nonstop-<app>-<release>-<port>-<state key>``: deterministic, engine-safe, one per state dir."""
-    return f"nonstop-{_safe(app)}-{_safe(release)}-{port}-{key}"
+log = logging.getLogger("nonstop.runtime.container")
 
 
 def _now_ns() -> int:
@@ -117,11 +92,11 @@ class ContainerRuntime(Runtime):
 
     # -- labels ----------------------------------------------------------------------
     def _filters(self) -> list[str]:
-        return ["--filter", f"label={_L['app']}={self.app}", "--filter", f"label={_L['state']}={self.state_dir}"]
+        return ["--filter", f"label={LABEL['app']}={self.app}", "--filter", f"label={LABEL['state']}={self.state_dir}"]
 
     def _ours(self, labels: Mapping[str, str] | None) -> bool:
         labels = labels or {}
-        return labels.get(_L["app"]) == self.app and labels.get(_L["state"]) == str(self.state_dir)
+        return labels.get(LABEL["app"]) == self.app and labels.get(LABEL["state"]) == str(self.state_dir)
 
     def cursor_path(self, cid: str) -> Path:
         return self.state_dir / "containers" / f"{cid}.cursor"
@@ -199,15 +174,15 @@ class ContainerRuntime(Runtime):
             raise InstanceError(f"instance {spec.id}: no image (run.image, or deploy --image)", detail={"instance": spec.id})
         if not spec.container_port:
             raise InstanceError(f"instance {spec.id}: no container_port", detail={"instance": spec.id})
-        bad = [k for k in spec.env if not _ENV_NAME.match(k)]
+        bad = [k for k in spec.env if not ENV_NAME.match(k)]
         if bad:
             raise InstanceError(f"instance {spec.id}: run.env name {bad[0]!r} is not a valid variable name")
         self.watch.ensure()
         name = container_name(self.app, spec.release, spec.port, self.key)
         self._starting += 1
         try:
-            await self._refuse_taken_port(spec)
-            await self._clear_leftover(spec, name)
+            # two independent looks at the engine, each a few CLI calls: side by side
+            await asyncio.gather(self._refuse_taken_port(spec), self._clear_leftover(spec, name))
             return await self._run(spec, name)
         except EngineUnreachable as e:
             raise InstanceError(f"instance {spec.id}: {e.message}", detail={"instance": spec.id}) from e
@@ -257,40 +232,10 @@ class ContainerRuntime(Runtime):
             )
         await self._remove(doc["Id"])
 
-    def _args(self, spec: InstanceSpec, name: str) -> tuple[list[str], dict[str, str]]:
-        labels = {
-            "app": self.app,
-            "release": spec.release,
-            "instance": spec.id,
-            "port": str(spec.port),
-            "state": str(self.state_dir),
-            "version": spec.version,
-            "container_port": str(spec.container_port),
-            "log": str(Path(spec.log_path).resolve()),
-        }
-        argv = ["run", "-d", "--name", name, "--pull", "never", "--restart", "no"]
-        for k, v in labels.items():
-            argv += ["--label", f"{_L[k]}={v}"]
-        argv += ["-p", f"127.0.0.1:{spec.port}:{spec.container_port}"]
-        argv += ["--stop-signal", spec.stop_signal, "--stop-timeout", str(max(0, int(round(spec.stop_timeout))))]
-        argv += list(self.engine.dialect.log_opts)
-        # Values travel in the CLI's environment (`-e NAME`), not on its command line, where
-        # any local user could read them in the process list.
-        env = {**{k: str(v) for k, v in spec.env.items()}, "PORT": str(spec.container_port)}
-        cli_env: dict[str, str] = {}
-        for k, v in env.items():
-            if _CLI_ENV.match(k):
-                argv += ["-e", f"{k}={v}"]
-            else:
-                argv += ["-e", k]
-                cli_env[k] = v
-        argv += [spec.image, *spec.argv]
-        return argv, cli_env
-
     async def _run(self, spec: InstanceSpec, name: str) -> Handle:
         log_path = Path(spec.log_path)
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        argv, cli_env = self._args(spec, name)
+        argv, cli_env = run_argv(spec, name, self.app, self.state_dir, self.engine.dialect)
         now = time.time()
         stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         shown = shlex.join(spec.argv).replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
@@ -302,7 +247,7 @@ class ContainerRuntime(Runtime):
         as_of = _now_ns()
         res = await self.engine.run(*argv, env=cli_env, timeout=120.0)
         if not res.ok:
-            msg = self._explain_run_failure(spec, res.words)
+            msg = explain_run_failure(spec, self.name, res.words)
             with open(log_path, "ab") as f:
                 f.write(f"=== nonstop: {msg}\n".encode())
             # a container created but not started (its port could not be bound) is ours: remove it
@@ -324,17 +269,6 @@ class ContainerRuntime(Runtime):
             "container_port": spec.container_port,
         }
         return Handle(self.name, ref, now)
-
-    def _explain_run_failure(self, spec: InstanceSpec, words: str) -> str:
-        low = words.lower()
-        if "already allocated" in low or "address already in use" in low:
-            return (
-                f"instance {spec.id}: port {spec.port} on 127.0.0.1 is already in use by another process; "
-                f"the engine could not publish it ({words})"
-            )
-        if _has(words, ("no such image", "image not known", "unable to find image", "does not exist")):
-            return f"instance {spec.id}: image {spec.image} is not in the {self.name} engine any more ({words})"
-        return f"instance {spec.id}: {self.name} could not start the container: {words}"
 
     def _follow(self, cid: str, log_path: Path) -> None:
         if cid in self.followers and self.followers[cid].running:
@@ -415,23 +349,23 @@ class ContainerRuntime(Runtime):
         for doc in await self._ours_docs():
             labels = (doc.get("Config") or {}).get("Labels") or {}
             try:
-                port = int(labels.get(_L["port"], ""))
+                port = int(labels.get(LABEL["port"], ""))
             except ValueError:
                 continue
             started = parse_time_ns(str((doc.get("State") or {}).get("StartedAt") or ""))
             ref = {
                 "id": doc["Id"],
                 "name": str(doc.get("Name", "")).lstrip("/"),
-                "log": labels.get(_L["log"], ""),
+                "log": labels.get(LABEL["log"], ""),
                 "port": port,
-                "container_port": int(labels.get(_L["container_port"]) or 0) or None,
+                "container_port": int(labels.get(LABEL["container_port"]) or 0) or None,
             }
             st = state_from_inspect(doc, 0)
             out.append(
                 Found(
                     handle=Handle(self.name, ref, (started or 0) / 1e9),
-                    instance=labels.get(_L["instance"], ""),
-                    release=labels.get(_L["release"], ""),
+                    instance=labels.get(LABEL["instance"], ""),
+                    release=labels.get(LABEL["release"], ""),
                     port=port,
                     running=st.running,
                 )
