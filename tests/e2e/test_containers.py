@@ -21,7 +21,7 @@ from nonstop.testing.load import LoadClient
 from tests.e2e._canary_helpers import StatusSampler, serving, warm
 from tests.e2e.helpers import wait_for
 from tests.e2e.test_canary import canary_bound
-from tests.runtimes.containers import dockerd, example_image, podman_env  # noqa: F401  (fixtures)
+from tests.runtimes.containers import ROOT, dockerd, example_image, podman_env  # noqa: F401  (fixtures)
 
 LOAD = dict(rate=80, keepalive=3, new=2, post=2, slow=2, slow_ms=1000, timeout=15)
 WARM = 25  # requests served before and after each change (a third of a second of load)
@@ -364,19 +364,28 @@ def test_blue_green_through_nginx_and_haproxy(stack_factory, dockerd, images, ro
 # -- logs, history, status, pruning ------------------------------------------------------------------
 
 
-def test_logs_history_status_and_pruned_images(stack_factory, dockerd, example_image):  # noqa: F811
-    """keep_releases 2: the images of pruned releases leave the engine; the live and previous ones stay."""
-    ids = {v: example_image(dockerd, v, BOOT) for v in ("p1", "p2", "p3")}
-    st = container_stack(stack_factory, dockerd, keep_releases=2, strategy={"type": "blue-green", "keep_previous": "0s"})
-    for v in ids:
-        st.deploy(v)
+def test_built_images_logs_history_status_and_pruned_images(stack_factory, dockerd):  # noqa: F811
+    """Each deploy builds its image (``build.commands``: examples/app/image.sh {version}, as a user's
+    ``docker build -t roomescape:{version} .``), which the release records by id; with keep_releases 2
+    the images of pruned releases leave the engine, the live and previous ones stay. Then logs,
+    history, status and down with containers, and history and logs with the agent down."""
+    build = {"workdir": str(ROOT), "commands": [["examples/app/image.sh", "{version}", BOOT]]}
+    st = container_stack(stack_factory, dockerd, build=build, keep_releases=2,
+                         strategy={"type": "blue-green", "keep_previous": "0s"})
+    ids = {}
+    for v in ("p1", "p2", "p3"):
+        res = st.deploy(v)
+        assert any(e.get("phase") == "build" for e in res["events"]), res["events"]
+        ids[v] = image_of(st, v)  # the image the build just made, by id
+        assert ids[v] == dockerd.cli("image", "inspect", "--format", "{{.Id}}", f"roomescape:{v}").stdout.strip()
     present = {v: dockerd.cli("image", "inspect", iid, check=False).returncode == 0 for v, iid in ids.items()}
     assert present == {"p1": False, "p2": True, "p3": True}, present
+    assert not (st.state / "releases" / "p1").exists()
     s = st.status()
     (inst,) = s["instances"]
     assert inst["release"] == "p3" and inst["alive"] and inst["routed"] and inst["state"] == "healthy"
     (c,) = ours(dockerd, st)
-    assert inst["container"] == c["Id"][:12], inst
+    assert c["Image"] == ids["p3"] and inst["container"] == c["Id"][:12], inst
     human = st.cli("status", check=True).out
     assert c["Id"][:12] in human, human
     logs = st.cli("logs", check=True).out
