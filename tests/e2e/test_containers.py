@@ -49,7 +49,7 @@ def engine_env(bed) -> dict[str, str]:
 def container_stack(stack_factory, bed, *, n_ports: int = 2, run: dict | None = None, **kw):
     """A stack whose instances are containers of ``roomescape:{version}`` in ``bed``'s engine."""
     kw.setdefault("health", {})
-    kw["health"] = {"path": "/actuator/health", "startup_timeout": "20s", **kw["health"]}
+    kw["health"] = {"path": "/actuator/health", "interval": "50ms", "startup_timeout": "20s", **kw["health"]}
     return stack_factory(
         n_ports=n_ports,
         env=engine_env(bed),
@@ -83,120 +83,118 @@ def events(res: dict, type_: str) -> list[dict]:
     return [e for e in res["events"] if e["type"] == type_]
 
 
-# -- blue-green and rollback -----------------------------------------------------------------------
+# -- blue-green, rollback, canary --------------------------------------------------------------------
 
 
-def test_blue_green_warm_rollback_refused_image_cold_rollback(stack_factory, dockerd, images):  # noqa: F811
-    """One stack, under load throughout, 0 failed requests at every step:
+def test_blue_green_rollbacks_refused_images_and_a_faulty_canary(stack_factory, dockerd, images):  # noqa: F811
+    """One stack, under one load throughout, 0 failed requests:
 
     - blue-green v1 → v2: each release runs its recorded image by id, in a labelled container published
       on loopback only; v1's very container is kept warm;
     - warm rollback: the very same v1 container answers again, nothing started;
     - an image that never turns healthy is refused (exit 1), traffic untouched, its container removed;
+      so is one whose app does not listen on run.container_port, the failure saying where it listens;
     - cold rollback (keep_previous elapsed): a new container of v1's recorded image id, though the tag
-      roomescape:v1 has moved since."""
+      roomescape:v1 has moved since.
+
+    Then a canary of a faulty image, rolled back by the analysis with bounded failures."""
     st = container_stack(stack_factory, dockerd)
     st.deploy("v1")
     (v1_container,) = running_ids(dockerd, st, "v1")
-    with LoadClient(st.url, **LOAD) as load:
+    load = LoadClient(st.url, **LOAD).start()
+    try:
         warm(load, WARM, stack=st)
         res = st.deploy("v2")
         assert res["ok"] and res["release"] == "v2", res
         warm(load, WARM, stack=st)
-    result = load.result
-    assert result.failed == 0, result.format()
-    seen = versions(result)
-    assert "v1" in seen and seen[-1] == "v2" and "v1" not in seen[seen.index("v2") + 5:], result.format()
-    assert image_of(st, "v1") == images["v1"] and image_of(st, "v2") == images["v2"]
-    (v2,) = [c for c in ours(dockerd, st) if c["Config"]["Labels"]["nonstop.release"] == "v2"]
-    assert v2["Image"] == images["v2"] and v2["State"]["Running"]
-    labels = v2["Config"]["Labels"]
-    assert labels["nonstop.instance"] == f"v2@{labels['nonstop.port']}"
-    assert v2["HostConfig"]["PortBindings"] == {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": labels["nonstop.port"]}]}
-    assert v2["HostConfig"]["RestartPolicy"]["Name"] in ("no", "")
-    s = st.status()
-    assert s["live_release"] == "v2" and [r["release"] for r in s["routes"]] == ["v2"]
-    (warm_v1,) = [i for i in s["instances"] if i["release"] == "v1"]
-    assert warm_v1["alive"] and not warm_v1["routed"] and warm_v1["warm_until"]
-    assert running_ids(dockerd, st, "v1") == [v1_container]
+        seen = versions(load.snapshot())
+        assert "v1" in seen and seen[-1] == "v2" and "v1" not in seen[seen.index("v2") + 5:], load.snapshot().format()
+        assert image_of(st, "v1") == images["v1"] and image_of(st, "v2") == images["v2"]
+        (v2,) = [c for c in ours(dockerd, st) if c["Config"]["Labels"]["nonstop.release"] == "v2"]
+        assert v2["Image"] == images["v2"] and v2["State"]["Running"]
+        labels = v2["Config"]["Labels"]
+        assert labels["nonstop.instance"] == f"v2@{labels['nonstop.port']}"
+        assert v2["HostConfig"]["PortBindings"] == {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": labels["nonstop.port"]}]}
+        assert v2["HostConfig"]["RestartPolicy"]["Name"] in ("no", "")
+        s = st.status()
+        assert s["live_release"] == "v2" and [r["release"] for r in s["routes"]] == ["v2"]
+        (warm_v1,) = [i for i in s["instances"] if i["release"] == "v1"]
+        assert warm_v1["alive"] and not warm_v1["routed"] and warm_v1["warm_until"]
+        assert running_ids(dockerd, st, "v1") == [v1_container]
 
-    # warm rollback: v1's container again, no start
-    with LoadClient(st.url, **LOAD) as load:
-        warm(load, WARM, stack=st)
+        # warm rollback: v1's container again, no start
         r = st.cli("rollback", "--json")
         assert r.code == 0, r.out + r.err
         warm(load, WARM, stack=st)
-    assert load.result.failed == 0, load.result.format()
-    assert versions(load.result)[-1] == "v1"
-    assert any(e.get("instant") for e in r.json["events"]) and not events(r.json, "instance_starting"), r.json["events"]
-    assert running_ids(dockerd, st, "v1") == [v1_container]
-    assert running_ids(dockerd, st, "v2") == []  # a release rolled back as bad is stopped, not kept warm
+        assert versions(load.snapshot())[-1] == "v1"
+        assert any(e.get("instant") for e in r.json["events"]) and not events(r.json, "instance_starting"), r.json["events"]
+        assert running_ids(dockerd, st, "v1") == [v1_container]
+        assert running_ids(dockerd, st, "v2") == []  # a release rolled back as bad is stopped, not kept warm
 
-    # a never-healthy image: refused, and nothing else changes
-    st.write_config(health={"startup_timeout": "2s"})
-    with LoadClient(st.url, **LOAD) as load:
-        warm(load, WARM, stack=st)
+        # a never-healthy image: refused, and nothing else changes
+        st.write_config(health={"startup_timeout": "2s"})
+        t0 = time.monotonic()
         res = st.deploy("bad", "--image", "roomescape-down:v2", expect=1)
         warm(load, WARM, stack=st)
-    assert not res["ok"] and "did not become healthy" in res["reason"], res
-    assert any("DOWN" in c for c in res["detail"]["checks"]), res["detail"]
-    assert "Started App" in res["detail"]["log_tail"]  # the container's own output explains it
-    assert load.result.failed == 0, load.result.format()
-    assert set(load.result.by_version()) == {"v1"}
-    assert st.status()["live_release"] == "v1"
-    assert [c["Id"] for c in ours(dockerd, st)] == [v1_container], "the refused image's container was left"
-    assert st.cli("history", "--json", check=True).json["deployments"][0]["outcome"] in ("failed", "rolled_back")
-    st.write_config(health={"startup_timeout": "20s"})
+        assert not res["ok"] and "did not become healthy" in res["reason"], res
+        assert any("DOWN" in c for c in res["detail"]["checks"]), res["detail"]
+        assert "Started App" in res["detail"]["log_tail"]  # the container's own output explains it
+        assert {r.label for r in load.snapshot().records if r.ok and r.start >= t0} == {"v1"}
+        assert st.status()["live_release"] == "v1"
+        assert [c["Id"] for c in ours(dockerd, st)] == [v1_container], "the refused image's container was left"
+        assert st.cli("history", "--json", check=True).json["deployments"][0]["outcome"] in ("failed", "rolled_back")
+        # run.container_port that the app does not listen on: refused, and the failure says what it listens on
+        st.write_config(run={"container_port": 9090}, health={"startup_timeout": "3s"})
+        res = st.deploy("wrong-port", "--image", "roomescape:v2", expect=1)
+        assert "nothing listens on container_port 9090 inside the container; it listens on 8080" in res["reason"], res
+        assert st.status()["live_release"] == "v1" and [c["Id"] for c in ours(dockerd, st)] == [v1_container]
+        st.write_config(run={"container_port": 8080}, health={"startup_timeout": "20s"})
 
-    # cold rollback: v3 live with keep_previous 0s stops and removes v1's container at the switch
-    st.write_config(strategy={"type": "blue-green", "keep_previous": "0s"})
-    st.deploy("v3")
-    wait_for(lambda: not ours(dockerd, st, "--filter", "label=nonstop.release=v1"), timeout=20, what="v1 removed")
-    dockerd.cli("tag", images["v3"], "roomescape:v1")  # the tag moves; the release keeps its bytes
-    try:
-        with LoadClient(st.url, **LOAD) as load:
+        # cold rollback: v3 live with keep_previous 0s stops and removes v1's container at the switch
+        st.write_config(strategy={"type": "blue-green", "keep_previous": "0s"})
+        st.deploy("v3")
+        wait_for(lambda: not ours(dockerd, st, "--filter", "label=nonstop.release=v1"), timeout=20, what="v1 removed")
+        dockerd.cli("tag", images["v3"], "roomescape:v1")  # the tag moves; the release keeps its bytes
+        try:
             warm(load, WARM, stack=st)
             r = st.cli("rollback", "--to", "v1", "--json")
             assert r.code == 0, r.out + r.err
             warm(load, WARM, stack=st)
+        finally:
+            dockerd.cli("tag", images["v1"], "roomescape:v1")
+        assert events(r.json, "instance_starting"), "v1 was cold: the rollback must start it"
+        (cold,) = ours(dockerd, st, "--filter", "label=nonstop.release=v1")
+        assert cold["Id"] != v1_container and cold["Image"] == images["v1"] == image_of(st, "v1")
+        assert versions(load.snapshot())[-1] == "v1"
     finally:
-        dockerd.cli("tag", images["v1"], "roomescape:v1")
-    assert load.result.failed == 0, load.result.format()
-    assert events(r.json, "instance_starting"), "v1 was cold: the rollback must start it"
-    (cold,) = ours(dockerd, st, "--filter", "label=nonstop.release=v1")
-    assert cold["Id"] != v1_container and cold["Image"] == images["v1"] == image_of(st, "v1")
-    assert versions(load.result)[-1] == "v1"
+        result = load.stop()
+    assert result.failed == 0, result.format()
+    print(f"\nblue-green story: {result.total} requests, 0 failed; switches {[v for _, v in result.version_switches()]}")
 
-
-# -- canary and rolling ----------------------------------------------------------------------------
-
-
-def test_faulty_canary_image_is_rolled_back_with_bounded_failures(stack_factory, dockerd, images):  # noqa: F811
-    """The analysis rolls a canary of a faulty image (500 for a third of `GET /`) back; what failed is
-    bounded by what the canary could receive before the rollback (tests/e2e/test_canary.py)."""
+    # a canary of a faulty image (500 for a third of `GET /`): rolled back by the analysis, what failed
+    # bounded by what the canary could receive before the rollback (tests/e2e/test_canary.py)
     weight, min_req, interval, limit, rate = 50, 20, 1.0, 2, 60.0
-    st = container_stack(
-        stack_factory, dockerd,
-        strategy={"type": "canary", "steps": [{"weight": weight, "pause": "60s"}, {"weight": 100, "pause": "1s"}],
-                  "sticky": False,
-                  "analysis": {"interval": f"{interval}s", "min_requests": min_req, "max_error_rate": 0.05,
-                               "failure_limit": limit}},
-    )
-    st.deploy("v1", "--strategy", "blue-green")
+    st.write_config(strategy={"type": "canary", "sticky": False,
+                              "steps": [{"weight": weight, "pause": "60s"}, {"weight": 100, "pause": "1s"}],
+                              "analysis": {"interval": f"{interval}s", "min_requests": min_req, "max_error_rate": 0.05,
+                                           "failure_limit": limit}})
     with LoadClient(st.url, rate=rate, keepalive=4, new=2, post=0, slow=0, timeout=15) as load:
         warm(load, WARM, stack=st)
-        res = st.deploy("v2", "--image", "roomescape-faulty:v2", expect=1)
-        warm(load, 60, stack=st)
+        res = st.deploy("faulty", "--image", "roomescape-faulty:v2", expect=1)
+        warm(load, WARM, stack=st)
     result = load.result
     assert res["state"] == "rolled_back" and "canary 5xx rate" in res["reason"], res
     bound = canary_bound(weight / 100, rate, min_req, interval, limit, slack=3.0)
     failures = result.failures
-    print(f"\nfaulty canary container: {len(failures)} failed of {result.total}; bound {bound:.0f}")
+    print(f"faulty canary container: {len(failures)} failed of {result.total}; bound {bound:.0f}")
     assert 0 < len(failures) <= bound, result.format()
     assert all(r.status == 500 and r.version == "v2" for r in failures), result.format()
     assert all(r.ok for r in result.records if r.start > max(r.end for r in failures) + 0.5)
     assert st.status()["live_release"] == "v1"
-    assert {c["Config"]["Labels"]["nonstop.release"] for c in ours(dockerd, st)} == {"v1"}
+    assert [c["Id"] for c in ours(dockerd, st)] == [cold["Id"]]
+
+
+# -- rolling ---------------------------------------------------------------------------------------
 
 
 def test_rolling_over_three_containers_then_one_killed_from_outside(stack_factory, dockerd, images):  # noqa: F811
@@ -212,20 +210,21 @@ def test_rolling_over_three_containers_then_one_killed_from_outside(stack_factor
                          strategy={"type": "rolling", "max_surge": 1, "max_unavailable": 0})
     st.deploy("v1")
     assert serving(st.status()) == n
-    with LoadClient(st.url, **LOAD) as load, StatusSampler(st) as sampler:
-        warm(load, WARM, stack=st)
-        res = st.deploy("v2")
-        warm(load, WARM, stack=st)
-    assert res["ok"] and res["state"] == "promoted", res
-    assert load.result.failed == 0, load.result.format()
-    counts = [serving(s) for _, s in sampler.samples]
-    print(f"\nrolling containers: {len(counts)} samples, serving min {min(counts)} max {max(counts)} (floor {n})")
-    assert len(counts) >= 5 and min(counts) >= n, counts
-    assert max(len(s["instances"]) for _, s in sampler.samples) <= n + 1
-    assert sorted(c["Config"]["Labels"]["nonstop.release"] for c in ours(dockerd, st)) == ["v2"] * n
+    load = LoadClient(st.url, **LOAD).start()
+    try:
+        with StatusSampler(st) as sampler:
+            warm(load, WARM, stack=st)
+            res = st.deploy("v2")
+            warm(load, WARM, stack=st)
+        assert res["ok"] and res["state"] == "promoted", res
+        rolled = load.snapshot()
+        assert rolled.failed == 0, rolled.format()
+        counts = [serving(s) for _, s in sampler.samples]
+        print(f"\nrolling containers: {len(counts)} samples, serving min {min(counts)} max {max(counts)} (floor {n})")
+        assert len(counts) >= 5 and min(counts) >= n, counts
+        assert max(len(s["instances"]) for _, s in sampler.samples) <= n + 1
+        assert sorted(c["Config"]["Labels"]["nonstop.release"] for c in ours(dockerd, st)) == ["v2"] * n
 
-    with LoadClient(st.url, **LOAD) as load:
-        warm(load, WARM, stack=st)
         victim = next(i for i in st.status()["instances"] if i["routed"])
         (cid,) = [c["Id"] for c in ours(dockerd, st, "--filter", f"label=nonstop.instance={victim['id']}")]
         t_kill = time.monotonic()
@@ -236,7 +235,8 @@ def test_rolling_over_three_containers_then_one_killed_from_outside(stack_factor
             timeout=30, what="the killed container restarted and routed again",
         )
         warm(load, WARM, stack=st)
-    result = load.result
+    finally:
+        result = load.stop()
     failures = result.failures
     death = min((f.end for f in failures), default=t_kill)
     in_flight = [r for r in result.records if r.start <= death <= r.end]
@@ -258,12 +258,15 @@ def test_rolling_over_three_containers_then_one_killed_from_outside(stack_factor
 def test_agent_killed_mid_deployment_restarted_agent_re_adopts_and_finishes(stack_factory, dockerd, images):  # noqa: F811
     """kill -9 of the agent mid-deployment, twice, under load (0 failed): while v2's container is starting
     (an image never healthy: it stays starting), `nonstop up` re-adopts v1's very container (by its
-    stored handle; strays are found by label) and rolls the deployment back; after v3's switch, while
-    it is watched, the restarted agent adopts both colors, watches on and finishes the switch."""
+    stored handle; a stray of ours the store never recorded is found by label and stopped, containers
+    not ours are left alone) and rolls the deployment back; after v3's switch, while
+    it is watched, the restarted agent adopts both colors, watches on and finishes the switch. Killed
+    once more, ``down`` without the agent stops its containers."""
     st = container_stack(stack_factory, dockerd)
     st.deploy("v1")
     (v1_container,) = running_ids(dockerd, st, "v1")
-    with LoadClient(st.url, **LOAD) as load:
+    load = LoadClient(st.url, **LOAD).start()
+    try:
         warm(load, WARM, stack=st)
         dep = st.cli_async("deploy", "--version", "v2", "--image", "roomescape-down:v2")
         wait_for(lambda: running_ids(dockerd, st, "v2"), timeout=20, what="v2's container started")
@@ -274,20 +277,30 @@ def test_agent_killed_mid_deployment_restarted_agent_re_adopts_and_finishes(stac
         # the ports its containers publish are this app's own, not "in use by another program"
         r = st.cli("check")
         assert r.code == 0, r.out + r.err
+        # a container of ours the store never recorded (started just before a crash), one of another
+        # state dir and one without labels: found by label, the first is stopped; the others are left
+        labels = ["--label", "nonstop.app=e2e", "--label", "nonstop.release=v9", "--label", "nonstop.instance=v9@1",
+                  "--label", "nonstop.port=1"]
+        stray = dockerd.cli("run", "-d", *labels, "--label", f"nonstop.state={st.state.resolve()}", images["v1"]).stdout.strip()
+        other = dockerd.cli("run", "-d", *labels, "--label", "nonstop.state=/elsewhere", images["v1"]).stdout.strip()
+        plain = dockerd.cli("run", "-d", images["v1"]).stdout.strip()
         st.cli("up", "--detach", "--timeout", "60", check=True)
         s = wait_for(lambda: (lambda s: s if s["deployment"] is None else None)(st.status()), timeout=30, what="recovery")
         warm(load, WARM, stack=st)
-    assert load.result.failed == 0, load.result.format()
-    assert s["live_release"] == "v1" and {i["release"] for i in s["instances"]} == {"v1"}, s["instances"]
-    # the same v1 container (adopted, not restarted); v2's container stopped and removed
-    assert [c["Id"] for c in ours(dockerd, st)] == [v1_container]
-    dep_row = st.cli("history", "--json", check=True).json["deployments"][0]
-    assert dep_row["outcome"] == "rolled_back" and "agent" in dep_row["reason"]
+        assert load.snapshot().failed == 0, load.snapshot().format()
+        assert s["live_release"] == "v1" and {i["release"] for i in s["instances"]} == {"v1"}, s["instances"]
+        # the same v1 container (adopted, not restarted); v2's container and the stray stopped and removed
+        assert [c["Id"] for c in ours(dockerd, st)] == [v1_container]
+        assert dockerd.cli("inspect", stray, check=False).returncode != 0
+        for cid in (other, plain):
+            assert json.loads(dockerd.cli("inspect", cid).stdout)[0]["State"]["Running"], "a container not ours was touched"
+            dockerd.cli("rm", "-f", cid)
+        dep_row = st.cli("history", "--json", check=True).json["deployments"][0]
+        assert dep_row["outcome"] == "rolled_back" and "agent" in dep_row["reason"]
 
-    # killed after the switch, while v3 is watched: the restarted agent watches on and finishes the switch
-    st.write_config(strategy={"type": "blue-green", "keep_previous": "10m",
-                              "analysis": {"watch": "3s", "interval": "1s", "min_requests": 10000}})
-    with LoadClient(st.url, **LOAD) as load:
+        # killed after the switch, while v3 is watched: the restarted agent watches on and finishes the switch
+        st.write_config(strategy={"type": "blue-green", "keep_previous": "10m",
+                                  "analysis": {"watch": "2s", "interval": "1s", "min_requests": 10000}})
         warm(load, WARM, stack=st)
         dep = st.cli_async("deploy", "--version", "v3")
         wait_for(lambda: (st.status()["deployment"] or {}).get("phase") == "watching", timeout=30, interval=0.1,
@@ -299,12 +312,20 @@ def test_agent_killed_mid_deployment_restarted_agent_re_adopts_and_finishes(stac
         st.cli("up", "--detach", "--timeout", "60", check=True)
         s = wait_for(lambda: (lambda s: s if s["deployment"] is None else None)(st.status()), timeout=30, what="recovery")
         warm(load, WARM, stack=st)
-    assert load.result.failed == 0, load.result.format()
-    assert s["live_release"] == "v3" and versions(load.result)[-1] == "v3"
+    finally:
+        result = load.stop()
+    assert result.failed == 0, result.format()
+    assert s["live_release"] == "v3" and versions(result)[-1] == "v3"
     assert running_ids(dockerd, st, "v3") == [v3_container]  # adopted, not restarted
     assert running_ids(dockerd, st, "v1") == [v1_container]  # still the warm previous color
     dep_row = st.cli("history", "--json", check=True).json["deployments"][0]
     assert dep_row["outcome"] == "promoted", dep_row
+    # the agent dies again; `down` without it stops and removes the containers it left
+    os.kill(st.pid("agent"), signal.SIGKILL)
+    r = st.cli("down", "--json")
+    assert r.code == 0 and r.json["agent"] is False, r.out + r.err
+    assert sorted(r.json["stopped"]["instances"]) == sorted(i["id"] for i in s["instances"]), r.json
+    assert not ours(dockerd, st)
 
 
 # -- podman ----------------------------------------------------------------------------------------
