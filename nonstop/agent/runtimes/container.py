@@ -83,7 +83,8 @@ class ContainerRuntime(Runtime):
         self.states = ContainerStates()
         self.followers: dict[str, LogFollower] = {}
         self.engine_calls = 0  # CLI calls made to answer alive() (the cost the event stream saves)
-        self.watch = EventWatch(self.engine, self._filters(), self.states)
+        self._dirty: asyncio.Event | None = None  # a change the fleet has not looked at yet (wait_changed)
+        self.watch = EventWatch(self.engine, self._filters(), self.states, on_change=self._changed)
         self.pids = PidWatch(self._process_exited)
         self.exited: set[str] = set()  # containers whose main process exited (pidfd), whatever the engine says yet
         self._tasks: set[asyncio.Task] = set()
@@ -306,12 +307,21 @@ class ContainerRuntime(Runtime):
             st = self.states.get(cid)
         return bool(st and st.running)
 
+    def _changed(self) -> None:
+        if self._dirty is None:
+            self._dirty = asyncio.Event()
+        self._dirty.set()
+
     async def wait_changed(self, timeout: float) -> None:
+        """Level-triggered: a change since the last call (while the caller was busy) returns at once."""
         self.watch.ensure()
-        if self.watch.watching:
-            await self.watch.wait_changed(timeout)
-        else:
-            await asyncio.sleep(timeout)  # no stream: alive() polls (at most every poll_interval)
+        if self._dirty is None:
+            self._dirty = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._dirty.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass  # without a stream, alive() polls (at most every poll_interval)
+        self._dirty.clear()
 
     async def exit_code(self, handle: Handle) -> int | None:
         cid = self._cid(handle)
