@@ -36,7 +36,8 @@ from nonstop.agent.runtimes.base import Found, Handle, ImageInfo, InstanceSpec, 
 from nonstop.agent.runtimes.engine import Engine
 from nonstop.agent.runtimes.logfollow import LogFollower
 from nonstop.agent.runtimes.pidwatch import PidWatch
-from nonstop.agent.runtimes.runargs import ENV_NAME, LABEL, LABELS, container_name, explain_run_failure, run_argv, state_key
+from nonstop.agent.runtimes.runargs import (ENV_NAME, LABEL, LABELS, container_name, explain_run_failure, found_of,
+                                            run_argv, state_key)
 from nonstop.agent.runtimes.states import ContainerState, ContainerStates, exit_status, parse_time_ns, state_from_inspect
 from nonstop.agent.runtimes.watch import EventWatch
 from nonstop.errors import EngineUnreachable, InstanceError
@@ -355,32 +356,7 @@ class ContainerRuntime(Runtime):
 
     async def discover(self) -> list[Found]:
         self.watch.ensure()
-        out = []
-        for doc in await self._ours_docs():
-            labels = (doc.get("Config") or {}).get("Labels") or {}
-            try:
-                port = int(labels.get(LABEL["port"], ""))
-            except ValueError:
-                continue
-            started = parse_time_ns(str((doc.get("State") or {}).get("StartedAt") or ""))
-            ref = {
-                "id": doc["Id"],
-                "name": str(doc.get("Name", "")).lstrip("/"),
-                "log": labels.get(LABEL["log"], ""),
-                "port": port,
-                "container_port": int(labels.get(LABEL["container_port"]) or 0) or None,
-            }
-            st = state_from_inspect(doc, 0)
-            out.append(
-                Found(
-                    handle=Handle(self.name, ref, (started or 0) / 1e9),
-                    instance=labels.get(LABEL["instance"], ""),
-                    release=labels.get(LABEL["release"], ""),
-                    port=port,
-                    running=st.running,
-                )
-            )
-        return out
+        return [f for f in (found_of(doc, self.name) for doc in await self._ours_docs()) if f is not None]
 
     # -- stop ------------------------------------------------------------------------
     async def _wait_exit(self, cid: str, timeout: float) -> bool:

@@ -1,5 +1,6 @@
 """What nonstop asks the engine for when it starts an instance: the container's name, its labels and
-the ``run`` command line, and what a refused ``run`` means for the user. Pure: no engine call here.
+the ``run`` command line, and what a refused ``run`` means for the user; and the instance read back
+from a container's labels (``found_of``). Pure: no engine call here.
 
 The labels are the container's whole record (``discover`` re-adopts from them after an agent
 restart)::
@@ -15,10 +16,13 @@ import hashlib
 import re
 from pathlib import Path
 
-from nonstop.agent.runtimes.base import InstanceSpec
-from nonstop.agent.runtimes.engine import Dialect
+from typing import Any, Mapping
 
-__all__ = ["LABELS", "LABEL", "ENV_NAME", "state_key", "container_name", "run_argv", "explain_run_failure"]
+from nonstop.agent.runtimes.base import Found, Handle, InstanceSpec
+from nonstop.agent.runtimes.engine import Dialect
+from nonstop.agent.runtimes.states import parse_time_ns, state_from_inspect
+
+__all__ = ["LABELS", "LABEL", "ENV_NAME", "state_key", "container_name", "run_argv", "explain_run_failure", "found_of"]
 
 LABELS = ("app", "release", "instance", "port", "state", "version", "container_port", "log")
 LABEL = {k: f"nonstop.{k}" for k in LABELS}
@@ -86,3 +90,27 @@ def explain_run_failure(spec: InstanceSpec, engine: str, words: str) -> str:
     if any(m in low for m in ("no such image", "image not known", "unable to find image", "does not exist")):
         return f"instance {spec.id}: image {spec.image} is not in the {engine} engine any more ({words})"
     return f"instance {spec.id}: {engine} could not start the container: {words}"
+
+
+def found_of(doc: Mapping[str, Any], engine: str) -> Found | None:
+    """The instance a container of ours is, from its ``inspect`` document (its labels); None without a port label."""
+    labels = (doc.get("Config") or {}).get("Labels") or {}
+    try:
+        port = int(labels.get(LABEL["port"], ""))
+    except ValueError:
+        return None
+    started = parse_time_ns(str((doc.get("State") or {}).get("StartedAt") or ""))
+    ref = {
+        "id": doc["Id"],
+        "name": str(doc.get("Name", "")).lstrip("/"),
+        "log": labels.get(LABEL["log"], ""),
+        "port": port,
+        "container_port": int(labels.get(LABEL["container_port"]) or 0) or None,
+    }
+    return Found(
+        handle=Handle(engine, ref, (started or 0) / 1e9),
+        instance=labels.get(LABEL["instance"], ""),
+        release=labels.get(LABEL["release"], ""),
+        port=port,
+        running=state_from_inspect(doc, 0).running,
+    )
