@@ -2,7 +2,9 @@
 
 ``stack`` writes a ``nonstop.yml`` in a temp dir (free ports, the Python test
 app as ``run.command``), starts the agent with ``nonstop up --detach`` and
-gives the test a ``Stack`` to drive it with the real CLI. Teardown runs
+gives the test a ``Stack`` to drive it with the real CLI (``env=`` adds
+variables to the CLI's environment, and so to the agent its ``up`` starts: a
+container engine's ``DOCKER_HOST``, for one). Teardown runs
 ``nonstop down`` and then ends, by PID, anything the stack started that is
 still alive (agent, proxy, instances).
 """
