@@ -132,7 +132,7 @@ def test_blue_green_rollbacks_refused_images_and_a_faulty_canary(stack_factory, 
         assert running_ids(dockerd, st, "v2") == []  # a release rolled back as bad is stopped, not kept warm
 
         # a never-healthy image: refused, and nothing else changes
-        st.write_config(health={"startup_timeout": "2s"})
+        st.write_config(health={"startup_timeout": "1.5s"})  # the JVM answers DOWN ~0.5 s after its start
         t0 = time.monotonic()
         res = st.deploy("bad", "--image", "roomescape-down:v2", expect=1)
         warm(load, WARM, stack=st)
@@ -144,7 +144,7 @@ def test_blue_green_rollbacks_refused_images_and_a_faulty_canary(stack_factory, 
         assert [c["Id"] for c in ours(dockerd, st)] == [v1_container], "the refused image's container was left"
         assert st.cli("history", "--json", check=True).json["deployments"][0]["outcome"] in ("failed", "rolled_back")
         # run.container_port that the app does not listen on: refused, and the failure says what it listens on
-        st.write_config(run={"container_port": 9090}, health={"startup_timeout": "3s"})
+        st.write_config(run={"container_port": 9090}, health={"startup_timeout": "2s"})
         res = st.deploy("wrong-port", "--image", "roomescape:v2", expect=1)
         assert "nothing listens on container_port 9090 inside the container; it listens on 8080" in res["reason"], res
         assert st.status()["live_release"] == "v1" and [c["Id"] for c in ours(dockerd, st)] == [v1_container]
@@ -173,7 +173,7 @@ def test_blue_green_rollbacks_refused_images_and_a_faulty_canary(stack_factory, 
 
     # a canary of a faulty image (500 for a third of `GET /`): rolled back by the analysis, what failed
     # bounded by what the canary could receive before the rollback (tests/e2e/test_canary.py)
-    weight, min_req, interval, limit, rate = 50, 20, 1.0, 2, 60.0
+    weight, min_req, interval, limit, rate = 50, 10, 0.5, 2, 60.0
     st.write_config(strategy={"type": "canary", "sticky": False,
                               "steps": [{"weight": weight, "pause": "60s"}, {"weight": 100, "pause": "1s"}],
                               "analysis": {"interval": f"{interval}s", "min_requests": min_req, "max_error_rate": 0.05,
