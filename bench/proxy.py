@@ -1,23 +1,45 @@
-"""Benchmark nonstop's proxy against nginx and HAProxy, side by side in one run (issue 2).
+"""Benchmark nonstop's proxy against nginx and HAProxy, side by side in one run (issues 2 and 16).
 
-    .venv/bin/python bench/proxy.py                       # defaults sized for 2 cores
-    .venv/bin/python bench/proxy.py --duration 10 --connections 50 --rounds 3 --record
+    .venv/bin/python bench/proxy.py                                  # 5 rounds, 50 connections, 10 s each
+    .venv/bin/python bench/proxy.py --pin                            # each proxy on core 1, the load on core 0
+    .venv/bin/python bench/proxy.py --connections 50,500,2000 --hold 1000 --record --note "quiet machine"
+    .venv/bin/python bench/proxy.py --tls                            # the same over HTTPS, plus new handshakes
+    .venv/bin/python bench/proxy.py --only direct,nginx,nonstop --rounds 2 --duration 1 --warmup 1
 
 One backend (nginx answering ``return 200 "ok"``, one worker) serves every row; in front of it, in
 turn: nothing ("backend direct"), nginx, HAProxy, ``nonstop proxy`` with one worker, and nginx and
-nonstop with ``--multi`` workers. Each proxy is started fresh, warmed up, then measured with wrk
-(``--latency``, numbers read through a Lua ``done()`` hook, not scraped). For each row: req/s,
-p50/p99, wrk errors, CPU µs per request of the proxy's process tree (psutil, measured run only) and
-of the backend's, and the ratio to nginx with the same worker count.
+nonstop with ``--multi`` workers. ``--rounds`` (default 5) interleaves the rows: each round runs every
+row once, in an order turned by one place per round, so no row is always first or last. In each
+round a row's proxy is started fresh, then measured for every table: ``--hold N`` idle keep-alive
+connections (memory), each ``--connections`` count (a wrk warm-up, then the measured run), and with
+``--tls`` new full TLS handshakes. Each count is its own table.
 
-Fairness, on a 2-core machine where wrk, backend and proxy share the cores: the headline compares
-one nginx worker, one HAProxy thread and one nonstop worker; all keep connections alive to clients
-and to the backend and set the same X-Forwarded-* headers; access logs are off. With ``--rounds``
-the rows are interleaved round by round and the median (by req/s) is reported, which evens out
-the noise of other work on the machine.
+Per row and table: every figure is the median over rounds (each round's value is kept and printed);
+each ratio to nginx (nginx with the same worker count) is computed per round, against the nginx run
+of the same round, and printed as ``median (min–max)``; a ratio whose spread crosses 1.0 is flagged
+(†). Figures: req/s, p50/p99 (wrk's ``done()`` hook, ``--timeout 5s``), wrk errors (summed over
+rounds), CPU µs per request of the proxy's process tree, of the backend and of wrk (psutil and the
+children's rusage, measured run only), and the proxy tree's RSS and USS read just before wrk ends.
 
-Rows that cannot run (``nonstop proxy`` not written yet, no ``--workers``) say why and the rest goes
-on. Every process started is stopped by PID at the end. Loopback only.
+``--pin``: every thread of a 1-worker proxy's process tree runs on core 1 (started there, checked
+before each measured run); wrk, the TLS client, the backend and this script on core 0. Rows with
+more workers run their proxy on both cores (two workers cannot each have a core of their own on a
+2-core machine), sharing core 0 with the load; the output says so. ``backend direct`` has wrk and the
+backend on core 0 together.
+
+Limits: RLIMIT_NOFILE is raised to the hard limit before any server starts (every server inherits
+it); nginx gets ``worker_rlimit_nofile`` and ``worker_connections`` ≥ 2 × the most connections,
+HAProxy ``maxconn`` ≥ them, every listener the same backlog (2048, nonstop's). nonstop needs no flag.
+
+``--tls``: the proxies serve HTTPS (a self-signed ECDSA P-256 certificate made at start, key 0600; the
+TLS 1.2 ciphers of nonstop, TLS 1.3 suites OpenSSL's, session tickets at each server's default) to a
+plain-HTTP backend; ``backend direct`` is left out. Two measurements: wrk over https (keep-alive),
+and ``bench/tlsload.py``'s new connections: a full handshake (the client never offers a session, so
+nothing is resumed), one request with ``Connection: close``, the answer to its end.
+
+Rows that cannot run say why and the rest goes on. Every process started is stopped by PID at the
+end. Loopback only. ``--record`` appends a section to bench/RESULTS.md (older sections are never
+rewritten).
 """
 
 from __future__ import annotations
@@ -27,17 +49,22 @@ import datetime as dt
 import json
 import os
 import platform
+import resource
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 # bench/ is a directory of scripts, not a package; appended (not prepended) so it shadows nothing.
 sys.path.append(str(Path(__file__).resolve().parent))
 import backend_servers as backends  # noqa: E402
-from backend_servers import Server, StartError  # noqa: E402
+import proxy_report as report  # noqa: E402
+from backend_servers import Sizing, StartError  # noqa: E402
+from proxy_runs import LOAD_CPUS, Bench, Target, load_key, measure_row, table_keys  # noqa: E402
+from tlsload import make_cert  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
@@ -63,145 +90,73 @@ end
 """
 
 
-@dataclass
-class Row:
-    """One measured target (or why it could not be measured)."""
-
-    target: str
-    workers: int
-    rps: float = 0.0
-    p50_ms: float = 0.0
-    p99_ms: float = 0.0
-    requests: int = 0
-    errors: int = 0
-    proxy_us: float | None = None  # CPU µs per request of the proxy process tree
-    backend_us: float | None = None
-    error: str | None = None
-    rps_runs: tuple[float, ...] = ()
+class UsageError(Exception):
+    """A flag that cannot work on this machine or with the others given; exit 2."""
 
 
-@dataclass(frozen=True)
-class Target:
-    name: str
-    kind: str  # direct | nginx | haproxy | nonstop
-    workers: int
-
-
-def run_wrk(port: int, seconds: int, connections: int, threads: int, lua: Path) -> dict:
-    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s",  # wrk takes whole seconds "--latency", "--timeout", "5s",
-           "-s", str(lua), f"http://127.0.0.1:{port}/"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
-    for line in out.stdout.splitlines():
-        if line.startswith("WRK_JSON "):
-            return json.loads(line[len("WRK_JSON "):])
-    raise RuntimeError(f"wrk gave no result (exit {out.returncode}): {out.stderr.strip() or out.stdout[-300:]}")
-
-
-def measure(target: Target, backend: Server, args: argparse.Namespace, workdir: Path, lua: Path,
-            nonstop_help: str | None, nonstop_error: str | None) -> Row:
-    row = Row(target.name, target.workers)
-    server: Server | None = None
-    try:
-        port = backends.free_port()
-        if target.kind == "nginx":
-            server = backends.nginx(f"nginx-proxy-{target.workers}", workdir, port, workers=target.workers,
-                                    backend=backend.port)
-        elif target.kind == "haproxy":
-            server = backends.haproxy("haproxy", workdir, port, backend.port, threads=target.workers)
-        elif target.kind == "nonstop":
-            if nonstop_help is None:
-                raise StartError(nonstop_error or "nonstop proxy unavailable")
-            server = backends.nonstop(f"nonstop-{target.workers}", workdir, port, backend.port,
-                                      workers=target.workers, help_text=nonstop_help)
-        if server is not None:
-            server.start()
-        wrk_port = server.port if server is not None else backend.port
-        run_wrk(wrk_port, args.warmup, args.connections, args.threads, lua)
-        cpu0 = (server.cpu_seconds() if server else 0.0, backend.cpu_seconds())
-        res = run_wrk(wrk_port, args.duration, args.connections, args.threads, lua)
-        cpu1 = (server.cpu_seconds() if server else 0.0, backend.cpu_seconds())
-        n = max(1, res["requests"])
-        row.requests = res["requests"]
-        row.rps = res["requests"] / (res["duration_us"] / 1e6)
-        row.p50_ms = res["p50_us"] / 1000
-        row.p99_ms = res["p99_us"] / 1000
-        row.errors = sum(res[k] for k in ("connect", "read", "write", "status", "timeout"))
-        row.proxy_us = (cpu1[0] - cpu0[0]) / n * 1e6 if server else None
-        row.backend_us = (cpu1[1] - cpu0[1]) / n * 1e6
-    except (StartError, RuntimeError, subprocess.TimeoutExpired, OSError) as e:
-        row.error = str(e)
-    finally:
-        if server is not None:
-            server.stop()
-    return row
-
-
-def median_row(rows: list[Row]) -> Row:
-    ok = [r for r in rows if r.error is None]
-    if not ok:
-        return rows[-1]
-    ok.sort(key=lambda r: r.rps)
-    mid = ok[(len(ok) - 1) // 2]  # a real run, not an average of runs: its p99 and CPU belong together
-    mid.rps_runs = tuple(round(r.rps) for r in ok)
-    return mid
-
-
-def targets(multi: int, only: set[str] | None) -> list[Target]:
+def targets(multi: int, only: set[str] | None, tls: bool = False) -> list[Target]:
     out = [Target("backend direct", "direct", 1), Target("nginx", "nginx", 1), Target("haproxy", "haproxy", 1),
            Target("nonstop", "nonstop", 1)]
     if multi > 1:
         out += [Target(f"nginx x{multi}", "nginx", multi), Target(f"nonstop x{multi}", "nonstop", multi)]
+    if tls:
+        out = [t for t in out if t.kind != "direct"]  # the backend speaks plain HTTP
     if only:
         out = [t for t in out if t.kind in only or t.name in only]
     return out
 
 
-def ratios(rows: list[Row]) -> dict[str, tuple[float | None, float | None]]:
-    """Per target: (req/s ratio, p99 ratio) to the nginx row with the same worker count."""
-    ref = {r.workers: r for r in rows if r.target.startswith("nginx") and r.error is None}
-    out: dict[str, tuple[float | None, float | None]] = {}
-    for r in rows:
-        base = ref.get(r.workers) or ref.get(1)
-        if r.error is None and base is not None and base.rps and base.p99_ms:
-            out[r.target] = (r.rps / base.rps, r.p99_ms / base.p99_ms)
-        else:
-            out[r.target] = (None, None)
+def parse_counts(text: str) -> tuple[int, ...]:
+    """``50,500,2000`` → (50, 500, 2000); each a positive whole number, no repeats."""
+    try:
+        counts = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UsageError(f"--connections: {text!r} is not a comma list of whole numbers (e.g. 50,500,2000)") from None
+    if not counts or min(counts) < 1 or len(set(counts)) != len(counts):
+        raise UsageError(f"--connections: {text!r}: give positive counts, each once")
+    return counts
+
+
+def raise_nofile(needed: int) -> int:
+    """Raise this process's RLIMIT_NOFILE to its hard limit (children inherit it); the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise UsageError(f"this run needs {needed} open files (2 per connection in a proxy, plus margin) but the "
+                         f"hard limit is {hard}: lower --connections/--hold or raise it (ulimit -Hn, limits.conf)")
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, needed, 65536)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return target
+
+
+def pin_text(pin: bool, multi: int) -> str:
+    if not pin:
+        return "not pinned: the scheduler spreads wrk, the backend and each proxy over both cores"
+    text = ("--pin: each 1-worker proxy's whole process tree (every thread, checked before each measured run) on "
+            "core 1; wrk, the TLS client, the backend and the bench on core 0; backend direct: wrk and backend "
+            "share core 0")
+    if multi > 1:
+        text += (f"; the x{multi} rows run their proxy on cores 0 and 1 ({multi} workers cannot each have a core "
+                 "of their own on 2 cores), sharing core 0 with the load")
+    return text
+
+
+def check_pin() -> None:
+    have = os.sched_getaffinity(0)
+    if not {0, 1} <= have:
+        raise UsageError(f"--pin needs cores 0 and 1 (this process may use {sorted(have)})")
+
+
+def titles(args: argparse.Namespace) -> dict[str, str]:
+    scheme = "HTTPS" if args.tls else "HTTP"
+    target = "; issue 16 asks ≥ 0.8× nginx" if args.tls else ""
+    out = {load_key(c): f"{scheme} keep-alive, {c} connections (wrk -t{args.threads} -c{c}, {args.duration} s){target}"
+           for c in args.counts}
+    out["handshakes"] = (f"HTTPS new connections: full handshake + one request each (bench/tlsload.py, "
+                         f"{args.handshake_threads} threads, {args.duration} s){target}")
+    out["hold"] = (f"proxy memory with {args.hold} idle keep-alive connections open (one request each); "
+                   "issue 16 asks RSS ≤ 40 MB at 1,000")
     return out
-
-
-def _f(v: float | None, fmt: str) -> str:
-    return "-" if v is None else format(v, fmt)
-
-
-def table(rows: list[Row], markdown: bool = False) -> str:
-    rat = ratios(rows)
-    head = ["target", "req/s", "p50 ms", "p99 ms", "errors", "proxy CPU µs/req", "backend CPU µs/req",
-            "× nginx req/s", "× nginx p99"]
-    body = []
-    for r in rows:
-        if r.error is not None:
-            body.append([r.target, "skipped: " + r.error] + [""] * 7)
-            continue
-        rr, pr = rat[r.target]
-        body.append([r.target, f"{r.rps:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", str(r.errors),
-                     _f(r.proxy_us, ".1f"), _f(r.backend_us, ".1f"), _f(rr, ".2f"), _f(pr, ".2f")])
-    if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for b in body:
-            if b[1].startswith("skipped"):
-                lines.append(f"| {b[0]} | {b[1]} |" + " |" * 7)
-            else:
-                lines.append("| " + " | ".join(b) + " |")
-        return "\n".join(lines)
-    measured = [b for b in body if not b[1].startswith("skipped")]
-    widths = [max([len(head[i]), *(len(b[i]) for b in (body if i == 0 else measured))]) for i in range(len(head))]
-    lines = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(head, widths)))]
-    for b in body:
-        if b[1].startswith("skipped"):
-            lines.append(b[0].ljust(widths[0]) + "  " + b[1])
-        else:
-            lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(b, widths))))
-    return "\n".join(lines)
 
 
 def _git(*args: str) -> str:
@@ -245,52 +200,110 @@ def _hot_path() -> str:
     return out.stdout.strip() or f"unknown ({out.stderr.strip()[-200:]})"
 
 
-def record(rows: list[Row], env: dict, args: argparse.Namespace) -> None:
-    load = ", ".join(f"{x:.2f}" for x in env["load_before"]) + " → " + ", ".join(f"{x:.2f}" for x in env["load_after"])
-    runs = ""
-    if args.rounds > 1:
-        runs = "\n\nreq/s of each round (median reported): " + "; ".join(
-            f"{r.target} {'/'.join(map(str, r.rps_runs))}" for r in rows if r.error is None)
-    text = f"""
-## {env['date']} — commit {env['commit']}
+def resolved(args: argparse.Namespace) -> str:
+    """Every setting the run used, defaults included, as flags."""
+    flags = [f"--duration {args.duration}", f"--warmup {args.warmup}", f"--connections {args.connections}",
+             f"--threads {args.threads}", f"--rounds {args.rounds}", f"--multi {args.multi}", f"--hold {args.hold}"]
+    if args.only:
+        flags.append(f"--only {args.only}")
+    flags += [f for f, on in (("--vary", args.vary), ("--pin", args.pin), ("--tls", args.tls)) if on]
+    if args.tls:
+        flags.append(f"--handshake-threads {args.handshake_threads}")
+    return " ".join(flags)
 
-`bench/proxy.py --duration {args.duration} --warmup {args.warmup} --connections {args.connections} \
---threads {args.threads} --rounds {args.rounds} --multi {args.multi}{' --vary' if args.vary else ''}`
 
-- nonstop proxy: {env['proxy_commit']}; hot path: {env['hot_path']}
-- requests: {'every one different (`--vary`: /?n=1, /?n=2, …)' if args.vary else 'the same `GET /` repeated (wrk default)'}
-- {env['nginx']}; {env['haproxy']}; {env['wrk'].split(' Copyright')[0]}; Python {env['python']}
-- load average (1, 5, 15 min) before → after: {load}{'' if not args.note else chr(10) + '- ' + args.note}
+def facts(env: dict, args: argparse.Namespace, sizing: Sizing, orders: list[list[str]], tls: dict[str, str],
+          key_type: str) -> list[str]:
+    """The lines that say how this run was made (printed, and recorded)."""
+    lines = [
+        f"nonstop proxy: {env['proxy_commit']}; hot path: {env['hot_path']}",
+        "requests: " + ("every one different (`--vary`: /?n=1, /?n=2, …)" if args.vary
+                        else "the same `GET /` repeated (wrk default)"),
+        f"pinning: {pin_text(args.pin, args.multi)}",
+        f"limits: RLIMIT_NOFILE {sizing.nofile} (bench and every server); nginx worker_connections "
+        f"{sizing.worker_connections}; HAProxy maxconn {sizing.maxconn}; listen backlog {backends.BACKLOG} everywhere",
+        f"rounds: {args.rounds}, order turned by one per round: "
+        + "; ".join(f"{i + 1}: {', '.join(o)}" for i, o in enumerate(orders)),
+    ]
+    if args.tls:
+        lines.append(f"TLS: {key_type} certificate; negotiated (Python's client): "
+                     + "; ".join(f"{k} {v}" for k, v in tls.items()))
+    lines.append(f"{env['nginx']}; {env['haproxy']}; {env['wrk'].split(' Copyright')[0]}; Python {env['python']}")
+    if "load_after" in env:
+        lines.append("load average (1, 5, 15 min) before → after: " + ", ".join(f"{x:.2f}" for x in env["load_before"])
+                     + " → " + ", ".join(f"{x:.2f}" for x in env["load_after"]))
+    if args.note:
+        lines.append(args.note)
+    return lines
 
-{table(rows, markdown=True)}{runs}
-"""
-    with RESULTS.open("a") as f:
-        f.write(text)
+
+def render(summaries: dict[str, list[report.RowSummary]], names: dict[str, str], markdown: bool) -> str:
+    parts = []
+    for key, rows in summaries.items():
+        kind = key.split()[0]
+        cols = report.COLUMNS[kind]
+        head = f"### {names[key]}" if markdown else f"== {names[key]}"
+        note = "medians over rounds; × nginx: per-round ratio to nginx of the same round, median (min–max)"
+        per = ("per round (rate · p99 · × nginx rate · × nginx p99):" if kind != "hold" else "per round (RSS held):")
+        parts.append(f"{head}\n\n{note}\n\n{report.table(rows, cols, markdown)}\n\n{per}\n\n"
+                     f"{report.per_round_table(rows, kind, markdown)}")
+    return "\n\n".join(parts)
+
+
+def record(text: str, env: dict, args: argparse.Namespace, lines: list[str]) -> None:
+    command = "bench/proxy.py " + " ".join(shlex.quote(a) for a in args.argv)
+    section = (f"\n## {env['date']} — commit {env['commit']}\n\n`{command.strip()}`\n\n"
+               f"(every setting: `{resolved(args)}`)\n\n" + "\n".join(f"- {ln}" for ln in lines) + f"\n\n{text}\n")
+    with RESULTS.open("a") as f:  # append only: earlier sections are the lead's to edit
+        f.write(section)
     print(f"appended to {RESULTS}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--duration", type=int, default=10, help="measured seconds per row (default 10)")
-    p.add_argument("--warmup", type=int, default=2, help="unmeasured seconds before each row (default 2)")
-    p.add_argument("--connections", type=int, default=50, help="wrk -c (default 50)")
+    p.add_argument("--duration", type=int, default=10, help="measured seconds per row and table (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="unmeasured seconds before each measured run (default 2)")
+    p.add_argument("--connections", default="50", help="wrk -c, a comma list: one table each (default 50)")
     p.add_argument("--threads", type=int, default=1, help="wrk -t (default 1: one of the 2 cores)")
-    p.add_argument("--rounds", type=int, default=1, help="repeat all rows, report the median (default 1)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians and spreads over them (default 5)")
     p.add_argument("--multi", type=int, default=2, help="workers for the multi-worker rows; 0 or 1: none")
-    p.add_argument("--only", default="", help="comma list of targets: direct,nginx,haproxy,nonstop")
+    p.add_argument("--only", default="", help="comma list of targets: direct,nginx,haproxy,nonstop (or row names)")
     p.add_argument("--vary", action="store_true", help="a different path for every request (no repeated bytes)")
+    p.add_argument("--pin", action="store_true", help="each proxy on core 1, wrk and the backend on core 0")
+    p.add_argument("--hold", type=int, default=0, help="also measure proxy memory with N idle keep-alive connections")
+    p.add_argument("--tls", action="store_true", help="over HTTPS, plus new full handshakes per second")
+    p.add_argument("--handshake-threads", type=int, default=8, help="--tls: concurrent handshake loops (default 8)")
     p.add_argument("--record", action="store_true", help=f"append the results as markdown to {RESULTS.name}")
     p.add_argument("--note", default="", help="a line added to the record (e.g. what else ran)")
-    p.add_argument("--json", action="store_true", help="print rows as JSON too")
+    p.add_argument("--json", action="store_true", help="print every sample and summary as JSON too")
     p.add_argument("--keep-tmp", action="store_true", help="keep the generated configs and logs")
-    args = p.parse_args(argv)
+    return p
 
-    if shutil.which("wrk") is None:
-        print("wrk not found (Debian package 'wrk')", file=sys.stderr)
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args.counts = parse_counts(args.connections)
+        if args.rounds < 1 or args.duration < 1 or args.warmup < 0 or args.hold < 0 or args.handshake_threads < 1:
+            raise UsageError("--rounds, --duration and --handshake-threads must be ≥ 1; --warmup and --hold ≥ 0")
+        if shutil.which("wrk") is None:
+            raise UsageError("wrk not found (Debian package 'wrk')")
+        if args.pin:
+            check_pin()
+        nofile = raise_nofile(2 * max(*args.counts, args.hold) + 512)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.pin:
+        os.sched_setaffinity(0, LOAD_CPUS)  # the bench, and so wrk, tlsload and the backend, on core 0
+    sizing = Sizing(max(*args.counts, args.hold), nofile)
     env = environment()
     only = {x.strip() for x in args.only.split(",") if x.strip()} or None
-    plan = targets(args.multi, only)
+    plan = targets(args.multi, only, args.tls)
+    if not plan:
+        print(f"error: --only {args.only!r} leaves no row to run", file=sys.stderr)
+        return 2
     nonstop_help, nonstop_error = None, None
     if any(t.kind == "nonstop" for t in plan):
         try:
@@ -302,19 +315,28 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="nonstop-bench-"))
     lua = workdir / "report.lua"
     lua.write_text((_WRK_LUA_VARY if args.vary else "") + _WRK_LUA)
-    backend = backends.nginx("backend", workdir, backends.free_port(), workers=1)
-    results: dict[str, list[Row]] = {t.name: [] for t in plan}
+    tls = make_cert(workdir) if args.tls else None
+    backend = backends.nginx("backend", workdir, backends.free_port(), workers=1, sizing=sizing,
+                             cpus=LOAD_CPUS if args.pin else None)
+    bench = Bench(args.duration, args.warmup, args.counts, args.threads, args.hold, tls, args.handshake_threads,
+                  args.pin, sizing, backend, workdir, lua, nonstop_help, nonstop_error)
+    samples: dict[str, list[report.Sample]] = {k: [] for k in table_keys(bench)}
+    orders: list[list[str]] = []
+    negotiated: dict[str, str] = {}
     try:
         backend.start()
         for rnd in range(args.rounds):
-            for t in plan:
+            order = report.rotated(plan, rnd)
+            orders.append([t.name for t in order])
+            for t in order:
                 print(f"[round {rnd + 1}/{args.rounds}] {t.name} ...", file=sys.stderr, flush=True)
-                row = measure(t, backend, args, workdir, lua, nonstop_help, nonstop_error)
-                results[t.name].append(row)
-                if row.error:
-                    print(f"  skipped: {row.error}", file=sys.stderr)
-                else:
-                    print(f"  {row.rps:,.0f} req/s, p99 {row.p99_ms:.2f} ms", file=sys.stderr)
+                got, tls_info = measure_row(bench, t, rnd + 1, lambda m: print(f"  {m}", file=sys.stderr, flush=True))
+                for key, s in got.items():
+                    samples[key].append(s)
+                    if s.error and key == next(iter(got)):
+                        print(f"  skipped: {s.error}", file=sys.stderr)
+                if tls_info:
+                    negotiated.setdefault(t.name, tls_info)
     except StartError as e:
         print(f"backend did not start: {e}", file=sys.stderr)
         return 1
@@ -325,14 +347,19 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     env["load_after"] = os.getloadavg()
-    rows = [median_row(results[t.name]) for t in plan]
-    print(table(rows))
+    names = [t.name for t in plan]
+    summaries = {k: report.summarise(v, names, args.rounds, report.RATIO_METRICS[k.split()[0]])
+                 for k, v in samples.items()}
+    lines = facts(env, args, sizing, orders, negotiated, tls.key_type if tls else "")
+    print("\n".join(lines) + "\n")
+    print(render(summaries, titles(args), markdown=False))
     if args.json:
-        print(json.dumps([asdict(r) for r in rows], indent=2))
+        print(json.dumps({"samples": {k: [asdict(s) for s in v] for k, v in samples.items()},
+                          "summaries": {k: [asdict(r) for r in v] for k, v in summaries.items()}}, indent=2))
     if args.record:
-        record(rows, env, args)
+        record(render(summaries, titles(args), markdown=True), env, args, lines)
     # Only the reference rows must run; nonstop rows fail soft while the proxy is being written.
-    return 1 if any(r.error for r in rows if not r.target.startswith("nonstop")) else 0
+    return 1 if any(not r.measured for rows in summaries.values() for r in rows if r.kind != "nonstop") else 0
 
 
 if __name__ == "__main__":

@@ -6,4 +6,12 @@ Parts (see docs/internals.md):
 - ``nonstop.cli``    a thin client of the agent's control API
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+
+def version_tuple(v: str | None) -> tuple[int, ...]:
+    """``"0.2.0"`` → ``(0, 2, 0)``; anything unreadable (an older process that says no version) → ``()``."""
+    try:
+        return tuple(int(x) for x in str(v).split("+")[0].split("."))
+    except ValueError:
+        return ()

@@ -16,7 +16,9 @@
   and 443 need no root in nonstop, and holds them while the service
   restarts, so a restarted agent or proxy takes the same sockets
   (``LISTEN_FDS``, see ``nonstop.proxy.listenfds``). One unit per name:
-  ``FileDescriptorName=`` names every socket of its unit.
+  ``FileDescriptorName=`` names every socket of its unit. ``systemctl reload``
+  (``SIGHUP``) upgrades in place: the agent re-executes the installed code with
+  the same pid and sockets, and replaces the proxy by a socket hand-over.
 
 Only the embedded proxy takes its sockets from systemd; with nginx or
 HAProxy (which bind for themselves) and on Kubernetes there is no socket
@@ -131,6 +133,9 @@ def _service(spec: ServiceSpec) -> str:
     if socket_units:
         svc.append(f"Sockets={socket_units}")
     svc += [
+        "# `systemctl reload` (after upgrading nonstop): the agent starts again in place from the code",
+        "# installed now, and a new proxy takes the sockets over from the running one: no gap.",
+        "ExecReload=/bin/kill -HUP $MAINPID",
         "Restart=on-failure",
         "RestartSec=2s",
         "# SIGTERM is `nonstop down`: drain, stop the instances and the proxy, then exit.",

@@ -101,6 +101,10 @@ strategy:
           "strategy": {"type": "canary"}}, "router", "cannot honour canary analysis"),
         ({"app": None}, "app", ""),
         ({"notify": [{"url": "ftp://x"}]}, "notify[0].url", "http"),
+        ({"hooks": {"post_deploy": "curl -X POST http://127.0.0.1:{port}/warm"}}, "hooks.post_deploy",
+         "hooks.post_deploy: unknown placeholder {port}; a hook runs once per deploy"),
+        ({"hooks": {"pre_deploy": ["migrate", "--instance={instance}"]}}, "hooks.pre_deploy",
+         "unknown placeholder {instance}"),
     ],
 )
 def test_errors_name_the_field_and_the_file(tmp_path, change, field, words):
@@ -209,3 +213,15 @@ def test_the_template_loads_with_the_dashboard_port_it_is_given(tmp_path):
     p = tmp_path / "nonstop.yml"
     p.write_text(config.TEMPLATE.format(app="shop", dashboard_port=9917))
     assert config.load(p).dashboard.listen == "127.0.0.1:9917"
+
+
+def test_the_package_exports_exactly_what_its_all_names():
+    """``nonstop.config`` is a package of one module per part; its ``__init__`` re-exports the API. Every public
+    name it offers is in ``__all__`` (and resolves), and its submodules never shadow one of those names."""
+    import types
+
+    offered = {n for n in dir(config) if not n.startswith("_") and n != "annotations"
+               and not isinstance(getattr(config, n), types.ModuleType)}
+    assert offered == set(config.__all__)
+    assert callable(config.load) and callable(config.from_dict)
+    assert config.Config.__module__ == "nonstop.config.model"

@@ -28,13 +28,16 @@ def main(argv: list[str] | None = None) -> int:
         runner = uvloop.run
     except ImportError:  # pragma: no cover
         runner = asyncio.run
-    from nonstop.agent.daemon import serve
+    from nonstop.agent.daemon import Reexec, serve
 
     try:
-        return runner(serve(cfg, down_on_signal=args.down_on_signal))
+        result = runner(serve(cfg, down_on_signal=args.down_on_signal))
     except NonstopError as e:
         print(f"nonstop-agent: {e.message}", file=sys.stderr)
         return e.exit_code
+    if isinstance(result, Reexec):  # SIGHUP: again, from the code installed now (an upgrade in place)
+        result.exec(sys.argv[1:] if argv is None else argv)
+    return result
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from nonstop import __version__
-from nonstop.agent.acme_files import AcmePaths, read_json, write_atomic
+from nonstop.agent.acme_files import PRIVATE, PUBLIC, AcmePaths, read_json, write_atomic
 from nonstop.config import AcmeConfig
 from nonstop.errors import ConfigError, TlsConfigError
 from nonstop.proxy.certs import CertSource, load_pair, stamp_of
@@ -289,7 +289,7 @@ class AcmeManager:
                                                       authz.body.identifier.value)])
                 response, validation = challb.response_and_validation(key)
                 path = self.paths.challenge(challb.chall.encode("token"))
-                write_atomic(path, validation.encode(), 0o644)
+                write_atomic(path, validation.encode(), PUBLIC)
                 written.append(path)
                 client.answer_challenge(challb, response)
             stage = "validation"
@@ -318,7 +318,7 @@ class AcmeManager:
         if saved and saved.get("directory") == self.cfg.directory and saved.get("key"):
             return jose.JWK.from_json(saved["key"]), saved
         key = jose.JWKRSA(key=rsa.generate_private_key(public_exponent=65537, key_size=2048))
-        write_atomic(self.paths.account, json.dumps({"directory": self.cfg.directory, "key": key.to_json()}).encode())
+        write_atomic(self.paths.account, json.dumps({"directory": self.cfg.directory, "key": key.to_json()}).encode(), PRIVATE)
         return key, None
 
     def _register(self, client, net, key, saved: dict | None) -> None:
@@ -341,7 +341,7 @@ class AcmeManager:
         write_atomic(self.paths.account, json.dumps({
             "directory": self.cfg.directory, "key": key.to_json(), "registration": regr.to_json(),
             "email": self.cfg.email, "created": _iso(self.clock()),
-        }).encode())
+        }).encode(), PRIVATE)
         log.info("acme account registered at %s (%s)", regr.uri, self.cfg.email)
 
     def _store(self, fullchain: bytes, key_pem: bytes, started: float) -> Issued:
@@ -349,8 +349,8 @@ class AcmeManager:
         d = self.paths.cert_dir
         tmp_cert, tmp_key = d / ".fullchain.pem.new", d / ".privkey.pem.new"
         try:
-            write_atomic(tmp_key, key_pem)
-            write_atomic(tmp_cert, fullchain)
+            write_atomic(tmp_key, key_pem, PRIVATE)
+            write_atomic(tmp_cert, fullchain, PRIVATE)
             try:
                 cert = load_pair(CertSource(FIELD, str(tmp_cert), str(tmp_key)), self.clock())
             except TlsConfigError as e:
@@ -389,7 +389,7 @@ class AcmeManager:
             retry = renew_at(cert.not_after if cert else None, self.cfg.renew_before, result.at, failures,
                              result.at, not_before=cert.not_before if cert else None)
             result = IssueFailed(result.domains, result.stage, result.problems, result.at, retry)
-        write_atomic(self.paths.renewal, json.dumps(asdict(self._record)).encode())
+        write_atomic(self.paths.renewal, json.dumps(asdict(self._record)).encode(), PRIVATE)
         return result
 
 

@@ -17,13 +17,17 @@ once both have settled).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["AcmePaths", "write_atomic", "read_json"]
+from nonstop.files import write_atomic
+
+__all__ = ["AcmePaths", "PRIVATE", "PUBLIC", "write_atomic", "read_json"]
+
+PRIVATE = 0o600  # keys, the account, the renewal record: root only
+PUBLIC = 0o644  # challenge answers: anyone may read them (the CA does, through the proxy)
 
 
 @dataclass(frozen=True)
@@ -72,30 +76,6 @@ class AcmePaths:
         if not token or "/" in token or token.startswith("."):
             raise ValueError(f"not an ACME token: {token!r}")
         return self.challenges / token
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """``data`` at ``path`` with ``mode``: written beside it, flushed to disk, renamed over it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.fchmod(fd, mode)  # O_CREAT's mode is filtered by the umask
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def read_json(path: Path) -> dict | None:

@@ -7,27 +7,47 @@ should use (``NonstopError.exit_code``).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from collections.abc import AsyncIterator, Callable
+
+import uvicorn
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from nonstop import __version__
 from nonstop.agent import logfiles
-from nonstop.agent.room import StateDirFull
 from nonstop.errors import NonstopError, UsageError
-from nonstop.names import STEER_ACTIONS
-
-_STATUS = {1: 500, 2: 400, 3: 503, 4: 409}
-
+from nonstop.protocol import DeployRequest, RollbackRequest, SteerRequest, error_json, event_json
 
 def error_response(e: NonstopError) -> JSONResponse:
-    body = {**e.to_dict(), "exit_code": e.exit_code}
-    # A full state dir is the machine's, not a bug: 507 Insufficient Storage, the message says where and how much
-    status = 507 if isinstance(e, StateDirFull) else _STATUS.get(e.exit_code, 500)
+    body, status = error_json(e)
     return JSONResponse(body, status_code=status)
+
+
+class AgentServer(uvicorn.Server):
+    """uvicorn serving the control API or the dashboard inside the agent: the agent handles signals itself."""
+
+    def capture_signals(self):
+        return contextlib.nullcontext()
+
+
+# -- the control actions: the API's handlers and the dashboard's buttons both call these --------------
+async def start_deploy(agent, req: DeployRequest) -> int:
+    return await agent.deployer.deploy(req.version, req.artifact, req.strategy, req.image)
+
+
+async def start_rollback(agent, req: RollbackRequest) -> int:
+    return await agent.deployer.rollback(req.to)
+
+
+def steer(agent, req: SteerRequest) -> dict:
+    dep = agent.deployer.steer(req.action)
+    return {"ok": True, "deployment": dep.id, "action": req.action}
 
 
 async def json_body(request: Request) -> dict:
@@ -50,37 +70,34 @@ def make_app(agent, on_down: Callable[[], None]) -> Starlette:
     def stream_deployment(dep_id: int) -> StreamingResponse:
         async def gen() -> AsyncIterator[bytes]:
             async for ev in agent.events.follow(dep_id, until=lambda e: e.type == "result"):
-                yield (json.dumps(_event_json(ev)) + "\n").encode()
+                yield (json.dumps(event_json(ev)) + "\n").encode()
 
         return StreamingResponse(gen(), media_type="application/x-ndjson")
 
     async def ping(request: Request) -> Response:
-        return JSONResponse({"ok": True, "app": agent.cfg.app})
+        return JSONResponse({"ok": True, "app": agent.cfg.app, "version": __version__, "pid": os.getpid()})
 
     async def status(request: Request) -> Response:
         return JSONResponse(await agent.status())
 
     async def history(request: Request) -> Response:
         limit = int(request.query_params.get("limit", "50"))
+        if getattr(agent, "reread_cluster", None) is not None:  # kubernetes: the history is the cluster's; read it now
+            await agent.reread_cluster()
         return JSONResponse(agent.history(limit))
 
     async def deploy(request: Request) -> Response:
-        b = await json_body(request)
-        dep_id = await agent.deployer.deploy(b.get("version"), b.get("artifact"), b.get("strategy"), b.get("image"))
-        return stream_deployment(dep_id) if b.get("follow", True) else JSONResponse({"deployment": dep_id})
+        req = DeployRequest.from_json(await json_body(request))
+        dep_id = await start_deploy(agent, req)
+        return stream_deployment(dep_id) if req.follow else JSONResponse({"deployment": dep_id})
 
     async def rollback(request: Request) -> Response:
-        b = await json_body(request)
-        dep_id = await agent.deployer.rollback(b.get("to"))
-        return stream_deployment(dep_id) if b.get("follow", True) else JSONResponse({"deployment": dep_id})
+        req = RollbackRequest.from_json(await json_body(request))
+        dep_id = await start_rollback(agent, req)
+        return stream_deployment(dep_id) if req.follow else JSONResponse({"deployment": dep_id})
 
-    async def steer(request: Request) -> Response:
-        b = await json_body(request)
-        action = b.get("action")
-        if action not in STEER_ACTIONS:
-            raise UsageError(f"unknown action {action!r}")
-        dep = agent.deployer.steer(action)
-        return JSONResponse({"ok": True, "deployment": dep.id, "action": action})
+    async def steer_(request: Request) -> Response:
+        return JSONResponse(steer(agent, SteerRequest.from_json(await json_body(request))))
 
     async def events(request: Request) -> Response:
         q = request.query_params
@@ -89,12 +106,14 @@ def make_app(agent, on_down: Callable[[], None]) -> Starlette:
         if q.get("follow"):
             return stream_deployment(dep)
         evs = agent.store.events(dep, after_id=after)
-        return JSONResponse([_event_json(e) for e in evs])
+        return JSONResponse([event_json(e) for e in evs])
 
     async def logs(request: Request) -> Response:
         q = request.query_params
-        release = q.get("release") or agent.traffic.live_release
         lines = int(q.get("lines", "100"))
+        if getattr(agent, "runtime_logs", None) is not None:  # kubernetes: the pods' logs, from the API server (JSON)
+            return JSONResponse(await agent.runtime_logs(q.get("release"), lines))
+        release = q.get("release") or agent.traffic.live_release
         if release is None:
             raise UsageError("no release is live; name one: nonstop logs RELEASE")
         if agent.store.get_release(release) is None and release not in ("agent", "proxy"):
@@ -119,16 +138,12 @@ def make_app(agent, on_down: Callable[[], None]) -> Starlette:
         Route("/history", history),
         Route("/deploy", deploy, methods=["POST"]),
         Route("/rollback", rollback, methods=["POST"]),
-        Route("/steer", steer, methods=["POST"]),
+        Route("/steer", steer_, methods=["POST"]),
         Route("/events", events),
         Route("/logs", logs),
         Route("/down", down, methods=["POST"]),
     ]
     return Starlette(routes=routes, exception_handlers={NonstopError: handle_error, ValueError: handle_error, KeyError: handle_error, Exception: handle_error})
-
-
-def _event_json(ev) -> dict:
-    return {"id": ev.id, "deployment": ev.deployment_id, "ts": ev.ts, "type": ev.type, "message": ev.message, **(ev.data or {})}
 
 
 def agent_logs(agent, release: str, lines: int) -> str:

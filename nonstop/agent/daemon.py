@@ -18,12 +18,15 @@ import os
 import secrets
 import signal
 import socket
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
 
-from nonstop.agent.api import make_app
+from nonstop import __version__
+from nonstop.agent.api import AgentServer, make_app
 from nonstop.agent.deployer import LIVE, Deployer
 from nonstop.agent.liveconfig import LiveConfig
 from nonstop.agent.stats_history import StatsHistory
@@ -40,6 +43,9 @@ from nonstop.errors import NonstopError, RouterError
 from nonstop.unixsock import reachable
 
 log = logging.getLogger("nonstop.agent")
+
+ROUTER_POLL = 0.05  # seconds between looks at the router's process
+ROUTER_ASK_EVERY = 20  # ...and every this many, an admin call (it may hang without dying)
 
 
 class Agent:
@@ -69,14 +75,36 @@ class Agent:
         if self.notifier:
             self.events.listen(self.notifier)
         self._tasks: list[asyncio.Task] = []
+        self.acme = None  # certificates from ACME (tls.acme), issued and renewed in the background
+        if cfg.tls is not None and cfg.tls.acme is not None:
+            from nonstop.agent.acme import AcmeManager
+
+            self.acme = AcmeManager(cfg.tls.acme, self.state, base_dir=cfg.base_dir, on_result=self._acme_result)
 
     @property
     def cfg(self) -> Config:
         return self.config.current
 
+    async def _acme_result(self, result) -> None:
+        """An issuance or renewal ended: say so (events, dashboard, webhooks); the first certificate goes to
+        the proxy at once (renewals replace the same files, which the proxy re-reads by itself)."""
+        await self.events.emit(None, **result.event())
+        router = self.router
+        if getattr(result, "cert", None) and getattr(router, "acme_pair", "n/a") is None:
+            router.acme_pair = (str(self.acme.paths.fullchain), str(self.acme.paths.privkey))
+            pc = router.proxy_config()
+            try:
+                await router.client.put_tls([
+                    {"field": f, "cert": c, "key": k} for f, c, k in zip(pc.tls_fields, pc.tls_certs, pc.tls_keys)
+                ])
+            except NonstopError as e:
+                log.error("could not give the new certificate to the proxy: %s", e.message)
+
     # -- start -------------------------------------------------------------------
     async def start(self) -> None:
         log.info("agent starting app=%s state_dir=%s router=%s", self.cfg.app, self.state, self.router.type)
+        if self.acme is not None and self.acme.has_files() and hasattr(self.router, "acme_pair"):
+            self.router.acme_pair = (str(self.acme.paths.fullchain), str(self.acme.paths.privkey))
         await self.router.start()
         self.traffic.load()
         await self.fleet.adopt()
@@ -96,6 +124,8 @@ class Agent:
         )
         self._tasks.append(loop.create_task(self._watch_router()))
         self._tasks.append(loop.create_task(self.stats.feed(self.stopping)))
+        if self.acme is not None:
+            self._tasks.append(loop.create_task(self.acme.run(self.stopping)))
         log.info("agent ready")
 
     async def _bring_up_live(self) -> None:
@@ -138,20 +168,27 @@ class Agent:
         await self.events.emit(None, "instance_back", f"{rec.id} healthy again, back in rotation", instance=rec.id)
 
     async def _watch_router(self) -> None:
-        """The proxy is its own process: if it dies, start a new one and push the split again."""
+        """The proxy is its own process: if it dies, start a new one and push the split again.
+
+        Its death is seen within ``ROUTER_POLL`` (a look at the process, no call); the listening sockets
+        the agent holds keep new connections waiting in the kernel's backlog meanwhile. Once a second the
+        router is also asked whether it answers."""
+        n = 0
         while not self.stopping.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), timeout=1.0)
+                await asyncio.wait_for(self.stopping.wait(), timeout=ROUTER_POLL)
             if self.stopping.is_set():
                 return
-            if not await self.router.alive():
-                await self.events.emit(None, "router_down", f"{self.router.type} router is not answering: restarting it")
-                try:
-                    await self.router.start()
-                    await self.traffic.reapply()
-                    await self.events.emit(None, "router_up", f"{self.router.type} router restarted")
-                except NonstopError as e:
-                    log.error("router restart failed: %s", e.message)
+            n += 1
+            if not self.router.quickly_dead() and (n % ROUTER_ASK_EVERY or await self.router.alive()):
+                continue
+            await self.events.emit(None, "router_down", f"{self.router.type} router is not answering: restarting it")
+            try:
+                await self.router.start()
+                await self.traffic.reapply()
+                await self.events.emit(None, "router_up", f"{self.router.type} router restarted")
+            except NonstopError as e:
+                log.error("router restart failed: %s", e.message)
 
     # -- stop ----------------------------------------------------------------------
     async def stop(self) -> None:
@@ -187,8 +224,8 @@ class Agent:
     # -- status ----------------------------------------------------------------------
     async def status(self) -> dict:
         split = self.traffic.split
-        routing = split.routing()
-        routed = routing.addrs
+        table = split.table()
+        routed = table.addrs
         now = time.time()
         instances = []
         for r in self.fleet.running():
@@ -213,16 +250,33 @@ class Agent:
         return {
             "app": self.cfg.app,
             "listen": self.cfg.listen,
-            "agent": {"pid": os.getpid(), "started_at": self.started_at},
+            "agent": {"pid": os.getpid(), "started_at": self.started_at, "version": __version__},
+            "versions": {"agent": __version__, "proxy": getattr(self.router, "proxy_version", None)},
             "router": vars(self.router.info()),
             "dashboard": _read(self.state / "dashboard.url"),
             "live_release": self.traffic.live_release,
             "routes": [
-                {"release": rel.name, "weight": rel.weight, "targets": [t.addr for t in rel.targets]} for rel in routing.releases
+                {"release": rel.name, "weight": rel.weight, "targets": [t.addr for t in rel.targets]} for rel in table.releases
             ],
             "instances": instances,
             "deployment": _dep_json(dep, self.deployer.current) if dep else None,
+            "tls": await self._tls_status(),
         }
+
+    async def _tls_status(self) -> dict | None:
+        """HTTPS: where, which certificates the proxy serves (names, expiry), and ACME's state (with the CA's
+        own words when it refused)."""
+        t = self.cfg.tls
+        if t is None:
+            return None
+        served = None
+        client = getattr(self.router, "client", None)
+        if client is not None:
+            try:
+                served = await client.get_tls()
+            except NonstopError:
+                served = None
+        return {"listen": t.listen, "certificates": served, "acme": self.acme.status() if self.acme else None}
 
     def history(self, limit: int = 50) -> dict:
         return {
@@ -286,13 +340,8 @@ def bind_unix(path: Path) -> socket.socket:
     return sock
 
 
-class _Server(uvicorn.Server):
-    def capture_signals(self):  # the agent handles signals itself
-        return contextlib.nullcontext()
-
-
-async def serve(cfg: Config, *, down_on_signal: bool = False) -> int:
-    """Run the agent until SIGTERM/SIGINT (or ``down``). Returns an exit code."""
+async def serve(cfg: Config, *, down_on_signal: bool = False) -> int | Reexec:
+    """Run the agent until SIGTERM/SIGINT (or ``down``). Returns an exit code, or ``Reexec`` after SIGHUP."""
     from nonstop.agent import dashboard as dashmod
 
     if cfg.dashboard.enabled:  # a non-loopback address fails here, before anything starts
@@ -302,7 +351,12 @@ async def serve(cfg: Config, *, down_on_signal: bool = False) -> int:
     # Ports taken by another program, a missing binary, a config the router refuses: exit 2 before
     # anything starts (this app's own proxy and instances, still running, are adopted, not refused).
     preflight.refuse(await preflight.startup(cfg))
-    agent = Agent(cfg)
+    if cfg.run.runtime == "kubernetes":  # no proxy, no fleet: the cluster runs the app (agent/kubernetes/agent.py)
+        from nonstop.agent.kubernetes.agent import KubeAgent
+
+        agent = KubeAgent(cfg)
+    else:
+        agent = Agent(cfg)
     pid_file = agent.state / "agent.pid"
     sock_path = agent.state / "agent.sock"
     other = _running_agent(pid_file)
@@ -311,32 +365,39 @@ async def serve(cfg: Config, *, down_on_signal: bool = False) -> int:
     pid_file.write_text(f"{os.getpid()}\n")
     loop = asyncio.get_running_loop()
     exit_now = asyncio.Event()
-    signalled = {"down": False}
+    signalled = {"down": False, "reexec": False}
 
     def on_signal(sig: int) -> None:  # only queue: the loop below acts
         signalled["down"] = down_on_signal
         exit_now.set()
 
+    def on_hup() -> None:
+        # SIGHUP (`systemctl reload`, or `nonstop up` of a newer version): this process starts again from
+        # the code installed now, in place (same pid), handing itself the listening sockets
+        signalled["reexec"] = True
+        exit_now.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
         agent.notifier.start()
         try:
             await agent.start()
             dash = await dashmod.start_dashboard(agent, notifier=agent.notifier) if cfg.dashboard.enabled else None
             app = make_app(agent, on_down=exit_now.set)
-            server = _Server(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2))
+            server = AgentServer(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2))
             sock = bind_unix(sock_path)
         except BaseException:
             # A failed start leaves no orphan behind: a proxy that serves nothing is stopped
             # (one that serves live traffic stays: the data plane outlives the agent).
-            if not agent.traffic.split.routed_addrs and not agent.fleet.running():
+            if isinstance(agent, Agent) and not agent.traffic.split.routed_addrs and not agent.fleet.running():
                 with contextlib.suppress(Exception):
                     await agent.router.stop()
             raise
         srv_task = loop.create_task(server.serve(sockets=[sock]))
         await exit_now.wait()
-        if signalled["down"] and not agent.down_requested:
+        if signalled["down"] and not agent.down_requested and not signalled["reexec"]:
             await agent.down()
         server.should_exit = True
         with contextlib.suppress(BaseException):
@@ -345,6 +406,9 @@ async def serve(cfg: Config, *, down_on_signal: bool = False) -> int:
             await dash.stop()
         await agent.stop()
         await agent.notifier.close(timeout=2.0)
+        if signalled["reexec"] and not agent.down_requested:
+            socks = getattr(agent.router, "sockets", None)
+            return Reexec(dict(socks.socks) if socks is not None else {})
         return 0
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -352,6 +416,29 @@ async def serve(cfg: Config, *, down_on_signal: bool = False) -> int:
         with contextlib.suppress(FileNotFoundError):
             if pid_file.read_text().strip() == str(os.getpid()):
                 pid_file.unlink()
+
+
+@dataclass
+class Reexec:
+    """``serve`` ended to start again in place: the listening sockets to hand to the next image."""
+
+    sockets: dict[str, socket.socket]
+
+    def exec(self, argv: list[str]) -> None:
+        """Become ``python -m nonstop.agent argv`` (the code installed now), same pid, the sockets passed the
+        way systemd passes them (``LISTEN_FDS`` from fd 3), so the next agent finds them first."""
+        import fcntl
+
+        # copies above the fds they go to (3, 4, …), so that placing one never closes another
+        high = [fcntl.fcntl(s.fileno(), fcntl.F_DUPFD_CLOEXEC, 3 + len(self.sockets)) for s in self.sockets.values()]
+        for i, fd in enumerate(high):
+            os.dup2(fd, 3 + i, inheritable=True)
+            os.close(fd)
+        env = dict(os.environ)
+        if self.sockets:
+            env.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS=str(len(high)), LISTEN_FDNAMES=":".join(self.sockets))
+        log.info("re-executing the agent from the installed code (pid %d)", os.getpid())
+        os.execve(sys.executable, [sys.executable, "-m", "nonstop.agent", *argv], env)
 
 
 def _running_agent(pid_file: Path) -> int | None:

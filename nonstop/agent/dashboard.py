@@ -42,7 +42,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import uvicorn
+import uvicorn  # noqa: F401  (uvicorn.Config below)
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -51,10 +51,12 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from nonstop import __version__
+from nonstop.agent import api
 from nonstop.agent.api import json_body
 from nonstop.agent.metrics import CONTENT_TYPE, Family, MetricsInput, render
 from nonstop.agent.sampler import Sampler
-from nonstop.errors import ConfigError, NonstopError, UsageError
+from nonstop.errors import ConfigError, NonstopError
+from nonstop.protocol import RollbackRequest, SteerRequest, event_json
 
 __all__ = ["Dashboard", "start_dashboard", "check_listen", "ALLOW_REMOTE_ENV"]
 
@@ -120,7 +122,7 @@ class Dashboard:
     def on_event(self, ev) -> None:
         if ev.type in _HISTORY_EVENTS:
             self._history_dirty = True
-        self._publish("event", _event_json(ev))
+        self._publish("event", event_json(ev))
 
     def _publish(self, kind: str, data: Any) -> None:
         if not self._subs:
@@ -145,7 +147,7 @@ class Dashboard:
             return None, repr(e)
 
     def weights(self) -> dict[str, int]:
-        return {r.name: r.weight for r in self.agent.traffic.split.routing().releases}
+        return {r.name: r.weight for r in self.agent.traffic.split.table().releases}
 
     async def run(self) -> None:
         """Sample once per ``interval`` until the agent stops."""
@@ -188,7 +190,7 @@ class Dashboard:
             dep = latest[0] if latest else None
         if dep is None:
             return {"deployment": None, "events": []}
-        return {"deployment": dep.id, "events": [_event_json(e) for e in store.events(dep.id)]}
+        return {"deployment": dep.id, "events": [event_json(e) for e in store.events(dep.id)]}
 
     async def state(self) -> dict:
         a = self.agent
@@ -286,35 +288,28 @@ class Dashboard:
         async def auth(request: Request) -> Response:
             return authorized(request) or Response(status_code=204)
 
+        # the buttons: the control API's own actions (nonstop/agent/api.py), behind the token
         async def promote(request: Request) -> Response:
             if (denied := authorized(request)) is not None:
                 return denied
             body = await json_body(request)
-            action = "promote_full" if body.get("full") else "promote"
-            dep = agent.deployer.steer(action)
-            return JSONResponse({"ok": True, "deployment": dep.id, "action": action})
+            return JSONResponse(api.steer(agent, SteerRequest("promote_full" if body.get("full") else "promote")))
 
         async def abort(request: Request) -> Response:
             if (denied := authorized(request)) is not None:
                 return denied
-            dep = agent.deployer.steer("abort")
-            return JSONResponse({"ok": True, "deployment": dep.id, "action": "abort"})
+            return JSONResponse(api.steer(agent, SteerRequest("abort")))
 
         async def rollback(request: Request) -> Response:
             if (denied := authorized(request)) is not None:
                 return denied
-            body = await json_body(request)
-            to = body.get("to")
-            if to is not None and not isinstance(to, str):
-                raise UsageError("'to' must be a release id or null")
-            dep_id = await agent.deployer.rollback(to or None)
+            req = RollbackRequest.from_json({**await json_body(request), "follow": False})
+            dep_id = await api.start_rollback(agent, req)
             return JSONResponse({"ok": True, "deployment": dep_id, "action": "rollback"})
 
         async def handle_error(request: Request, exc: Exception) -> Response:
             if isinstance(exc, NonstopError):
-                from nonstop.agent.api import error_response
-
-                return error_response(exc)
+                return api.error_response(exc)
             log.exception("dashboard request failed")
             return JSONResponse({"error": "InternalError", "message": repr(exc)}, status_code=500)
 
@@ -380,10 +375,6 @@ async def _plain(send: Send, status: int, text: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _event_json(ev) -> dict:
-    return {"id": ev.id, "deployment": ev.deployment_id, "ts": ev.ts, "type": ev.type, "message": ev.message, **(ev.data or {})}
-
-
 def _sse(kind: str, data: Any) -> str:
     return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'), default=str)}\n\n"
 
@@ -391,15 +382,10 @@ def _sse(kind: str, data: Any) -> str:
 # -- serving -----------------------------------------------------------------------------------------
 
 
-class _Server(uvicorn.Server):
-    def capture_signals(self):  # the agent handles signals itself
-        return contextlib.nullcontext()
-
-
 class Running:
     """A started dashboard: its server task and sampler task; ``stop()`` ends both within a few seconds."""
 
-    def __init__(self, dash: Dashboard, server: _Server | None, tasks: list[asyncio.Task], url_file: Path | None) -> None:
+    def __init__(self, dash: Dashboard, server: api.AgentServer | None, tasks: list[asyncio.Task], url_file: Path | None) -> None:
         self.dashboard = dash
         self.server = server
         self.tasks = tasks
@@ -446,7 +432,7 @@ async def start_dashboard(agent, *, notifier=None) -> Running | None:
     bound = sock.getsockname()
     shown = f"[{bound[0]}]" if family == socket.AF_INET6 else bound[0]
     dash.url = f"http://{shown}:{bound[1]}/"
-    server = _Server(
+    server = api.AgentServer(
         uvicorn.Config(
             dash.app(check_host=not remote),
             log_level="warning",

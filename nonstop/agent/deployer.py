@@ -14,7 +14,7 @@ import logging
 import time
 from pathlib import Path
 
-from nonstop.agent import preflight, strategies
+from nonstop.agent import hooks, preflight, strategies
 from nonstop.agent.fleet import Fleet
 from nonstop.agent.store import Deployment, Release
 from nonstop.agent.strategies.run import Aborted, Parts, Run, default_undo
@@ -128,6 +128,12 @@ class Deployer:
             log.exception("deploy crashed")
             await self._finish(dep, "failed", f"internal error: {e!r}", t0)
             return
+        try:
+            if await hooks.run_hook(self.cfg, "pre_deploy", release, self.parts.releases.artifact_path(release)) is not None:
+                await self.events.emit(dep.id, "hook", "pre_deploy hook passed", hook="pre_deploy")
+        except NonstopError as e:
+            await self._finish(dep, "failed", e.message, t0, detail=e.detail, release=release)
+            return
         run = Run(self.parts, self.store.get_deployment(dep.id), release, live, strategy)
         self.current = run
         strat = strategies.get(strategy)
@@ -161,6 +167,11 @@ class Deployer:
             await self._finish(run.dep, "failed", f"internal error: {e!r}", t0, release=release)
             return
         self._went_live(release)
+        try:
+            if await hooks.run_hook(self.cfg, "post_deploy", release, self.parts.releases.artifact_path(release)) is not None:
+                await self.events.emit(dep.id, "hook", "post_deploy hook passed", hook="post_deploy")
+        except NonstopError as e:  # the release is live: said, not undone
+            await self.events.emit(dep.id, "hook_failed", e.message, hook="post_deploy", **e.detail)
         await self._finish(run.dep, "promoted", f"{release.id} is live", t0, release=release)
 
     async def _build(self, dep: Deployment, version: str | None, artifact: str | None, image: str | None) -> Release:
@@ -248,6 +259,14 @@ class Deployer:
                 log.warning("could not remove image %s: %s", img, e.message)
 
     # -- rollback -------------------------------------------------------------------
+    def _room_beside(self, n: int) -> bool:
+        """Whether ``n`` instances can start beside what serves now: free ports, counting those of
+        instances only kept warm (``Run.make_room`` stops them when their port is needed)."""
+        fleet = self.parts.fleet
+        routed = self.parts.traffic.split.routed_addrs
+        warm = [r for r in fleet.running() if (r.data or {}).get("retire_at") and Fleet.addr(r) not in routed]
+        return fleet.free_port_count() + len(warm) >= n
+
     async def _rollback(self, dep: Deployment, target: Release, live: Release | None) -> None:
         t0 = time.monotonic()
         self.store.update_deployment(dep.id, state="progressing")
@@ -265,10 +284,28 @@ class Deployer:
                 for r in warm:
                     fleet.set_state(r, "healthy", retire_at=None)
                 ready = warm
-            else:
+            elif self._room_beside(n):
                 await run.step("starting", f"{target.id} is not warm: starting {n} instance(s)")
                 ready = await run.start_new(n)
                 await run.step("switch", f"switching to {target.id}")
+            else:
+                # run.ports leaves no room to start the target beside what serves (recreate: n ports;
+                # rolling: n + max_surge): it goes back the way the configured strategy goes forward
+                # (recreate stops first, the proxy holding requests; rolling replaces in batches).
+                way = strategies.get(self.cfg.strategy.type)
+                await run.step("starting", f"{target.id} is not warm and run.ports has no room beside "
+                                           f"{live.id if live else 'nothing'}: {way.name} to it")
+                try:
+                    await way.run(run)
+                except NonstopError as e:
+                    await way.undo(run)
+                    await self._finish(run.dep, "failed", e.message, t0, detail=e.detail, release=target)
+                    return
+                if live:
+                    self.store.mark_release(live.id, "bad")
+                self._went_live(target)
+                await self._finish(run.dep, "promoted", f"rolled back to {target.id}", t0, release=target)
+                return
             old = run.stable_instances()
             await run.switch_to(target, ready)
             await run.emit("switched", f"100% of traffic on {target.id}", release=target.id)

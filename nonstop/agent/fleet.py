@@ -217,6 +217,7 @@ class Fleet:
             if not await self.runtime.alive(h):
                 code = await self.runtime.exit_code(h)
                 return await self._failure(rec, tracker, f"{_kind(h)} exited (code {code})" if code is not None else f"{_kind(h)} exited")
+            began = time.monotonic()
             res = await healthmod.check_once(hc, "127.0.0.1", rec.port, client=self._http)
             state = _state(tracker.observe(res, time.monotonic()))
             if state == "healthy":
@@ -230,7 +231,7 @@ class Fleet:
                 return rec
             if state == "failed":
                 return await self._failure(rec, tracker, f"not healthy within startup_timeout {hc.startup_timeout:g}s")
-            await asyncio.sleep(tracker.next_delay(hc.interval, time.monotonic()))
+            await asyncio.sleep(tracker.wait_before_next(hc.interval, began, time.monotonic()))
 
     async def _failure(self, rec: InstanceRecord, tracker, reason: str) -> StartFailure:
         checks = [f"{'ok' if r.ok else 'fail'}: {r.detail}" for r in list(tracker.last_results)[-5:]]

@@ -29,11 +29,12 @@ from nonstop.errors import ConfigError
 __all__ = ["CheckResult", "HealthState", "HealthTracker", "check_once", "wait_healthy", "DETAIL_MAX"]
 
 DETAIL_MAX = 200
-# A booting instance is ready the moment its check first passes; finding out a whole `interval`
-# later would cost every deploy that much. Until that first pass (within its first BOOT_WINDOW
-# seconds) it is checked every BOOT_POLL at most; the healthy_threshold passes that follow are
-# spaced by `interval`, as configured.
-BOOT_POLL = 0.05
+# A booting instance is ready the moment its checks pass; finding out an `interval` later would
+# cost every deploy that much. While it boots (its first BOOT_WINDOW seconds, until healthy) it is
+# checked every BOOT_POLL at most: the healthy_threshold consecutive passes it needs are counted at
+# that cadence, so the gate is as strict as configured (N passes in a row) without waiting N-1
+# intervals. Once healthy (supervision) checks are spaced by `interval`.
+BOOT_POLL = 0.025
 BOOT_WINDOW = 10.0
 
 
@@ -254,10 +255,16 @@ class HealthTracker:
 
     def next_delay(self, interval: float, now: float) -> float:
         """How long to wait before the next check: ``interval``, or at most BOOT_POLL while a
-        starting instance has not passed once yet (in its first BOOT_WINDOW seconds)."""
-        if self.state is HealthState.STARTING and self.passes == 0 and now - self.started_at < BOOT_WINDOW:
+        starting instance is not healthy yet (in its first BOOT_WINDOW seconds)."""
+        if self.state is HealthState.STARTING and now - self.started_at < BOOT_WINDOW:
             return min(interval, BOOT_POLL)
         return interval
+
+    def wait_before_next(self, interval: float, check_started: float, now: float) -> float:
+        """The sleep before the next check: checks *start* every ``next_delay`` (a fixed rate, as a
+        Kubernetes probe's period), so a slow check (a cold app's first request) is not followed by a
+        whole period more."""
+        return max(0.0, self.next_delay(interval, now) - (now - check_started))
 
     def poll(self, now: float) -> HealthState:
         """Apply the startup deadline without a new result."""
@@ -295,7 +302,7 @@ async def wait_healthy(
     tracker: HealthTracker | None = None,
     sleep: Callable[[float], object] = asyncio.sleep,
 ) -> HealthState:
-    """Check (every ``hc.interval``; faster until the first pass, see BOOT_POLL) until healthy or failed (startup_timeout, or
+    """Check (every ``hc.interval``; faster while booting, see BOOT_POLL) until healthy or failed (startup_timeout, or
     the process died: detail "process exited"). Pass a ``tracker`` to read its
     ``reason`` and ``last_results`` afterwards.
 
@@ -312,6 +319,7 @@ async def wait_healthy(
         while True:
             if not is_alive():
                 return tr.fail("process exited", clock())
+            began = clock()
             result = await check_once(hc, host, port, client=client)
             state = tr.observe(result, clock())
             if state in (HealthState.HEALTHY, HealthState.FAILED):
@@ -319,7 +327,7 @@ async def wait_healthy(
             if not is_alive():
                 return tr.fail("process exited", clock())
             now = clock()
-            await sleep(max(0.0, min(tr.next_delay(hc.interval, now), tr.deadline - now)))
+            await sleep(max(0.0, min(tr.wait_before_next(hc.interval, began, now), tr.deadline - now)))
             if tr.poll(clock()) is HealthState.FAILED:
                 return tr.state
     finally:

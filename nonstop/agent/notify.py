@@ -38,11 +38,13 @@ __all__ = ["Notifier", "notification", "webhook_kind", "KINDS"]
 
 log = logging.getLogger("nonstop.notify")
 
-KINDS = ("start", "step", "success", "failure", "rollback")
+KINDS = ("start", "step", "success", "failure", "rollback", "certificate")
 _STEP_TYPES = frozenset({"step", "switched", "weight"})
 _ROLLED_BACK = frozenset({"rolled_back", "aborted"})
 # Event data passed through to the body when present.
-_PASS = ("phase", "step", "weight", "reason", "seconds", "state", "ok", "instant", "detail")
+_PASS = ("phase", "step", "weight", "reason", "seconds", "state", "ok", "instant", "detail",
+         "domains", "stage", "problems", "not_after", "retry_at", "serial")
+_CERTIFICATE_TYPES = frozenset({"tls_certificate", "tls_error"})
 
 
 def webhook_kind(type: str, data: dict, strategy: str | None) -> str | None:
@@ -51,6 +53,8 @@ def webhook_kind(type: str, data: dict, strategy: str | None) -> str | None:
         return "start"
     if type in _STEP_TYPES:
         return "step"
+    if type in _CERTIFICATE_TYPES:
+        return "certificate"  # issued or renewed, or a CA that refused (its own words in "problems")
     if type == "result":
         if data.get("ok"):
             return "rollback" if strategy == "rollback" else "success"

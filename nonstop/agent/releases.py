@@ -389,7 +389,15 @@ class Releases:
                 return cand
             n += 1
 
-    def _build(self, build: BuildConfig, workdir: Path, log_path: Path, log: Log | None, values: dict[str, str]) -> None:
+    def run_build(self, build: BuildConfig, workdir: Path, name: str, log: Log | None = None) -> Path:
+        """Run ``build.commands`` alone, into ``logs/build-<name>.log`` (no artifact copy, no release row: the
+        kubernetes runtime builds and pushes images). ``BuildFailed`` as ``create``; returns the log's path."""
+        log_path = self.logs_dir / f"build-{name}.log"
+        self._build(build, workdir, log_path, log)
+        return log_path
+
+    def _build(self, build: BuildConfig, workdir: Path, log_path: Path, log: Log | None,
+               values: dict[str, str] | None = None) -> None:  # values: BUILD_PLACEHOLDERS to fill in; None: as given
         if not workdir.is_dir():
             raise BuildFailed(
                 f"build.workdir: {workdir} does not exist", detail={"field": "build.workdir", "log": None}
@@ -398,8 +406,8 @@ class Releases:
         deadline = time.monotonic() + build.timeout
         with open(log_path, "wb") as out:
             for cmd in build.commands:
-                argv = render_build(cmd, values, shell=build.shell)  # {version}, {release}, {state_dir}
-                shown = fill_build(cmd if isinstance(cmd, str) else " ".join(cmd), values)
+                argv = render_build(cmd, values, shell=build.shell) if values else split_command(cmd, shell=build.shell)
+                shown = fill_build(cmd if isinstance(cmd, str) else " ".join(cmd), values or {})
                 _say(log, f"build: {shown}")
                 stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
                 out.write(f"=== nonstop {stamp} build in {workdir}: {shown}\n".encode())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import asdict, dataclass, field, replace
 
-from nonstop.agent.routers.base import ReleaseRoute, Router, Routing, Target
+from nonstop.agent.routers.base import Release, Router, RouteTable, SplitKey, Target
 from nonstop.agent.store import Store
 
 META_KEY = "traffic"
@@ -35,30 +35,34 @@ class Split:
     sticky: bool | str = True
     split_key: tuple[str, str] | None = None
 
-    def routing(self) -> Routing:
-        rels: list[ReleaseRoute] = []
+    def table(self) -> RouteTable:
+        """The route table this split means (revision 0: the next one); the canary is listed first, so
+        raising its weight only adds buckets."""
+        rels: list[Release] = []
         has_match = bool(self.match_headers or self.match_cookies)
         if self.canary and self.canary.addrs and (self.canary_weight > 0 or has_match):
             w = self.canary_weight if self.stable and self.stable.addrs else 100
             rels.append(
-                ReleaseRoute(
+                Release(
                     name=self.canary.release,
                     weight=w,
                     targets=tuple(Target(a) for a in self.canary.addrs),
-                    match_headers=self.match_headers,
+                    match_headers=tuple((n.lower(), v) for n, v in self.match_headers),
                     match_cookies=self.match_cookies,
                 )
             )
         if self.stable and self.stable.addrs:
             used = sum(r.weight for r in rels)
             rels.append(
-                ReleaseRoute(name=self.stable.release, weight=100 - used, targets=tuple(Target(a) for a in self.stable.addrs))
+                Release(name=self.stable.release, weight=100 - used, targets=tuple(Target(a) for a in self.stable.addrs))
             )
-        return Routing(releases=tuple(rels), sticky=self.sticky, split_key=self.split_key)
+        key = SplitKey(self.split_key[0], self.split_key[1].lower() if self.split_key[0] == "header" else self.split_key[1]) \
+            if self.split_key else None
+        return RouteTable(revision=0, sticky=self.sticky, releases=tuple(rels), split_key=key)
 
     @property
     def routed_addrs(self) -> set[str]:
-        return self.routing().addrs
+        return self.table().addrs
 
     def without_addr(self, addr: str) -> "Split":
         def drop(side: Side | None) -> Side | None:
@@ -110,7 +114,7 @@ class Traffic:
 
     async def set(self, split: Split) -> None:
         async with self._lock:
-            await self.router.apply(split.routing())  # raises RouterError and changes nothing
+            await self.router.apply(split.table())  # raises RouterError and changes nothing
             self.split = split
             self.store.set_meta(META_KEY, split.to_json())
 

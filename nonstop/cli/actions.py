@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from nonstop.cli.context import Ctx
 from nonstop.errors import DeploymentFailed
+from nonstop.protocol import RollbackRequest, SteerRequest
 
 
 def follow(c: Ctx, path: str, body: dict) -> None:
@@ -37,7 +38,9 @@ def follow(c: Ctx, path: str, body: dict) -> None:
                       "release": result.get("release"), "reason": result.get("reason"), "seconds": result.get("seconds"),
                       "detail": result.get("detail", {}), "events": events})
     if not result.get("ok"):
-        raise SystemExit(1)
+        # 1: failed, traffic on the previous release; the agent names another code when the cause was another
+        # (a cluster's Lease taken by another machine in between: 4)
+        raise SystemExit(int(result.get("exit_code") or 1))
 
 
 def _progress(c: Ctx):
@@ -51,12 +54,12 @@ def _progress(c: Ctx):
 
 
 def rollback(c: Ctx, to: str | None) -> None:
-    follow(c, "/rollback", {"to": to})
+    follow(c, "/rollback", RollbackRequest(to).to_json())
 
 
 def steer(c: Ctx, action: str) -> None:
     """promote, promote_full, abort, pause or resume the running deployment."""
-    res = c.client.post("/steer", {"action": action})
+    res = c.client.post("/steer", SteerRequest(action).to_json())
     if c.json:
         c.print_json(res)
     else:

@@ -42,6 +42,17 @@ class Ctx:
         return configmod.load(self.config_file)
 
     @cached_property
+    def runtime(self) -> str:
+        """``run.runtime`` as written, read leniently: the views that differ by runtime (``logs``, ``history``
+        without an agent, ``down``'s words) need no valid config."""
+        try:
+            raw = configfile.read(self.config_file)
+        except NonstopError:
+            return "process"
+        run = raw.get("run") if isinstance(raw.get("run"), dict) else {}
+        return str(run.get("runtime") or "process")
+
+    @cached_property
     def client(self) -> AgentClient:
         return AgentClient(self.state / "agent.sock")
 

@@ -8,12 +8,13 @@ from nonstop.cli.context import Ctx
 from nonstop.cli.options import json_option, pass_ctx
 from nonstop.cli.actions import follow, rollback as do_rollback, steer
 from nonstop.names import STRATEGIES
+from nonstop.protocol import DeployRequest
 
 
 @click.command()
 @click.option("--version", "version", default=None, help="version name of the release (default: a timestamp + git sha)")
 @click.option("--artifact", type=click.Path(), default=None, help="the file or folder to deploy (copied into releases/<id>/)")
-@click.option("--image", "image", default=None, metavar="IMAGE", help="containers: deploy this prebuilt image (instead of run.image)")
+@click.option("--image", "image", default=None, metavar="IMAGE", help="containers, kubernetes: deploy this prebuilt image (instead of run.image)")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default=None, help="override strategy.type")
 @click.option("--detach", is_flag=True, help="return once the deployment has started")
 @json_option
@@ -22,13 +23,12 @@ def deploy(c: Ctx, version: str | None, artifact: str | None, image: str | None,
     """Build (if configured), store the release and roll it out with the configured strategy."""
     import os
 
-    body = {"version": version, "artifact": os.path.abspath(artifact) if artifact else None, "strategy": strategy,
-            "image": image}
+    req = DeployRequest(version, os.path.abspath(artifact) if artifact else None, strategy, image, follow=not detach)
     if detach:
-        res = c.client.post("/deploy", {**body, "follow": False})
+        res = c.client.post("/deploy", req.to_json())
         c.print_json(res) if c.json else c.say(f"deployment #{res['deployment']} started")
         return
-    follow(c, "/deploy", body)
+    follow(c, "/deploy", req.to_json())
 
 
 @click.command()

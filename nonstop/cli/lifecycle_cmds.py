@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from nonstop import __version__
 from nonstop.cli.context import Ctx
 from nonstop.cli.options import json_option, pass_ctx
 from nonstop.errors import AgentUnreachable, ConfigError, NonstopError
@@ -58,9 +60,13 @@ def up(c: Ctx, detach: bool, timeout: float | None) -> None:
     """Start the proxy and the agent (and the last live release, if any)."""
     cfg = c.cfg
     if c.client.alive():
-        st = c.client.get("/status")
-        _report_up(c, st, already=True)
-        return
+        running = c.client.get("/ping").get("version")
+        if running == __version__:
+            _report_up(c, c.client.get("/status"), already=True)
+            return
+        if _replace_agent(c, running):  # an agent of another nonstop version: this one takes over, gapless
+            _report_up(c, c.client.get("/status"), already=False)
+            return
     from nonstop.agent import preflight
 
     # Every reason it could not work (ports taken, a missing program, a config the router refuses), at once
@@ -82,6 +88,8 @@ def up(c: Ctx, detach: bool, timeout: float | None) -> None:
                 tail = (logs / "agent.log").read_text(errors="replace")[-1500:]
                 if proc.returncode == ConfigError.exit_code:  # it refused its config, or what it names
                     raise ConfigError(f"the agent refused to start:\n{tail}", file=str(cfg.source))
+                if proc.returncode == AgentUnreachable.exit_code:  # what it needs does not answer (a cluster's API server)
+                    raise AgentUnreachable(f"the agent could not start:\n{tail}")
                 raise NonstopError(f"the agent exited at start (code {proc.returncode}):\n{tail}")
             if c.client.alive():
                 break
@@ -91,12 +99,66 @@ def up(c: Ctx, detach: bool, timeout: float | None) -> None:
     _report_up(c, c.client.get("/status"), already=False)
 
 
+def _replace_agent(c: Ctx, running: str | None) -> bool:
+    """Stop an agent of an older nonstop so that this version's starts in its place (the package was
+    upgraded). Its proxy and instances keep serving; the new agent adopts them and replaces the proxy by
+    a socket hand-over. Refused while a deployment runs (exit 4) or when the running agent is newer."""
+    from nonstop import version_tuple
+    from nonstop.errors import DeploymentInProgress, UsageError
+
+    shown = running or "a version from before 0.2.0"
+    if version_tuple(running) > version_tuple(__version__):
+        raise UsageError(f"the running agent is nonstop {shown}, newer than this one ({__version__}): "
+                         "run the newer nonstop, or `nonstop down` first")
+    st = c.client.get("/status")
+    dep = st.get("deployment")
+    if dep and dep.get("state") in ("pending", "progressing", "paused"):
+        raise DeploymentInProgress(
+            f"deployment #{dep['id']} of {dep['release']} ({dep['strategy']}) is in progress under nonstop {shown}: "
+            "upgrade when it has finished")
+    pid = (st.get("agent") or {}).get("pid")
+    c.say(f"upgrading nonstop {shown} → {__version__}: the proxy and the instances keep serving")
+    if version_tuple(running) >= (0, 2):
+        # it starts again in place from the code installed now (SIGHUP, as `systemctl reload` does)
+        os.kill(int(pid), signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        now_running = None
+        while time.monotonic() < deadline:
+            try:
+                now_running = c.client.get("/ping").get("version") if c.client.alive() else None
+            except NonstopError:
+                now_running = None
+            if now_running not in (None, running):
+                break
+            time.sleep(0.1)
+        if now_running != __version__:
+            raise NonstopError(f"the agent (pid {pid}) started again as nonstop {now_running or '?'}, not {__version__}: "
+                               "it runs from another installation than this command")
+        return True  # upgraded in place: nothing left to start
+    try:
+        os.kill(int(pid), signal.SIGTERM)  # a 0.1 agent stopped by signal leaves the proxy and instances running
+    except (ProcessLookupError, TypeError, ValueError):
+        pass
+    deadline = time.monotonic() + 30
+    while c.client.alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if c.client.alive():
+        raise AgentUnreachable(f"the nonstop {shown} agent (pid {pid}) did not stop within 30s")
+    return False  # stopped: `up` starts this version's agent
+
+
 def _report_up(c: Ctx, st: dict, *, already: bool) -> None:
     if c.json:
         c.print_json({"running": True, "already": already, **st})
         return
     live = st.get("live_release") or "no release yet (run `nonstop deploy`)"
     word = "already running" if already else "up"
+    if st.get("runtime") == "kubernetes":
+        k = st.get("cluster") or {}
+        where = f"cluster {k.get('context')} ({k.get('server')}), namespace {k.get('namespace')}"
+        c.console.print(f"[green]✓[/] nonstop {word}: {st['app']} on {where}  live: {live}  (agent pid {st['agent']['pid']})",
+                        markup=True, highlight=False)
+        return
     c.console.print(f"[green]✓[/] nonstop {word}: {st['app']} on http://{st['listen']}  live: {live}  (agent pid {st['agent']['pid']})")
 
 
@@ -118,6 +180,8 @@ def down(c: Ctx) -> None:
         return _down_offline(c, pid)
     if c.json:
         c.print_json({"running": False, "agent": True})
+    elif c.runtime == "kubernetes":
+        c.console.print("[green]✓[/] nonstop down: the agent stopped; the app keeps running in the cluster")
     else:
         c.console.print("[green]✓[/] nonstop down: instances, proxy and agent stopped")
 

@@ -176,12 +176,14 @@ def status(console: Console, st: dict) -> None:
 
 
 def history(console: Console, h: dict) -> None:
+    by = any(d.get("holder") for d in h["deployments"])  # a cluster's history: who ran each (CI job, laptop)
     deployments = [
         (str(d["id"]), d["release"], d["strategy"], d.get("from_release") or "-", d.get("outcome") or d["state"],
-         _dur(d.get("seconds")), _ago(d["started_at"]), _one_line(d.get("reason") or ""))
+         _dur(d.get("seconds")), _ago(d["started_at"]), *((d.get("holder") or "-",) if by else ()), _one_line(d.get("reason") or ""))
         for d in h["deployments"]
     ]
-    table(console, ("#", "release", "strategy", "from", "outcome", "took", "started", "reason"), deployments, "deployments")
+    cols = ("#", "release", "strategy", "from", "outcome", "took", "started", *(("by",) if by else ()), "reason")
+    table(console, cols, deployments, "deployments")
     releases = [
         (rel["id"] + (" (live)" if rel["live"] else ""), rel["version"], rel["status"], _ago(rel["created_at"]))
         for rel in h["releases"]
@@ -194,3 +196,61 @@ def history(console: Console, h: dict) -> None:
 def _one_line(text: str) -> str:
     """A reason on one row: a build's log tail has newlines (the whole of it is in `history --json`)."""
     return " ⏎ ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def kube_status(console: Console, st: dict) -> None:
+    """``nonstop status`` for runtime kubernetes: the cluster's picture."""
+    k = st.get("cluster") or {}
+    console.print(f"[bold]{st['app']}[/] in namespace {k.get('namespace')} of cluster {k.get('context') or '-'} "
+                  f"({k.get('server') or '-'})   live: [bold]{st.get('live_release') or '-'}[/]   strategy: {st.get('strategy') or '-'}")
+    if not k.get("reachable", True):
+        console.print(f"[red]the cluster does not answer: {k.get('error')}[/]", markup=True, highlight=False)
+    if st.get("dashboard"):
+        console.print(f"dashboard: {st['dashboard']}")
+    svc, route = st.get("service") or {}, st.get("route")
+    if route:
+        console.print("traffic: HTTPRoute " + str(route.get("name")) + " → "
+                      + ", ".join(f"{b['name']} {b['weight']}" for b in route.get("backends") or []), markup=False)
+    elif svc:
+        sel = ", ".join(f"{a}={b}" for a, b in (svc.get("selector") or {}).items())
+        console.print(f"traffic: Service {svc.get('name')} selects {sel}", markup=False)
+    if st.get("routes"):
+        console.print("weights: " + "  ".join(f"{r['release']} {r['weight']}% ({len(r['targets'])} pod(s))" for r in st["routes"]))
+    rows = [(d["name"], d.get("track") or "-", d.get("release") or "-", f"{d.get('ready', 0)}/{d.get('replicas', 0)}",
+             str(d.get("available", 0)), str(d.get("updated", 0))) for d in st.get("deployments") or []]
+    table(console, ("deployment", "track", "release", "ready", "available", "updated"), rows)
+    pods = []
+    for i in st.get("instances") or []:
+        state = i["state"] + (", CRASH LOOP" if i.get("crash_loop") else "")
+        if i.get("warm_until"):
+            state += f", warm {max(0, i['warm_until'] - time.time()):.0f}s"
+        pods.append((i["id"], i["release"] or "-", state, "yes" if i["routed"] else "no", _dur(i.get("uptime")), str(i["restarts"])))
+    if pods:
+        table(console, ("pod", "release", "state", "routed", "age", "restarts"), pods)
+    w = st.get("warm")
+    if w:
+        console.print(f"warm: {w.get('release')} on {w.get('track')} until {time.strftime('%H:%M:%S', time.localtime(w.get('until') or 0))} "
+                      "(`nonstop rollback` within it is one switch)")
+    lock = st.get("lock")
+    if lock:
+        console.print(f"lock: held by {lock.get('holder')} for {lock.get('release')} ({lock.get('strategy')})"
+                      + (" — expired" if lock.get("expired") else ""), markup=False)
+    d = st.get("deployment")
+    if not d:
+        console.print("no deployment in progress")
+        return
+    who = f" by {d['holder']}" if d.get("remote") else ""
+    ident = f"#{d['id']}" if d.get("id") is not None else f"(cluster #{d.get('cluster_id')})"
+    line = (f"deployment {ident}{who}: {d['strategy']} → {d['release']}  state {d['state']}  "
+            f"stage {d.get('stage') or d.get('phase') or '-'}  started {_ago(d.get('started_at'))}")
+    console.print(f"[yellow]{line}[/]" if not d.get("remote") else line, markup=not d.get("remote"), highlight=False)
+    cn = d.get("canary")
+    if cn:
+        got = cn.get("received") or {}
+        recv = f" (received {got['share']:.1%} of {got['requests']:,})" if got.get("share") is not None else ""
+        console.print(f"  canary weight {cn.get('weight')}%{recv}  step {cn.get('step')}/{cn.get('steps')}  failed checks "
+                      f"{cn.get('failures', 0)}/{cn.get('failure_limit', '-')}  waiting for: {cn.get('waiting_for') or '-'}")
+    wt = d.get("watch")
+    if wt:
+        console.print(f"  watching {wt.get('release')}: {wt.get('remaining', 0):.0f}s left  failed checks "
+                      f"{wt.get('failures', 0)}/{wt.get('failure_limit', '-')}")

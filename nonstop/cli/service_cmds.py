@@ -22,6 +22,7 @@ import click
 from nonstop.cli.context import Ctx
 from nonstop.cli.options import json_option, pass_ctx
 from nonstop.errors import UsageError
+from nonstop.files import write_atomic
 
 DEFAULT_UNIT_DIR = "/etc/systemd/system"
 
@@ -182,13 +183,9 @@ def _check_ours(path: Path, *, force: bool) -> None:
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        write_atomic(path, text, 0o644)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise UsageError(f"cannot write {path}: {e.strerror} (units in {path.parent} are installed as root: "
                          "sudo nonstop service install)") from None
 

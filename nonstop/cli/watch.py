@@ -55,10 +55,7 @@ class DeployState:
             self.last_ts = ts
         if t == "start":
             self.strategy = ev.get("strategy") or self.strategy
-            msg = ev.get("message", "")
-            if "from=" in msg:
-                frm = msg.rsplit("from=", 1)[1].split()[0]
-                self.from_release = None if frm == "-" else frm
+            self.from_release = ev.get("from_release")
         elif t == "release":
             self.release = ev.get("release") or self.release
         elif t == "step":

@@ -13,6 +13,7 @@ import logging
 import os
 import time
 
+from nonstop import __version__
 from nonstop.errors import NonstopError
 from nonstop.proxy import stats
 from nonstop.proxy.drain import Action, DrainPlan
@@ -91,18 +92,48 @@ class AdminAPI:
         if path == "/takeover" and method == "POST":
             self.server.hand_over(writer)
             return None
+        if path == "/share" and method == "POST":
+            self.server.share(writer)
+            return None
+        if path == "/tls" and method == "PUT":
+            return await self.put_tls(_json(body))
+        if path == "/tls" and method == "GET":
+            return self.get_tls()
         raise _error(404, f"no {method} {path}", "NotFound")
 
     async def health(self) -> dict:
         srv = self.server
         return {
             "ok": True,
+            "version": __version__,
             "pid": os.getpid(),
             "revision": srv.state.table.revision,
             "started_at": srv.state.started_at,
             "listen": srv.listen_addr,
+            "tls_listen": srv.tls_addr,
             "stopping": srv.state.closing,
         }
+
+    async def put_tls(self, req) -> dict:
+        """New certificate files (``{"certificates": [{"field", "cert", "key"}]}``): checked, then swapped in."""
+        from nonstop.proxy.certs import CertSource
+
+        if not isinstance(req, dict) or not isinstance(req.get("certificates"), list):
+            raise _error(400, "certificates: expected a list of {field, cert, key}", "InvalidRequest")
+        try:
+            sources = [CertSource(str(c["field"]), str(c["cert"]), str(c["key"])) for c in req["certificates"]]
+        except (KeyError, TypeError):
+            raise _error(400, "certificates: each needs field, cert and key", "InvalidRequest") from None
+        try:
+            self.server.replace_certificates(sources)
+        except NonstopError as e:
+            raise _error(400, e) from None
+        log.info("certificates replaced: %s", ", ".join(s.field for s in sources))
+        return {"certificates": len(sources)}
+
+    def get_tls(self) -> dict:
+        tls = getattr(self.server, "tls", None)
+        return {"certificates": tls.describe(time.time()) if tls is not None else []}
 
     def check_routes(self, body: bytes) -> RouteTable:
         """Parse a ``PUT /routes`` body and settle its revision; raises the 400 / 409 reply."""
@@ -111,14 +142,10 @@ class AdminAPI:
             table = RouteTable.from_json(body)
         except InvalidRoutes as e:
             raise _error(400, e) from None
-        if table.revision == 0:
-            table = table.with_revision(state.table.revision + 1)
-        elif table.revision <= state.table.revision:
-            raise _error(409, StaleRevision(
-                f"revision {table.revision} is not above the current {state.table.revision}",
-                detail={"current": state.table.revision},
-            ))
-        return table
+        try:
+            return table.settle(state.table.revision)
+        except StaleRevision as e:
+            raise _error(409, e) from None
 
     def commit(self, table) -> None:
         """Save ``table``, then make it live. Saved first: when the disk write fails, nothing changed."""

@@ -97,6 +97,14 @@ class AdminClient:
     async def stats(self) -> dict:
         return await self._call("GET", "/stats")
 
+    async def get_tls(self) -> list[dict]:
+        """The certificates serving now (names, validity, the last reload error)."""
+        return (await self._call("GET", "/tls"))["certificates"]
+
+    async def put_tls(self, certificates: list[dict]) -> dict:
+        """Swap in new certificate files: ``[{"field", "cert", "key"}]`` (checked by the proxy first)."""
+        return await self._call("PUT", "/tls", json={"certificates": certificates})
+
     async def metrics(self) -> str:
         return await self._call("GET", "/metrics")
 

@@ -13,7 +13,9 @@ import sys
 
 import click
 
-from nonstop.durations import parse_duration
+from dataclasses import MISSING
+
+from nonstop.durations import format_duration, parse_duration
 from nonstop.errors import NonstopError
 from nonstop.proxy.config import ProxyConfig
 from nonstop.proxy.routes import parse_addr
@@ -58,38 +60,51 @@ class _Address(click.ParamType):
 _BIND_ERRNOS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
 
 
+def _option(f):
+    """The click option of one ProxyConfig field (config.py declares each setting once)."""
+    meta = f.metadata
+    kind = meta["kind"]
+    kw: dict = {"help": meta["help"] or None, "hidden": meta["hidden"]}
+    default = f.default_factory() if f.default_factory is not MISSING else f.default
+    if kind == "bool":
+        return click.option(meta["flag"], f.name, is_flag=True, **kw)
+    if kind in ("list", "upstream"):
+        typ = _Address(any_port=False) if kind == "upstream" else click.STRING
+        return click.option(meta["flag"], f.name, type=typ, multiple=True, metavar="HOST:PORT" if kind == "upstream" else None, **kw)
+    typ = {
+        "address0": _Address(any_port=True),
+        "duration": DURATION,
+        "int": int,
+        "count": click.IntRange(1, 64),
+        "path": click.Path(dir_okay=False),
+        "dir": click.Path(file_okay=False),
+        "str": click.STRING,
+    }[kind]
+    shown = default is not None
+    if kind == "duration" and default is not None:
+        default = format_duration(default)
+    return click.option(meta["flag"], f.name, type=typ, default=default, show_default=shown, **kw)
+
+
+def _with_options(cmd):
+    for f in reversed(ProxyConfig.cli_fields()):
+        cmd = _option(f)(cmd)
+    return cmd
+
+
 @click.command("proxy")
-@click.option("--listen", type=_Address(any_port=True), default="127.0.0.1:8080", show_default=True,
-              help="HOST:PORT to serve (port 0: any free port)")
-@click.option("--upstream", "upstreams", type=_Address(any_port=False), multiple=True, metavar="HOST:PORT",
-              help="static table: one release 'static'")
-@click.option("--admin-socket", type=click.Path(dir_okay=False), help="Unix socket of the admin API (mode 0600)")
-@click.option("--routes-file", type=click.Path(dir_okay=False), help="routes.json: saved on every change, restored on start")
-@click.option("--pid-file", type=click.Path(dir_okay=False))
-@click.option("--hold-timeout", type=DURATION, default="10s", show_default=True)
-@click.option("--connect-timeout", type=DURATION, default="2s", show_default=True)
-@click.option("--read-timeout", type=DURATION, default="60s", show_default=True, help="upstream response head / body gaps")
-@click.option("--idle-timeout", type=DURATION, default="75s", show_default=True, help="idle client keep-alive connection")
-@click.option("--header-timeout", type=DURATION, default="10s", show_default=True, help="client request head (408)")
-@click.option("--max-body", type=int, default=None, help="request body limit in bytes (413)")
-@click.option("--max-header-bytes", type=int, default=32 * 1024, show_default=True, help="request head limit (431)")
-@click.option("--shutdown-timeout", type=DURATION, default="30s", show_default=True)
-@click.option("--idle-grace", type=DURATION, default="1s", show_default=True,
-              help="on stop, idle keep-alive connections get this long to send one more request")
-@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="worker processes sharing the listening socket (a supervisor answers the admin API for all)")
-@click.option("--worker", is_flag=True, hidden=True, help="internal: run as one worker of a supervisor")
-@click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="CIDR",
-              help="a peer whose X-Forwarded-For/-Proto/-Host are believed (repeat for more)")
-@click.option("--takeover", is_flag=True, help="take the listening socket from the proxy on --admin-socket, then retire it")
+@_with_options
 @click.option("--log-level", default="info", show_default=True)
-def proxy(upstreams, log_level, **kw) -> None:
+def proxy(log_level, **kw) -> None:
     """Run the embedded reverse proxy until SIGTERM (then drain and exit 0)."""
     from nonstop.proxy.server import run
 
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    kw["trusted_proxies"] = list(kw.get("trusted_proxies") or ())
-    cfg = ProxyConfig(upstreams=list(upstreams), **kw)
+    cfg = ProxyConfig(**{k: list(v) if isinstance(v, tuple) else v for k, v in kw.items()})
+    try:
+        cfg.certificates()
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--tls-key'") from None
 
     def ready(server) -> None:
         # one line on stdout that tools (and tests) wait for

@@ -22,7 +22,7 @@ import re
 
 __all__ = [
     "CHALLENGE_PREFIX", "challenge_token", "read_challenge", "challenge_response",
-    "redirect_location", "redirect_response", "hsts_line", "forwarded_proto",
+    "redirect_location", "redirect_response", "front_door", "hsts_line", "forwarded_proto",
 ]
 
 CHALLENGE_PREFIX = b"/.well-known/acme-challenge/"
@@ -85,6 +85,31 @@ def redirect_response(host: bytes | None, target: bytes, https_port: int) -> byt
     body = b"redirecting to " + loc + b"\n"
     return (b"HTTP/1.1 308 Permanent Redirect\r\nLocation: " + loc + b"\r\nContent-Type: text/plain\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+
+
+def front_door(challenges: str | None, redirect_to: int | None, scheme: bytes, target: bytes,
+               headers: list[tuple[bytes, bytes]], from_trusted_proxy: bool) -> bytes | None:
+    """The whole response a listener with front-door rules gives before any routing, or ``None``.
+
+    ``challenges`` is the ACME challenge directory (``None``: no ACME); ``redirect_to`` the HTTPS port
+    plain requests are sent to (``None``: no redirect). A plain request a trusted proxy in front says
+    came over HTTPS (``X-Forwarded-Proto: https``: TLS terminated before us) is served, not redirected.
+    """
+    if challenges and target.startswith(CHALLENGE_PREFIX):
+        return challenge_response(challenges, target) or b""
+    if scheme == b"http" and redirect_to is not None:
+        host = None
+        proto = None
+        for n, v in headers:
+            ln = n.lower()
+            if ln == b"host" and host is None:
+                host = v
+            elif ln == b"x-forwarded-proto":
+                proto = v
+        if from_trusted_proxy and proto is not None and proto.strip().lower() == b"https":
+            return None
+        return redirect_response(host, target, redirect_to)
+    return None
 
 
 def hsts_line(max_age: float | None) -> bytes:

@@ -1,19 +1,22 @@
-"""The route table: what the agent hands the proxy (docs/internals.md, "Route table").
+"""The route table: who gets traffic — the one model of it, shared by the agent and the proxy.
 
-Plain frozen dataclasses, JSON in and out, validation that names the field.
-No I/O here except :func:`save` / :func:`load`, which do the atomic file write
-and the restore on start.
+The agent builds a ``RouteTable`` (``agent/traffic.py``), every router turns
+the same one into its own means (the embedded proxy's admin API, an nginx
+include, HAProxy maps), and the proxy compiles it for its hot path
+(``state.py``). Plain frozen dataclasses, JSON in and out (docs/internals.md,
+"Route table"), validation that names the field. No I/O here except
+:func:`save` / :func:`load`, which do the atomic file write and the restore on
+start. The agent may import this module; it imports nothing of the agent.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 
 from nonstop.errors import ProxyError
+from nonstop.files import write_atomic
 
 
 class InvalidRoutes(ProxyError):
@@ -47,6 +50,14 @@ class Target:
     addr: str
     draining: bool = False
 
+    @property
+    def host(self) -> str:
+        return self.addr.rpartition(":")[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.addr.rpartition(":")[2])
+
 
 @dataclass(frozen=True)
 class Release:
@@ -64,6 +75,10 @@ class Release:
     @property
     def usable(self) -> bool:
         return any(not t.draining for t in self.targets)
+
+    @property
+    def live_targets(self) -> tuple[Target, ...]:
+        return tuple(t for t in self.targets if not t.draining)
 
     @property
     def has_match(self) -> bool:
@@ -106,8 +121,22 @@ class RouteTable:
     def with_revision(self, revision: int) -> "RouteTable":
         return RouteTable(revision=revision, sticky=self.sticky, releases=self.releases, split_key=self.split_key)
 
+    @property
     def addrs(self) -> set[str]:
+        """Every target address the table lists (draining ones too)."""
         return {t.addr for r in self.releases for t in r.targets}
+
+    def weight_of(self, release: str) -> int:
+        return next((r.weight for r in self.releases if r.name == release), 0)
+
+    def settle(self, current: int) -> "RouteTable":
+        """This table as the next one after revision ``current``: revision 0 means ``current + 1``; a revision
+        not above ``current`` is a stale writer (``StaleRevision``). The one place revisions are checked."""
+        if self.revision == 0:
+            return self.with_revision(current + 1)
+        if self.revision <= current:
+            raise StaleRevision(f"revision {self.revision} is not above the current {current}", detail={"current": current})
+        return self
 
     # -- JSON ---------------------------------------------------------------
 
@@ -246,26 +275,8 @@ def _release_from_dict(rd: object, where: str) -> Release:
 
 
 def save(table: RouteTable, path: str) -> None:
-    """Write ``routes.json`` atomically: temp file in the same dir, fsync, rename, fsync dir."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".routes-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(table.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    """Write ``routes.json`` whole: a proxy rereading it sees the old table or the new one."""
+    write_atomic(path, table.to_json())
 
 
 def load(path: str) -> RouteTable:

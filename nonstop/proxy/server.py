@@ -1,6 +1,7 @@
-"""One proxy process's lifecycle: listening and admin sockets, the clock tick, takeover, graceful stop.
+"""A proxy process that serves: its listeners (plain and HTTPS), client connections, the clock tick, a graceful stop.
 
-Stop order (uvicorn's): stop accepting → responses in progress get
+The process lifecycle around it (sockets, admin, pid, takeover, stop order) is
+``lifecycle.ProxyProcess``'s. Stop: stop accepting → responses in progress get
 ``Connection: close`` and idle keep-alive connections get ``idle_grace`` to
 send one last request → wait for connections to finish until the deadline →
 abort the rest.
@@ -13,67 +14,79 @@ import gc
 import logging
 import os
 import signal
-import socket
-import subprocess
-import sys
+import time
 
-from nonstop.errors import ProxyError
-from nonstop.proxy import build, handoff
-from nonstop.proxy import routes as routes_mod
+from nonstop.proxy import build
 from nonstop.proxy.admin import AdminAPI
 from nonstop.proxy.config import ProxyConfig
 from nonstop.proxy.downstream import ClientConnection
 from nonstop.proxy.forwarded import TrustedProxies
-from nonstop.proxy.routes import RouteTable
+from nonstop.proxy.https import hsts_line
+from nonstop.proxy.lifecycle import ProxyProcess
 from nonstop.proxy.state import ProxyState
-from nonstop.unixsock import reachable
 
 log = logging.getLogger("nonstop.proxy")
 
+__all__ = ["ProxyServer", "serve", "run"]
 
-class ProxyServer:
-    """The running proxy: owns the state, the client connections, the sockets and the stop sequence."""
+TLS_CHECK_TICKS = 5  # certificate files are looked at every this many ticks (0.5 s)
+
+
+class Listener:
+    """What a client connection needs to know about the listener it came in on."""
+
+    __slots__ = ("scheme", "tls", "front", "resp_extra")
+
+    def __init__(self, scheme: bytes, *, front: bool, resp_extra: bytes = b"") -> None:
+        self.scheme = scheme
+        self.tls = scheme == b"https"
+        self.front = front  # ACME challenges / the HTTPS redirect answered before routing
+        self.resp_extra = resp_extra  # added to every response (HSTS on HTTPS)
+
+
+class ProxyServer(ProxyProcess):
+    """The serving proxy: owns the state, the client connections, the TLS certificates and the tick."""
 
     def __init__(self, cfg: ProxyConfig) -> None:
-        self.cfg = cfg
-        self.state = ProxyState(cfg.pool_max_idle)
+        super().__init__(cfg, ProxyState(cfg.pool_max_idle))
         self.trusted = TrustedProxies(cfg.trusted_proxies) if cfg.trusted_proxies else None
         self.connections: set[ClientConnection] = set()
-        self.listen_addr = ""
-        self._sock: socket.socket | None = None
-        self._server: asyncio.AbstractServer | None = None
-        self._admin: asyncio.AbstractServer | None = None
-        self._admin_ino: int | None = None
+        self.tls = None  # tls.TlsContexts once serving HTTPS
+        self._servers: list[asyncio.AbstractServer] = []
         self._tick_task: asyncio.Task | None = None
-        self._stop = asyncio.Event()
-        self._handed_over = False
 
-    # -- start ---------------------------------------------------------------
+    def api(self) -> AdminAPI:
+        return AdminAPI(self)
 
-    async def start(self) -> None:
-        """Get the listening socket and the table, serve, bind the admin socket, then retire a predecessor."""
+    async def serve(self) -> None:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
-        self.state.now = loop.time()
-        sock, old_pid, table = obtain_socket_and_table(cfg)
-        self._sock = sock
-        self.listen_addr = handoff.address(sock)
-        if table is not None and table.releases:
-            self.state.apply(table.with_revision(max(table.revision, 1)))
-        self._server = await loop.create_server(
-            lambda: ClientConnection(self), sock=sock, backlog=cfg.backlog
-        )
+        https = self.sockets.get("https")
+        plain = Listener(b"http", front=bool(cfg.acme_challenges or (cfg.redirect_http and https is not None)))
+        if https is not None:
+            from nonstop.proxy.certs import CertSource
+            from nonstop.proxy.tls import TlsContexts
+
+            # a certificate that does not load stops the start here: never a half-started proxy
+            self.tls = TlsContexts([CertSource(c.field, c.cert, c.key) for c in cfg.certificates()], time.time())
+            secure = Listener(b"https", front=bool(cfg.acme_challenges), resp_extra=hsts_line(cfg.hsts))
+            self._servers.append(await loop.create_server(
+                lambda: ClientConnection(self, secure), sock=https, backlog=cfg.backlog, ssl=self.tls.base,
+                ssl_handshake_timeout=cfg.header_timeout,
+            ))
+        self._servers.append(await loop.create_server(
+            lambda: ClientConnection(self, plain), sock=self.sockets["http"], backlog=cfg.backlog
+        ))
         self._tick_task = asyncio.ensure_future(self._tick())
-        if cfg.admin_socket:
-            self._admin, self._admin_ino = await bind_admin(cfg.admin_socket, AdminAPI(self).handle)
         if cfg.worker:
             # a worker of a supervisor (--workers N): its stdin closes when the supervisor goes
             loop.add_reader(0, self._check_parent)
-        if cfg.pid_file:
-            _write_atomic(cfg.pid_file, f"{os.getpid()}\n")
-        retire(old_pid)
-        log.info("proxy ready listen=%s revision=%d pid=%d hot path: %s", self.listen_addr, self.state.table.revision,
-                 os.getpid(), build.summary())
+
+    async def start(self) -> None:
+        await super().start()
+        log.info("proxy ready listen=%s%s revision=%d pid=%d hot path: %s", self.listen_addr,
+                 f" tls_listen={self.tls_addr}" if self.tls_addr else "", self.state.table.revision, os.getpid(),
+                 build.summary())
 
     def _check_parent(self) -> None:
         try:
@@ -85,16 +98,7 @@ class ProxyServer:
             log.info("supervisor gone: stopping")
             self.request_stop()
 
-    def save_routes(self, table: RouteTable) -> None:
-        save_routes(self.cfg, table)
-
-    def hand_over(self, writer) -> None:
-        """Answer ``POST /takeover``: send our listening socket and live table to the new process."""
-        send_listening(writer, self._sock, self.state, self.listen_addr)
-        self._handed_over = True
-
     # -- time ----------------------------------------------------------------
-
     async def _tick(self) -> None:
         loop = asyncio.get_running_loop()
         cfg = self.cfg
@@ -113,32 +117,25 @@ class ProxyServer:
                 for t in self.state.targets.values():
                     t.pool.expire(now, cfg.pool_idle_timeout)
                 self.state.forget_unlisted()
+            if self.tls is not None and n % TLS_CHECK_TICKS == 0:
+                for ev in self.tls.reload_if_changed(time.time()):
+                    log.info("%s", ev.message())
+
+    def replace_certificates(self, sources) -> None:
+        """New certificate files (the agent, when ACME issued the first one): new handshakes get them."""
+        if self.tls is None:
+            from nonstop.errors import ProxyError
+
+            raise ProxyError("this proxy serves no HTTPS (no --tls-listen)")
+        self.tls.replace(sources, time.time())
 
     # -- stop ----------------------------------------------------------------
-
-    def request_stop(self) -> None:
-        self._stop.set()
-
-    def respawn(self) -> None:
-        """SIGHUP: start a new process of the same command with ``--takeover``; it retires us when ready."""
-        if not self.cfg.admin_socket:
-            log.error("SIGHUP ignored: takeover needs --admin-socket")
-            return
-        argv = [a for a in sys.argv[1:] if a != "--takeover"]
-        cmd = [sys.executable, "-m", "nonstop.proxy", *argv, "--takeover"]
-        subprocess.Popen(cmd, start_new_session=True, stdin=subprocess.DEVNULL)
-        log.info("SIGHUP: started a successor")
-
-    async def wait_stopped(self) -> None:
-        await self._stop.wait()
-
-    async def stop(self) -> None:
+    async def shutdown(self) -> None:
         """Stop accepting, let connections finish within ``shutdown_timeout``, close everything."""
         loop = asyncio.get_running_loop()
-        self.state.closing = True
         self.state.now = loop.time()
-        if self._server is not None:
-            self._server.close()
+        for srv in self._servers:
+            srv.close()
         for c in list(self.connections):
             c.stop_when_idle()
         deadline = loop.time() + self.cfg.shutdown_timeout
@@ -151,105 +148,8 @@ class ProxyServer:
             self._tick_task.cancel()
         for t in self.state.targets.values():
             t.pool.close_all()
-        if self._admin is not None:
-            self._admin.close()
-        release_admin_path(self.cfg.admin_socket, self._admin_ino)
-        if self._sock is not None:
-            self._sock.close()
-        if self.cfg.pid_file:
-            _remove_if(self.cfg.pid_file, f"{os.getpid()}\n")
         await asyncio.sleep(0)
         log.info("proxy stopped connections_aborted=%d", left)
-
-def obtain_socket_and_table(cfg: ProxyConfig) -> tuple[socket.socket, int | None, RouteTable | None]:
-    """The listening socket (taken over, inherited, or bound), a predecessor's pid, and the starting table."""
-    old_pid = None
-    table: RouteTable | None = None
-    if cfg.takeover:
-        if not cfg.admin_socket:
-            raise ProxyError("--takeover needs --admin-socket (the running proxy's)")
-        sock, answer = handoff.receive(cfg.admin_socket)
-        old_pid = answer.get("pid")
-        table = RouteTable.from_dict(answer.get("table") or {})
-    else:
-        sock = handoff.from_env() or handoff.bind(cfg.listen, cfg.backlog)
-    if cfg.upstreams:
-        table = RouteTable.static(cfg.upstreams)
-    elif table is None and cfg.routes_file:
-        table = routes_mod.load(cfg.routes_file)
-    return sock, old_pid, table
-
-
-def save_routes(cfg: ProxyConfig, table: RouteTable) -> None:
-    """Persist ``table`` to ``--routes-file`` (atomic), when there is one."""
-    if cfg.routes_file:
-        routes_mod.save(table, cfg.routes_file)
-
-
-def send_listening(writer, sock, state: ProxyState, listen_addr) -> None:
-    """Hand the listening ``sock`` and the live table to the process that asked on ``writer`` (takeover)."""
-    handoff.send(
-        writer.get_extra_info("socket").fileno(),
-        sock.fileno(),
-        {"pid": os.getpid(), "table": state.table.to_dict(), "listen": listen_addr},
-    )
-    log.info("listening socket handed over")
-
-
-async def bind_admin(path: str, handler) -> tuple[asyncio.AbstractServer, int]:
-    """Serve ``handler`` on a Unix socket at ``path`` (0600); returns the server and the socket's inode."""
-    # bind under a temporary name, restrict, then rename over the public
-    # path: clients never see a missing or world-accessible socket
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    with reachable(tmp) as where:
-        s.bind(where)
-    os.chmod(tmp, 0o600)
-    s.listen(64)
-    s.setblocking(False)
-    server = await asyncio.start_unix_server(handler, sock=s)
-    os.replace(tmp, path)
-    return server, os.stat(path).st_ino
-
-
-def retire(old_pid) -> None:
-    """Tell the process we took the socket from to stop accepting and drain."""
-    if old_pid:
-        try:
-            os.kill(int(old_pid), signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-
-
-def release_admin_path(path: str | None, ino: int | None) -> None:
-    """Unlink our admin socket unless a successor has already renamed its own over it."""
-    if not path or ino is None:
-        return
-    try:
-        if os.stat(path).st_ino == ino:
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _remove_if(path: str, text: str) -> None:
-    try:
-        with open(path) as f:
-            if f.read() == text:
-                os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 async def serve(cfg: ProxyConfig, ready=None) -> None:

@@ -15,7 +15,7 @@ import time
 from typing import Iterator
 
 from nonstop.proxy.pool import Pool
-from nonstop.proxy.routes import RouteTable, StaleRevision, parse_addr
+from nonstop.proxy.routes import RouteTable, parse_addr
 from nonstop.proxy.split import Split
 from nonstop.proxy.stats import Counters
 
@@ -105,13 +105,7 @@ class ProxyState:
 
     def apply(self, table: RouteTable) -> RouteTable:
         """Swap in ``table`` (revision must grow; 0 means current + 1). Returns the table applied."""
-        if table.revision == 0:
-            table = table.with_revision(self.table.revision + 1)
-        elif table.revision <= self.table.revision:
-            raise StaleRevision(
-                f"revision {table.revision} is not above the current {self.table.revision}",
-                detail={"current": self.table.revision},
-            )
+        table = table.settle(self.table.revision)
         routes: list[ReleaseRoute] = []
         listed: set[str] = set()
         for rel in table.releases:
@@ -128,7 +122,7 @@ class ProxyState:
                 if not t.draining:
                     listed.add(t.addr)
             routes.append(route)
-        in_table = table.addrs()
+        in_table = table.addrs
         for addr, ts in list(self.targets.items()):
             ts.listed = addr in in_table
             if addr not in listed:

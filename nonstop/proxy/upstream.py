@@ -13,7 +13,7 @@ import select
 
 import httptools
 
-from nonstop.proxy.http import fast_response
+from nonstop.proxy.fastpath import fast_response
 
 log = logging.getLogger("nonstop.proxy")
 

@@ -1,13 +1,14 @@
-"""``--workers N``: a supervisor process running N proxy workers on one listening socket.
+"""``--workers N``: a supervisor process running N proxy workers on one set of listening sockets.
 
-The supervisor owns what must be one: the listening socket (each worker
-inherits the same kernel socket through ``NONSTOP_LISTEN_FDS``, so they share
-one accept queue), the public admin socket, the route table and
+The supervisor owns what must be one: the listening sockets (each worker
+inherits the same kernel sockets through ``NONSTOP_LISTEN_FDS``, so they share
+the accept queues), the public admin socket, the route table and
 ``routes.json``. Each worker is an ordinary proxy process with a private
 admin socket; the supervisor fans ``PUT /routes`` and ``POST /drain`` out to
 all of them and adds up their counters, so the public admin API reports
 totals. A worker that dies is restarted with the live table. Takeover and
-SIGHUP work as for one process: the socket handed over is the shared one.
+SIGHUP work as for one process (``lifecycle.ProxyProcess``): the sockets
+handed over are the shared ones.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,14 +27,15 @@ from nonstop.proxy import handoff, stats
 from nonstop.proxy.admin import AdminAPI, _error, parse_drain, report
 from nonstop.proxy.client import AdminClient
 from nonstop.proxy.config import ProxyConfig
-from nonstop.proxy.routes import RouteTable
-from nonstop.proxy.server import (
-    _remove_if, _write_atomic, bind_admin, obtain_socket_and_table, release_admin_path, retire, save_routes,
-    send_listening,
-)
+from nonstop.proxy.lifecycle import ProxyProcess
 from nonstop.proxy.state import ProxyState
 
 log = logging.getLogger("nonstop.proxy")
+
+# what a worker does not take from the supervisor's settings: its own sockets and files come from it
+# A worker gets its listening sockets from the supervisor (by name: http, https), not addresses to bind;
+# tls_listen still goes to it: it says an https socket is to be served (and where a redirect points).
+_NOT_FOR_WORKERS = ("listen", "upstreams", "admin_socket", "routes_file", "pid_file", "takeover", "workers")
 
 
 class Worker:
@@ -47,63 +48,40 @@ class Worker:
         self.client = AdminClient(admin_socket)
 
 
-class Supervisor:
+class Supervisor(ProxyProcess):
     """Starts, feeds and stops the workers; answers the admin API for all of them."""
 
     def __init__(self, cfg: ProxyConfig) -> None:
-        self.cfg = cfg
-        self.state = ProxyState()  # holds the table only; traffic is the workers'
+        super().__init__(cfg, ProxyState())  # the state holds the table only; traffic is the workers'
         self.workers: list[Worker] = []
         self.closing = False
-        self.listen_addr = ""
-        self._sock: socket.socket | None = None
-        self._admin = None
-        self._admin_ino: int | None = None
-        self._stop = asyncio.Event()
         # workers' private admin sockets live beside the public one, or in a directory of our own
         self._own_dir = None if cfg.admin_socket else tempfile.mkdtemp(prefix="nsp-w-", dir="/tmp")
         self._dir = os.path.dirname(os.path.abspath(cfg.admin_socket)) if cfg.admin_socket else self._own_dir
         self._monitors: list[asyncio.Task] = []
 
-    async def start(self) -> None:
-        cfg = self.cfg
-        sock, old_pid, table = obtain_socket_and_table(cfg)
-        self._sock = sock
-        self.listen_addr = handoff.address(sock)
-        if table is not None and table.releases:
-            self.state.apply(table.with_revision(max(table.revision, 1)))
-        for i in range(cfg.workers):
+    def api(self) -> AdminAPI:
+        return SupervisorAPI(self)
+
+    async def serve(self) -> None:
+        for i in range(self.cfg.workers):
             self.workers.append(await self._spawn(i))
-        if cfg.admin_socket:
-            self._admin, self._admin_ino = await bind_admin(cfg.admin_socket, SupervisorAPI(self).handle)
-        if cfg.pid_file:
-            _write_atomic(cfg.pid_file, f"{os.getpid()}\n")
-        retire(old_pid)
+
+    async def start(self) -> None:
+        await super().start()
         log.info("supervisor ready listen=%s workers=%d pid=%d", self.listen_addr, len(self.workers), os.getpid())
 
     def _worker_args(self, admin_socket: str) -> list[str]:
-        c = self.cfg
-        args = [
-            "--worker", "--listen", self.listen_addr, "--admin-socket", admin_socket,
-            "--hold-timeout", str(c.hold_timeout), "--connect-timeout", str(c.connect_timeout),
-            "--read-timeout", str(c.read_timeout), "--idle-timeout", str(c.idle_timeout),
-            "--header-timeout", str(c.header_timeout), "--max-header-bytes", str(c.max_header_bytes),
-            "--shutdown-timeout", str(c.shutdown_timeout), "--idle-grace", str(c.idle_grace),
-        ]
-        for cidr in c.trusted_proxies:
-            args += ["--trusted-proxy", cidr]
-        if c.max_body is not None:
-            args += ["--max-body", str(c.max_body)]
-        return args
+        return ["--worker", "--admin-socket", admin_socket, *self.cfg.to_argv(skip=_NOT_FOR_WORKERS)]
 
     async def _spawn(self, index: int) -> Worker:
-        fd = self._sock.fileno()
+        value, fds = handoff.env_value(self.sockets)
         path = os.path.join(self._dir, f".w{index}-{os.getpid()}.sock")
         env = dict(os.environ)
-        env[handoff.ENV_FDS] = str(fd)
+        env[handoff.ENV_FDS] = value
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "nonstop.proxy", *self._worker_args(path),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(fd,), env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=fds, env=env,
         )
         try:
             line = await asyncio.wait_for(proc.stdout.readline(), 30)
@@ -132,28 +110,8 @@ class Supervisor:
         except ProxyError as e:
             log.error("%s", e.message)
 
-    def save_routes(self, table: RouteTable) -> None:
-        save_routes(self.cfg, table)
-
-    def hand_over(self, writer) -> None:
-        send_listening(writer, self._sock, self.state, self.listen_addr)
-
-    def request_stop(self) -> None:
-        self._stop.set()
-
-    def respawn(self) -> None:
-        if not self.cfg.admin_socket:
-            log.error("SIGHUP ignored: takeover needs --admin-socket")
-            return
-        argv = [a for a in sys.argv[1:] if a != "--takeover"]
-        subprocess.Popen([sys.executable, "-m", "nonstop.proxy", *argv, "--takeover"], start_new_session=True,
-                         stdin=subprocess.DEVNULL)
-
-    async def wait_stopped(self) -> None:
-        await self._stop.wait()
-
-    async def stop(self) -> None:
-        """SIGTERM every worker (each drains on its own), wait, then close."""
+    async def shutdown(self) -> None:
+        """SIGTERM every worker (each drains on its own), wait."""
         self.closing = True
         for w in self.workers:
             if w.proc.returncode is None:
@@ -176,13 +134,6 @@ class Supervisor:
                 pass
         if self._own_dir is not None:
             shutil.rmtree(self._own_dir, ignore_errors=True)
-        if self._admin is not None:
-            self._admin.close()
-        release_admin_path(self.cfg.admin_socket, self._admin_ino)
-        if self._sock is not None:
-            self._sock.close()
-        if self.cfg.pid_file:
-            _remove_if(self.cfg.pid_file, f"{os.getpid()}\n")
         log.info("supervisor stopped")
 
 
@@ -193,6 +144,17 @@ class SupervisorAPI(AdminAPI):
         out = await super().health()
         out["workers"] = [w.proc.pid for w in self.server.workers]
         return out
+
+    async def put_tls(self, req) -> dict:
+        results = await asyncio.gather(*(w.client._call("PUT", "/tls", json=req) for w in self.server.workers),
+                                       return_exceptions=True)
+        failed = [str(r) for r in results if isinstance(r, Exception)]
+        if failed:
+            raise _error(400, f"a worker refused the certificates: {failed[0]}")
+        return results[0] if results else {"certificates": 0}
+
+    def get_tls(self) -> dict:
+        return {"certificates": [], "workers": len(self.server.workers)}
 
     async def put_routes(self, body: bytes) -> dict:
         table = self.check_routes(body)

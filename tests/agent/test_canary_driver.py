@@ -169,7 +169,7 @@ def test_match_rules_route_the_canary_at_zero_before_the_first_step():
     drive(run, s, (0.1, "promote"))
     first = run.traffic.applied[0]
     assert first.canary_weight == 0 and first.match_headers == (("X-Canary", "1"),)
-    assert first.routing().releases[0].name == "v2"  # routed for matching requests
+    assert first.table().releases[0].name == "v2"  # routed for matching requests
     assert run.store.states == ["paused", "progressing"]
 
 

@@ -45,17 +45,28 @@ def test_starting_to_healthy_after_threshold():
     assert t.state is HealthState.HEALTHY and t.reason is None
 
 
-def test_a_booting_instance_is_checked_fast_until_its_first_pass_then_every_interval():
-    t = tracker(t0=100.0)
-    assert t.next_delay(0.2, 100.0) == BOOT_POLL  # nothing passed yet: notice readiness within 50 ms
+def test_a_booting_instance_is_checked_fast_until_healthy_then_every_interval():
+    t = tracker(t0=100.0)  # healthy_threshold 2
+    assert t.next_delay(0.2, 100.0) == BOOT_POLL  # nothing passed yet: notice readiness within BOOT_POLL
     assert t.next_delay(0.01, 100.0) == 0.01  # a shorter interval is kept
     t.observe(BAD, 100.1)
     assert t.next_delay(0.2, 100.1) == BOOT_POLL
-    t.observe(OK, 100.2)
-    assert t.next_delay(0.2, 100.2) == 0.2  # the threshold's passes are spaced by interval, as configured
-    t.observe(BAD, 100.4)  # a failure resets the passes: fast again while starting
-    assert t.next_delay(0.2, 100.4) == BOOT_POLL
-    assert t.next_delay(0.2, 100.0 + BOOT_WINDOW) == 0.2  # a slow boot: back to interval
+    assert t.observe(OK, 100.2) == "starting"
+    assert t.next_delay(0.2, 100.2) == BOOT_POLL  # the threshold's passes are counted at the boot cadence...
+    t.observe(BAD, 100.25)  # ... and still must come in a row: a failure resets them
+    assert t.passes == 0 and t.next_delay(0.2, 100.25) == BOOT_POLL
+    assert t.observe(OK, 100.3) == "starting" and t.observe(OK, 100.325) == "healthy"
+    assert t.next_delay(0.2, 100.35) == 0.2  # healthy: supervision at interval
+    assert tracker(t0=100.0).next_delay(0.2, 100.0 + BOOT_WINDOW) == 0.2  # a slow boot: back to interval
+
+
+def test_checks_start_at_a_fixed_rate_so_a_slow_check_is_not_followed_by_a_whole_period():
+    t = tracker(t0=100.0)
+    assert t.wait_before_next(0.2, 100.0, 100.01) == pytest.approx(BOOT_POLL - 0.01)
+    assert t.wait_before_next(0.2, 100.0, 100.08) == 0.0  # a cold app's first answer took 80 ms: check again now
+    t.observe(OK, 100.5)
+    t.observe(OK, 100.6)
+    assert t.wait_before_next(0.2, 100.6, 100.65) == pytest.approx(0.15)  # healthy: every interval, start to start
     h = tracker(initial="healthy")
     assert h.next_delay(5.0, 100.0) == 5.0  # supervision after go-live keeps its interval
 
@@ -303,7 +314,7 @@ def test_wait_healthy_with_a_fake_clock(closed_port):
         )
     )
     assert state == "failed" and now[0] == pytest.approx(1.0)
-    # nothing passed yet: checked every BOOT_POLL (50 ms), not every interval (last 10 results kept)
+    # nothing passed yet: checked every BOOT_POLL, not every interval (last 10 results kept)
     assert all(r.detail == "connection refused" for r in t.last_results) and len(t.last_results) == 10
     assert sleeps.count(BOOT_POLL) >= 19
 

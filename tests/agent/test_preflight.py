@@ -49,10 +49,12 @@ def deploy(tmp_path):
     """``deploy(run_command, **request)`` → the problems of that deploy, against a real store and state dir."""
     stores = []
 
-    def check(command, build=None, live=None, **req):
+    def check(command, build=None, live=None, router=None, **req):
         data = {"app": "a", "run": {"command": command}}
         if build:
             data["build"] = build
+        if router:
+            data["router"] = router
         cfg = config.from_dict(data, source=str(tmp_path / "nonstop.yml"))
         store = Store(cfg.state_path / "nonstop.db")
         stores.append(store)
@@ -65,6 +67,13 @@ def deploy(tmp_path):
     yield check
     for s in stores:
         s.close()
+
+
+def test_deploy_strategy_recreate_is_refused_where_the_router_cannot_hold_requests(deploy, tmp_path):
+    problems, _ = deploy(f"{PY} -m http.server {{port}}", router={"type": "nginx"}, version="v1", strategy="recreate")
+    assert [p.field for p in problems] == ["--strategy"] and "router nginx cannot" in problems[0].message
+    problems, _ = deploy(f"{PY} -m http.server {{port}}", version="v1", strategy="recreate")
+    assert problems == []  # the embedded proxy holds them
 
 
 def test_a_folder_artifact_where_the_command_can_take_one(deploy, tmp_path):
@@ -82,7 +91,7 @@ def test_a_folder_for_java_jar_and_a_file_for_a_path_inside_are_refused(deploy, 
     jar.write_bytes(b"PK")
     problems, store = deploy(f"{PY} -jar {{artifact}} {{port}}", version="v1", artifact=str(folder))
     assert [(p.field, "java -jar {artifact} needs a jar file" in p.message) for p in problems] == [("--artifact", True)]
-    problems, _ = deploy(f"{{artifact}}/bin/start {{port}}", version="v1", artifact=str(jar))
+    problems, _ = deploy("{artifact}/bin/start {port}", version="v1", artifact=str(jar))
     assert [p.field for p in problems] == ["--artifact"] and "needs a folder" in problems[0].message
     assert store.list_releases() == []
 

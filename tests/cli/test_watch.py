@@ -9,7 +9,7 @@ from rich.console import Console
 from nonstop.cli.watch import DeployState, DeployView, render_state
 
 EVENTS = [
-    {"ts": 100.0, "type": "start", "message": "deploy started strategy=canary from=v1", "strategy": "canary"},
+    {"ts": 100.0, "type": "start", "message": "deploy started strategy=canary from=v1", "strategy": "canary", "from_release": "v1"},
     {"ts": 100.1, "type": "release", "message": "release v2 stored", "release": "v2"},
     {"ts": 100.2, "type": "step", "message": "starting 1 canary instance(s) of v2 beside v1", "phase": "starting"},
     {"ts": 100.3, "type": "instance_starting", "message": "starting v2@8082", "instance": "v2@8082"},
@@ -58,7 +58,7 @@ def test_panel_shows_weight_step_and_analysis():
 
 def test_blue_green_has_no_weight_bar():
     st = DeployState()
-    st.add({"ts": 1.0, "type": "start", "message": "deploy started strategy=blue-green from=-", "strategy": "blue-green"})
+    st.add({"ts": 1.0, "type": "start", "message": "deploy started strategy=blue-green from=-", "strategy": "blue-green", "from_release": None})
     st.add({"ts": 1.5, "type": "step", "message": "switching 100% of traffic to v3", "phase": "switch"})
     out = text_of(render_state(st))
     assert "weight" not in out and "from" not in out and "switching 100%" in out

@@ -16,7 +16,7 @@ with warnings.catch_warnings():  # starlette 1.x suggests httpx2 for its test cl
     from starlette.testclient import TestClient
 
 from nonstop.agent.dashboard import Dashboard, _hostname, check_listen, is_loopback, start_dashboard
-from nonstop.agent.routers.base import ReleaseRoute, Routing, Target
+from nonstop.agent.routers.base import Release, RouteTable, Target
 from nonstop.errors import ConfigError, UsageError
 
 TOKEN = "s3cret-token"
@@ -32,7 +32,7 @@ class FakeAgent:
         self.rolled: list[str | None] = []
         self.emitted: list[tuple] = []
         self.listeners = []
-        routing = Routing(releases=(ReleaseRoute("v1", 100, (Target("127.0.0.1:8081"),)),))
+        routing = RouteTable(releases=(Release("v1", 100, (Target("127.0.0.1:8081"),)),))
         self.traffic = SimpleNamespace(split=SimpleNamespace(routing=lambda: routing))
         self.router = SimpleNamespace(stats=self._stats)
         self.store = SimpleNamespace(active_deployment=lambda: None, list_deployments=lambda n: [], events=lambda d: [])

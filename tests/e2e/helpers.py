@@ -46,3 +46,12 @@ def wait_for(pred, timeout: float = 10.0, interval: float = 0.05, what: str = "c
             return v
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def assert_events_carry_their_fields(events: list[dict]) -> None:
+    """Every event of a type ``nonstop.protocol.EVENT_FIELDS`` knows carries those fields (clients read them)."""
+    from nonstop.protocol import EVENT_FIELDS
+
+    for ev in events:
+        missing = [f for f in EVENT_FIELDS.get(ev["type"], ()) if f not in ev]
+        assert not missing, f"event {ev['type']} lacks {missing}: {ev}"

@@ -91,12 +91,15 @@ def test_smoke_test_failure_aborts_before_the_switch(stack_factory, tmp_path):
     good = make_artifact(tmp_path / "a", "good", "--boot-seconds", "0.2")
     smoke = tmp_path / "smoke.py"
     smoke.write_text(
-        "import sys, urllib.request\n"
+        "import os, sys, urllib.request\n"
         "body = urllib.request.urlopen(sys.argv[1] + '/version').read().decode()\n"
-        "print('smoke got', body)\n"
+        "print('smoke got', body, 'artifact', sys.argv[2])\n"
+        "if not (os.path.isfile(sys.argv[2]) and '/releases/' in sys.argv[2]):\n"
+        "    sys.exit('no stored artifact given')\n"
         "sys.exit(0 if 'v2' not in body else 'v2 fails the smoke test')\n"
     )
-    st = stack_with(stack_factory, tmp_path, strategy={"type": "blue-green", "smoke": [sys.executable, str(smoke), "{url}"]})
+    st = stack_with(stack_factory, tmp_path, strategy={"type": "blue-green",
+                                                       "smoke": [sys.executable, str(smoke), "{url}", "{artifact}"]})
     st.deploy("v1", "--artifact", str(good))
     with LoadClient(st.url, **LOAD) as load:
         load.wait_served(30, timeout=20)

@@ -227,3 +227,47 @@ def test_blue_green_with_two_instances(stack_factory, arts):
     assert load.result.failed == 0, load.result.format()
     routes = st.status()["routes"]
     assert routes[0]["release"] == "v2" and len(routes[0]["targets"]) == 2
+
+
+def test_deploy_strategy_blue_green_over_a_recreate_block_keeps_the_old_color_warm(stack_factory, arts):
+    st = bg(stack_factory, strategy={"type": "recreate"})
+    st.deploy("v1", "--artifact", str(arts["good"]))
+    with LoadClient(st.url, **LOAD) as load:
+        load.wait_served(50, timeout=20)
+        res = st.deploy("v2", "--artifact", str(arts["good"]), "--strategy", "blue-green")
+        assert [e for e in res["events"] if e["type"] == "kept_warm"], res["events"]  # blue-green's own keep_previous
+        r = st.cli("rollback", "--json")
+        assert r.code == 0, r.out + r.err
+        assert any("switching to warm v1" in e["message"] for e in r.json["events"]), r.json["events"]
+        load.wait_served(load.served + 50, timeout=20)
+    assert load.result.failed == 0, load.result.format()
+
+
+def test_blue_green_waiting_for_promote_switches_only_on_promote_and_refuses_what_it_cannot_do(stack_factory, arts):
+    st = bg(stack_factory, strategy={"type": "blue-green", "auto_promote": False})
+    v1 = st.cli_async("deploy", "--version", "v1", "--artifact", str(arts["good"]))
+    wait_for(lambda: (st.status()["deployment"] or {}).get("state") == "paused", timeout=30, what="v1 waiting")
+    assert st.cli("promote").code == 0 and v1.wait(30) == 0
+    with LoadClient(st.url, **LOAD) as load:
+        load.wait_served(40, timeout=20)
+        early = None
+        first = st.cli_async("deploy", "--version", "v2", "--artifact", str(arts["slowboot"]), "--json")
+        try:
+            wait_for(lambda: st.status()["deployment"], timeout=10, what="the deployment to start")
+            early = st.cli("promote")  # v2 still booting: nothing to promote yet, and nothing queued
+            assert early.code == 2 and "starting the new color" in early.err, early.out + early.err
+            wait_for(lambda: (st.status()["deployment"] or {}).get("state") == "paused", timeout=30,
+                     what="the deploy waiting for promote")
+            r = st.cli("pause")
+            assert r.code == 2 and "waiting for `nonstop promote`" in r.err, r.out + r.err
+            assert set(load.snapshot().by_version()) == {"v1"}  # nothing switched while it waits
+            assert st.cli("promote").code == 0
+            out, err = first.communicate(timeout=60)
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.communicate()
+        assert first.returncode == 0, out + err
+        load.wait_served(load.served + 40, timeout=20)
+    assert load.result.failed == 0, load.result.format()
+    assert st.status()["live_release"] == "v2"

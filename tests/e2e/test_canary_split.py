@@ -22,6 +22,7 @@ from nonstop.testing.load import LoadClient
 from tests.e2e._canary_helpers import StickyUsers, warm
 from tests.e2e.artifacts import RUN_COMMAND, make_artifact
 from tests.e2e.test_canary import canary_bound
+from tests.e2e.helpers import assert_events_carry_their_fields
 
 # One address, no cookies: the LoadClient keeps none (the production shape behind a load balancer).
 LOAD = dict(rate=80, keepalive=4, new=2, post=1, slow=0, timeout=15)
@@ -65,6 +66,7 @@ def test_one_address_without_cookies_is_split_by_weight_and_the_rollout_finishes
         warm(load, 40, stack=st)
     result = load.result
     assert res["state"] == "promoted", res
+    assert_events_carry_their_fields(res["events"])
     assert result.failed == 0, result.format()
     t0, t1 = event_window(res, 20, offset)
     during = [r for r in result.records if t0 + 0.3 < r.start < t1 - 0.1 and r.ok]

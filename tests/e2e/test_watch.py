@@ -22,7 +22,7 @@ import pytest
 from nonstop.testing.load import LoadClient
 from tests.e2e._canary_helpers import StatusSampler, nth_start_fails_artifact, serving, warm
 from tests.e2e.artifacts import RUN_COMMAND, make_artifact
-from tests.e2e.helpers import wait_for
+from tests.e2e.helpers import assert_events_carry_their_fields, wait_for
 
 RATE = 80.0
 LOAD = dict(rate=RATE, keepalive=4, new=2, post=1, slow=0, timeout=15)
@@ -98,6 +98,7 @@ def test_a_good_version_passes_its_watch_and_stays_live(stack_factory, arts):
         took = time.monotonic() - t0
         warm(load, 40, stack=st)
     assert res["state"] == "promoted", res
+    assert_events_carry_their_fields(res["events"])
     assert load.result.failed == 0, load.result.format()
     assert took >= 4.0
     passed = [e for e in res["events"] if e["type"] == "watch_passed"]

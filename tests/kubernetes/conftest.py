@@ -1,10 +1,11 @@
-"""Fixtures of the kubernetes runtime's tests: a fresh fake API server per test (tests/kubernetes/fakeapi.py)."""
+"""Fixtures of the kubernetes runtime's tests: a fresh fake API server per test, Prometheus fakes
+(tests/kubernetes/fakeapi.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.kubernetes.fakeapi import FakeCluster, kubeconfig, serve_cluster
+from tests.kubernetes.fakeapi import FakeCluster, kubeconfig, prom_answer, serve_cluster, serve_prometheus
 
 
 @pytest.fixture
@@ -17,3 +18,18 @@ def fake(tmp_path):
         yield cluster, served, path
     finally:
         served.close()
+
+
+@pytest.fixture
+def prom():
+    """start(errors, bad) -> (url, queries seen): a Prometheus fake answering ``prom_answer``'s figures."""
+    servers = []
+
+    def start(errors: float = 0.0, bad: str = "-canary-"):
+        s, seen = serve_prometheus(prom_answer(errors, bad))
+        servers.append(s)
+        return s.url, seen
+
+    yield start
+    for s in servers:
+        s.close()

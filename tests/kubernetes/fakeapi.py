@@ -5,9 +5,12 @@ calls nonstop makes with the API's real JSON shapes: GET/LIST (equality
 label selectors), POST, PUT with resourceVersion (409 when it moved),
 DELETE, server-side apply (``PATCH`` with ``application/apply-patch+yaml``,
 ``fieldManager``; a conflict with another manager's object without
-``force=true`` is a 409), ``Status`` bodies for errors, bearer-token auth
-(401) and per-verb refusals (403). It is a fake like a fake clock: what it
-checks is what nonstop sends and how nonstop reads the answers.
+``force=true`` is a 409), ``dryRun=All`` creates (nothing stored),
+``Status`` bodies for errors, bearer-token auth (401), per-verb refusals
+(403) and the SelfSubjectAccessReviews that report them, pod logs
+(``pods/<name>/log`` with ``tailLines``), and Gateways (in any namespace).
+It is a fake like a fake clock: what it checks is what nonstop sends and
+how nonstop reads the answers.
 
 A Deployment "controller" moves each Deployment's status one step per read
 (observedGeneration first, then one pod at a time within maxSurge 1 /
@@ -24,6 +27,7 @@ import copy
 import itertools
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
@@ -69,6 +73,10 @@ class FakeCluster:
     forbidden: set = field(default_factory=set)  # (verb, plural)
     stall_reads: int = 6
     gateway_accepts: bool = True  # the fake Gateway controller's verdict on every HTTPRoute
+    gateways: dict = field(default_factory=dict)  # (namespace, name) -> Gateway object
+    gateway_api: bool = True  # False: the Gateway API's CRDs are not installed
+    reviews: list = field(default_factory=list)  # the SelfSubjectAccessReviews' resourceAttributes, in order
+    unreachable: bool = False  # True: every connection is dropped without an answer (an API server gone)
     lock: threading.RLock = field(default_factory=threading.RLock)
     _rv: Any = field(default_factory=lambda: itertools.count(100))
     _names: Any = field(default_factory=lambda: itertools.count(10000))
@@ -125,7 +133,8 @@ class FakeCluster:
                 pods[:] = new
             elif len(new) < n and (recreate or len(pods) < n + 1) and not (unready and how != "good"):
                 pods.append({"name": f"{name}-{abs(hash(want_rel)) % 10**8:08d}-{next(self._names)}", "release": want_rel,
-                             "labels": dict(tmpl), "ready": False, "restarts": 0, "waiting": None})
+                             "labels": dict(tmpl), "ready": False, "restarts": 0, "waiting": None,
+                             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
             elif old and sum(p["ready"] for p in new) + len(old) > n:
                 pods.remove(old[0])
             elif len(new) > n:
@@ -169,7 +178,8 @@ class FakeCluster:
                 cs = {"name": "app", "ready": p["ready"], "restartCount": p["restarts"],
                       "state": {"waiting": {"reason": p["waiting"], "message": "back-off restarting failed container"}} if p["waiting"] else {"running": {}}}
                 out.append({"apiVersion": "v1", "kind": "Pod",
-                            "metadata": {"name": p["name"], "namespace": self.namespace, "labels": p["labels"]},
+                            "metadata": {"name": p["name"], "namespace": self.namespace, "labels": p["labels"],
+                                         **({"creationTimestamp": p["created"]} if p.get("created") else {})},
                             "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True" if p["ready"] else "False"}],
                                        "containerStatuses": [cs]}})
         return out
@@ -211,21 +221,45 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         body = self._body() if method in ("POST", "PUT", "PATCH", "DELETE") else None
+        if c.unreachable:
+            self.close_connection = True
+            return
         c.requests.append(Request(method, url.path, query, self.headers.get("Content-Type"), body))
         if self.headers.get("Authorization") != f"Bearer {TOKEN}":
             return self._send(401, status_body(401, "Unauthorized", "Unauthorized"))
         if url.path == "/version":
             return self._send(200, {"major": "1", "minor": "37", "gitVersion": "v1.37.0-fake"})
+        if url.path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews" and method == "POST":
+            attrs = (body.get("spec") or {}).get("resourceAttributes") or {}
+            c.reviews.append(attrs)
+            res = attrs.get("resource", "") + (f"/{attrs['subresource']}" if attrs.get("subresource") else "")
+            allowed = (attrs.get("verb"), res) not in c.forbidden and attrs.get("namespace") == c.namespace
+            return self._send(201, {**body, "status": {"allowed": allowed, **({} if allowed else {"reason": "no RBAC rule"})}})
         parts = url.path.strip("/").split("/")
         try:
             i = parts.index("namespaces")
             ns, plural = parts[i + 1], parts[i + 2]
             name = parts[i + 3] if len(parts) > i + 3 else None
+            sub = parts[i + 4] if len(parts) > i + 4 else None
         except (ValueError, IndexError):
             return self._send(404, status_body(404, "NotFound", "the server could not find the requested resource"))
+        if plural == "gateways" and method == "GET" and name:
+            if not c.gateway_api:
+                return self._send(404, status_body(404, "NotFound", "the server could not find the requested resource"))
+            gw = c.gateways.get((ns, name))
+            if gw is None:
+                return self._send(404, status_body(404, "NotFound", f'gateways.gateway.networking.k8s.io "{name}" not found',
+                                                   name=name, group="gateway.networking.k8s.io", kind="gateways"))
+            return self._send(200, gw)
+        if plural in PLURALS and ns != c.namespace and method == "POST":
+            return self._send(404, status_body(404, "NotFound", f'namespaces "{ns}" not found', name=ns, kind="namespaces"))
         if plural not in PLURALS or ns != c.namespace:
             return self._send(404, status_body(404, "NotFound", f"the server could not find the requested resource ({plural})"))
         verb = VERBS[method] if name or method != "GET" else "list"
+        if sub == "log" and plural == "pods" and method == "GET":
+            if ("get", "pods/log") in c.forbidden:
+                return self._send(403, status_body(403, "Forbidden", f'pods "{name}" is forbidden: cannot get resource "pods/log"'))
+            return self._send_log(c, name, int(query.get("tailLines") or 10))
         if (verb, plural) in c.forbidden:
             return self._send(403, status_body(403, "Forbidden", f'{plural} "{name or ""}" is forbidden: User "system:serviceaccount:ci:deployer" cannot {verb} resource "{plural}" in API group "" in the namespace "{ns}"'))
         api_version, kind = PLURALS[plural]
@@ -251,6 +285,8 @@ class _Handler(BaseHTTPRequestHandler):
                 name = body["metadata"]["name"]
                 if (plural, name) in c.objects:
                     return self._send(409, status_body(409, "AlreadyExists", f'{plural} "{name}" already exists', name=name, kind=plural))
+                if query.get("dryRun") == "All":
+                    return self._send(201, body)  # validated, admitted, not stored
                 obj = copy.deepcopy(body)
                 obj["metadata"].update(resourceVersion=c.rv(), uid=f"uid-{next(c._names)}", generation=1, namespace=ns)
                 c.objects[(plural, name)] = obj
@@ -292,6 +328,19 @@ class _Handler(BaseHTTPRequestHandler):
                 c.objects[key] = obj
                 return self._send(200 if cur else 201, obj)
         return self._send(405, status_body(405, "MethodNotAllowed", method))
+
+    def _send_log(self, c: FakeCluster, name: str, tail: int) -> None:
+        with c.lock:
+            pod = next((p for ps in c.pods.values() for p in ps if p["name"] == name), None)
+        if pod is None:
+            return self._send(404, status_body(404, "NotFound", f'pods "{name}" not found', name=name, kind="pods"))
+        lines = [f"{name} release={pod['release']} line {n}" for n in range(1, 21)][-tail:] if tail > 0 else []
+        data = "".join(line + "\n" for line in lines).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     def do_GET(self) -> None:
         self._route("GET")
@@ -357,6 +406,24 @@ class Served:
 def serve_cluster(cluster: FakeCluster) -> Served:
     handler = type("Handler", (_Handler,), {"cluster": cluster})
     return Served(handler)
+
+
+BOUNDS = [0.05, 0.1, 0.25, 0.5, 1.0]
+
+
+def prom_answer(errors: float = 0.0, bad: str = "-canary-"):
+    """Figures per side: 200 requests in any window; the 5xx share ``errors`` for the pods whose name pattern
+    contains ``bad`` (0 for the others); p99 under 100 ms."""
+
+    def answer(q: str):
+        canary = bad in q
+        if "_bucket" in q:
+            return [({"le": str(b)}, 190.0 if b < 0.1 else 200.0) for b in BOUNDS] + [({"le": "+Inf"}, 200.0)]
+        if 'status=~"5.."' in q:
+            return [({}, 200.0 * errors if canary else 0.0)]
+        return [({}, 200.0)]
+
+    return answer
 
 
 def serve_prometheus(answer: Callable[[str], list]) -> tuple[Served, list]:

@@ -154,3 +154,58 @@ def test_the_cli_and_the_pure_modules_do_not_import_the_kubernetes_client():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_pod_logs_access_reviews_the_namespace_and_the_gateway(fake):
+    cluster, _served, path = fake
+    c = client_for(path)
+    cfg = make_cfg()
+    for o in mf.render(cfg, first_deploy_shape(cfg, V1)):
+        c.apply(o)
+    for _ in range(6):
+        c.get("Deployment", "roomescape")  # the fake's controller starts the pods
+    pod = c.list("Pod", "nonstop.dev/app=roomescape")[0]["metadata"]["name"]
+    assert c.pod_log(pod, 2).splitlines() == [f"{pod} release=v1 line 19", f"{pod} release=v1 line 20"]
+    r = next(r for r in cluster.requests if r.path.endswith("/log"))
+    assert r.query == {"container": "app", "tailLines": "2"}
+    assert c.pod_log("gone", 5) is None
+
+    assert c.allowed("patch", "deployments", "apps") == (True, "")
+    cluster.forbidden.add(("get", "pods/log"))
+    assert c.allowed("get", "pods", "", "log") == (False, "no RBAC rule")
+    assert cluster.reviews[-1] == {"namespace": "roomescape", "verb": "get", "group": "", "resource": "pods", "subresource": "log"}
+
+    assert c.namespace_exists()  # the state ConfigMap does not exist: a dry-run create, nothing stored
+    assert cluster.get("configmaps", "roomescape-nonstop") is None
+    cluster.put_object(mf.state_configmap(cfg, "{}"))
+    assert c.namespace_exists()  # 409: it exists, and so does its namespace
+    cluster.namespace = "elsewhere"
+    assert not c.namespace_exists()
+
+    cluster.gateways[("infra", "public")] = {"kind": "Gateway", "metadata": {"name": "public", "namespace": "infra"}}
+    assert c.get_gateway("infra", "public")[0] == "ok"
+    assert c.get_gateway("infra", "private") == ("missing", None)
+    cluster.gateway_api = False
+    assert c.get_gateway("infra", "public") == ("no-crd", None)
+
+
+def test_a_lease_whose_holder_died_on_this_machine_is_taken_over_at_once(fake):
+    import os
+
+    _cluster, _served, path = fake
+    c = client_for(path)
+    cfg = make_cfg()
+    t = 1_800_000_000.0
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    me = lk.holder_identity()
+    gone = f"{me.rpartition(':')[0]}:{dead.stdout.strip()}"
+    ours, _ = lk.acquire(c, cfg, gone, release="v2", strategy="rolling", now=t)
+    info = lk.parse(c.get("Lease", "roomescape-nonstop-lock"))
+    assert info.boot == lk.boot_id() and lk.dead_here(info, me)
+    theirs, expired = lk.acquire(c, cfg, me, release="v3", strategy="rolling", now=t + 1)  # not expired, but its process is gone
+    assert expired.holder == gone
+    # a holder of this machine that still runs, or one of another machine (another boot id), is waited for
+    alive = lk.LeaseInfo(f"{me.rpartition(':')[0]}:{os.getpid()}", boot=lk.boot_id())
+    assert not lk.dead_here(alive, me)
+    assert not lk.dead_here(lk.LeaseInfo(gone, boot="another-machine"), me)
+    assert not lk.dead_here(lk.LeaseInfo(gone.replace(me.partition("@")[0], "someone-else", 1), boot=lk.boot_id()), me)

@@ -14,18 +14,15 @@ from nonstop.agent.kubernetes import client as kc
 from nonstop.agent.kubernetes import state as st
 from nonstop.agent.kubernetes.driver import KubernetesDriver
 from nonstop.agent.kubernetes.manifests import microtime
-from nonstop.agent.kubernetes.prometheus import Prometheus
 from nonstop.agent.kubernetes.runner import Callbacks
 from nonstop.agent.kubernetes.shapes import KRelease
 from nonstop.errors import DeploymentInProgress, UsageError
 
-from tests.kubernetes.fakeapi import serve_prometheus
 from tests.kubernetes.kube import make_cfg
 
 T0 = 1_800_000_000.0
 V = {n: KRelease(f"v{n}", f"v{n}", f"registry.example/roomescape:v{n}") for n in range(1, 5)}
 GW = {"gateway": {"name": "public", "namespace": "infra"}}
-BOUNDS = [0.05, 0.1, 0.25, 0.5, 1.0]
 
 
 class FakeClock:
@@ -61,35 +58,6 @@ class Recorder:
 
     def types(self):
         return [t for t, _m, _d in self.events]
-
-
-def prom_answer(errors: float = 0.0, bad: str = "-canary-"):
-    """Figures per side: 200 requests in any window; the 5xx share ``errors`` for the pods whose name pattern
-    contains ``bad`` (0 for the others); p99 under 100 ms."""
-
-    def answer(q: str):
-        canary = bad in q
-        if "_bucket" in q:
-            return [({"le": str(b)}, 190.0 if b < 0.1 else 200.0) for b in BOUNDS] + [({"le": "+Inf"}, 200.0)]
-        if 'status=~"5.."' in q:
-            return [({}, 200.0 * errors if canary else 0.0)]
-        return [({}, 200.0)]
-
-    return answer
-
-
-@pytest.fixture
-def prom():
-    servers = []
-
-    def start(errors: float = 0.0, bad: str = "-canary-"):
-        s, seen = serve_prometheus(prom_answer(errors, bad))
-        servers.append(s)
-        return s.url, seen
-
-    yield start
-    for s in servers:
-        s.close()
 
 
 def driver(path, *, holder="ci@runner:1", clock=None, rec=None, prom_url=None, control=None, **over):
@@ -350,7 +318,11 @@ def test_status_and_refusals(fake):
     d, _rec = driver(path)
     asyncio.run(d.deploy(V[1]))
     s = asyncio.run(d.status())
-    assert s["live"] == "v1" and s["tracks"][0]["available"] == 3 and s["lock"] is None and s["context"] == "test"
+    assert s["live"] == "v1" and s["lock"] is None and s["context"] == "test"
+    [dep] = s["deployments"]
+    assert (dep["name"], dep["track"], dep["release"], dep["available"]) == ("roomescape", "main", "v1", 3)
+    assert len(dep["pods"]) == 3 and all(p["ready"] and p["release"] == "v1" for p in dep["pods"])
+    assert s["service"] == {"name": "roomescape", "selector": {"nonstop.dev/app": "roomescape", "nonstop.dev/lane": "main"}}
     with pytest.raises(UsageError, match="already live"):
         asyncio.run(d.deploy(V[1]))
     with pytest.raises(UsageError, match="no previous release"):

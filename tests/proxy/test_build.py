@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_compiled_modules_are_the_ones_with_a_pxd():
-    assert build.compiled_modules() == ["downstream", "http", "pool", "state", "stats", "upstream"]
+    assert build.compiled_modules() == ["downstream", "exchange", "fastpath", "http", "pool", "state", "stats", "upstream"]
 
 
 @pytest.mark.skipif(bool(os.environ.get(build.PURE_ENV)), reason="this run tests the Python fallback on purpose")

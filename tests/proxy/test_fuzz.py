@@ -197,7 +197,7 @@ def _message(head: bytes):
 
 
 def test_the_request_fast_path_takes_only_what_the_parser_path_reads_the_same_way():
-    from nonstop.proxy import http
+    from nonstop.proxy import fastpath, http
 
     rng = random.Random(20261125)
     fwd = http.forwarded_lines(b"10.0.0.1")
@@ -206,9 +206,10 @@ def test_the_request_fast_path_takes_only_what_the_parser_path_reads_the_same_wa
         data = rng.choice(FAST_SEEDS)
         if i % 4:  # a quarter unmutated, so the fast path is exercised on what it must take
             data = mutate(rng, data, FAST_NOISE, truncate=0.0)
-        fast = http.fast_request(data, fwd)
+        fast = fastpath.fast_request(data, fwd)
         # the two implementations (compiled scan, Python regex) agree byte for byte
-        other = (http._regex_request if http.fast_request is http._scan_request else http._scan_request)(data, fwd)
+        other = (fastpath._regex_request if fastpath.fast_request is fastpath._scan_request
+                 else fastpath._scan_request)(data, fwd)
         assert (other is None) == (fast is None), data
         if fast is None:
             continue  # declining is always allowed: the parser path takes it

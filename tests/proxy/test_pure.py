@@ -8,7 +8,7 @@ import os
 import pytest
 
 from nonstop.errors import ProxyError
-from nonstop.proxy import http, routes, split, stats
+from nonstop.proxy import fastpath, http, routes, split, stats
 from nonstop.proxy.drain import Action, DrainPlan
 from nonstop.proxy.pool import Pool
 from nonstop.proxy.routes import InvalidRoutes, RouteTable, StaleRevision
@@ -461,7 +461,7 @@ def test_the_data_plane_never_imports_the_control_plane_or_the_cli():
     ],
 )
 def test_response_fast_path_takes_only_plain_content_length_heads(head, taken):
-    got = http.fast_response(head)
+    got = fastpath.fast_response(head)
     assert (got is not None) == taken
     if taken:
         status, end, length, chead = got
@@ -469,7 +469,7 @@ def test_response_fast_path_takes_only_plain_content_length_heads(head, taken):
         # the client gets what the parser path would send
         slow = http.inspect_raw_response(status, head[:end], True, http.RequestHead(), False, False, b"X: 1\r\n")
         assert slow.body == "length" and slow.upstream_reusable and not slow.close
-        assert _lines(http.fast_client_head(chead, b"X: 1\r\n", False, False)) == _lines(slow.head)
+        assert _lines(fastpath.fast_client_head(chead, b"X: 1\r\n", False, False)) == _lines(slow.head)
 
 
 def _lines(head: bytes):
@@ -517,7 +517,7 @@ def _llhttp_head(data: bytes):
 @pytest.mark.parametrize("impl", ["_scan_request", "_regex_request"])  # compiled build: the scan; Python: the regex
 def test_request_fast_path_builds_the_same_upstream_head_as_the_parser_path(data, impl):
     fwd = http.forwarded_lines(b"10.0.0.1")
-    fast = getattr(http, impl)(data, fwd)
+    fast = getattr(fastpath, impl)(data, fwd)
     assert fast is not None
     slow = _llhttp_head(data)
 
@@ -571,24 +571,24 @@ def test_request_fast_path_builds_the_same_upstream_head_as_the_parser_path(data
 )
 @pytest.mark.parametrize("impl", ["_scan_request", "_regex_request"])
 def test_request_fast_path_leaves_everything_else_to_the_parser(data, impl):
-    assert getattr(http, impl)(data, b"") is None
+    assert getattr(fastpath, impl)(data, b"") is None
 
 
 def test_the_compiled_build_scans_requests_and_the_python_one_matches_the_regex():
-    compiled = not http.__file__.endswith(".py")
-    assert http.fast_request is (http._scan_request if compiled else http._regex_request)
+    compiled = not fastpath.__file__.endswith(".py")
+    assert fastpath.fast_request is (fastpath._scan_request if compiled else fastpath._regex_request)
 
 
 def test_response_fast_path_verdicts_are_remembered_by_exact_head_and_bounded():
     head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n"
-    first = http.fast_response(head + b"ok")
-    assert first == http.fast_response(head + b"ok") == http.fast_response(head)
+    first = fastpath.fast_response(head + b"ok")
+    assert first == fastpath.fast_response(head + b"ok") == fastpath.fast_response(head)
     assert first[3] == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
-    assert http.fast_response(head.replace(b"keep-alive", b"close") + b"ok") is None
-    for i in range(http._FAST_HEADS_MAX * 2):
-        assert http.fast_response(b"HTTP/1.1 200 OK\r\nX-I: %d\r\nContent-Length: 0\r\n\r\n" % i)[2] == 0
-    assert len(http._fast_heads) <= http._FAST_HEADS_MAX
-    assert http.fast_response(head + b"ok") == first
+    assert fastpath.fast_response(head.replace(b"keep-alive", b"close") + b"ok") is None
+    for i in range(fastpath._FAST_HEADS_MAX * 2):
+        assert fastpath.fast_response(b"HTTP/1.1 200 OK\r\nX-I: %d\r\nContent-Length: 0\r\n\r\n" % i)[2] == 0
+    assert len(fastpath._fast_heads) <= fastpath._FAST_HEADS_MAX
+    assert fastpath.fast_response(head + b"ok") == first
 
 
 def test_response_fast_path_verdicts_alternating_heads_never_mix():
@@ -596,8 +596,8 @@ def test_response_fast_path_verdicts_alternating_heads_never_mix():
     b = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n"
     c = b"HTTP/1.1 200 OK\r\nContent-Length: 22\r\n\r\n"
     for _ in range(3):
-        assert http.fast_response(a + b"ok")[1:3] == (len(a), 2)
-        assert http.fast_response(b + b"ok") is None
-        assert http.fast_response(a + b"ok" + b)[1:3] == (len(a), 2)  # the next response's bytes too
-        assert http.fast_response(c + b"x" * 22)[1:3] == (len(c), 22)
-        assert http.fast_response(a[:-2]) is None  # incomplete
+        assert fastpath.fast_response(a + b"ok")[1:3] == (len(a), 2)
+        assert fastpath.fast_response(b + b"ok") is None
+        assert fastpath.fast_response(a + b"ok" + b)[1:3] == (len(a), 2)  # the next response's bytes too
+        assert fastpath.fast_response(c + b"x" * 22)[1:3] == (len(c), 22)
+        assert fastpath.fast_response(a[:-2]) is None  # incomplete

@@ -40,15 +40,41 @@ def test_connect_refused_goes_to_another_target_of_the_same_release_first():
     run(main())
 
 
-def test_connect_refused_everywhere_is_502_after_trying_each_target_once():
+def test_connect_refused_everywhere_waits_for_a_target_then_502():
+    """Every target refusing (the only instance died): the request reached none of them, so it is held,
+    each target tried again every RETRY_EVERY, for hold_timeout; then 502 (DESIGN §5)."""
     async def main():
         dead1, dead2 = closed_port(), closed_port()
-        async with proxy(dead1, dead2) as srv:
+        async with proxy(dead1, dead2, hold_timeout=0.7) as srv:
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
             r = await get(srv.listen_addr, "/")
+            took = loop.time() - t0
             assert r.status == 502 and r.headers["x-nonstop-error"] == "upstream-connect"
+            assert 0.6 < took < 2.0, took
             errs = srv.state.pairs[("static", dead1)].proxy_errors + srv.state.pairs[("static", dead2)].proxy_errors
-            assert errs == 2
+            assert errs >= 4  # each tried once at first, then again while held
             assert srv.state.targets[dead1].in_flight == 0 and srv.state.targets[dead2].in_flight == 0
+
+    run(main())
+
+
+def test_a_target_that_comes_back_within_hold_timeout_serves_the_held_request():
+    async def main():
+        port = int(closed_port().rpartition(":")[2])
+        async with proxy(f"127.0.0.1:{port}", hold_timeout=5) as srv:
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            pending = asyncio.ensure_future(get(srv.listen_addr, "/back"))
+            await asyncio.sleep(0.5)
+            assert not pending.done()
+            app = await App("back").start(port)  # the restarted instance, on the same address
+            try:
+                r = await pending
+                assert r.status == 200 and r.json()["app"] == "back", (r.status, r.body)
+                assert 0.5 < loop.time() - t0 < 3
+            finally:
+                await app.stop()
 
     run(main())
 
@@ -63,7 +89,7 @@ def test_connect_timeout_is_502():
         filler.connect(s.getsockname())
         addr = "127.0.0.1:%d" % s.getsockname()[1]
         try:
-            async with proxy(addr, connect_timeout=0.3) as srv:
+            async with proxy(addr, connect_timeout=0.3, hold_timeout=0.5) as srv:
                 loop = asyncio.get_running_loop()
                 t0 = loop.time()
                 r = await get(srv.listen_addr, "/")
@@ -557,7 +583,7 @@ def test_upstream_accepting_then_resetting_before_the_request_is_written_is_trie
     import struct
     import threading
 
-    from nonstop.proxy import downstream
+    from nonstop.proxy import connecting
 
     lst = socket.socket()
     lst.bind(("127.0.0.1", 0))
@@ -574,14 +600,14 @@ def test_upstream_accepting_then_resetting_before_the_request_is_written_is_trie
             c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             c.close()
 
-    real = downstream.connect
+    real = connecting.connect
 
     async def connect_then_look_later(loop, target, timeout):
         up = await real(loop, target, timeout)
         await asyncio.sleep(0.02)  # a busy loop: the peer's reset is seen before the request is written
         return up
 
-    monkeypatch.setattr(downstream, "connect", connect_then_look_later)
+    monkeypatch.setattr(connecting, "connect", connect_then_look_later)
     resetter = "127.0.0.1:%d" % lst.getsockname()[1]
     th = threading.Thread(target=accept_and_reset, daemon=True)
     th.start()

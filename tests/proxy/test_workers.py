@@ -113,3 +113,50 @@ def test_takeover_of_a_supervisor_under_load_has_zero_failures():
             await app.stop()
 
     run(main(), timeout=120)
+
+
+def test_workers_serve_https_and_redirect_plain_http(tmp_path):
+    """With --tls-listen, every worker serves the https socket the supervisor bound (and redirects to it)."""
+    import socket
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost", "127.0.0.1")
+    cert, key = tmp_path / "site.crt", tmp_path / "site.key"
+    cert.write_bytes(b"".join(p.bytes() for p in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
+    os.chmod(key, 0o600)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        tls_port = s.getsockname()[1]
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+
+    async def main():
+        app = await App().start()
+        with run_proxy("--workers", "2", "--tls-listen", f"127.0.0.1:{tls_port}", "--tls-cert", str(cert),
+                       "--tls-key", str(key), "--redirect-http") as p:
+            admin = AdminClient(p.admin_socket)
+            await admin.put_routes(_table(app.addr))
+            for _ in range(40):
+                r, w = await asyncio.wait_for(
+                    asyncio.open_connection("127.0.0.1", tls_port, ssl=ctx, server_hostname="localhost"), 5)
+                w.write(b"GET /x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                answer = await asyncio.wait_for(r.read(), 5)
+                w.close()
+                assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+            plain = await get(p.addr, "/pay")
+            assert plain.status == 308 and plain.headers["location"] == f"https://test:{tls_port}/pay"  # get() sends Host: test
+            s = await admin.stats()
+            assert s["releases"]["v1"]["by_class"]["2xx"] >= 40
+            per = []
+            for name in sorted(os.listdir(p.workdir)):
+                if name.startswith(".w") and name.endswith(".sock"):
+                    ws = await AdminClient(os.path.join(p.workdir, name)).stats()
+                    per.append(ws["targets"].get(app.addr, {}).get("requests", 0))
+            assert len(per) == 2 and sum(per) >= 40, per
+        await app.stop()
+
+    run(main())

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from routerkit import backends, load, make_cfg, wait_serving  # noqa: E402
 
-from nonstop.agent.routers.base import ReleaseRoute, Routing, Target  # noqa: E402
+from nonstop.agent.routers.base import Release, RouteTable, Target  # noqa: E402
 from nonstop.agent.routers.haproxy import HaproxyRouter  # noqa: E402
 from nonstop.agent.routers.nginx import NginxRouter  # noqa: E402
 
@@ -44,8 +44,8 @@ async def measure(
     with backends("v1", "v2") as (b1, b2):
         await router.start()
         try:
-            r1 = Routing((ReleaseRoute("v1", 100, (Target(b1.addr),)),))
-            r2 = Routing((ReleaseRoute("v2", 100, (Target(b2.addr),)),))
+            r1 = RouteTable(releases=(Release("v1", 100, (Target(b1.addr),)),))
+            r2 = RouteTable(releases=(Release("v2", 100, (Target(b2.addr),)),))
             await router.apply(r1)
             await wait_serving(cfg.listen)
             seconds = 1.0 + reloads * interval + 0.5

@@ -118,10 +118,10 @@ async def routed(kind: str, tmp: Path, versions=("v1", "v2"), *, strategy: dict 
         access = user / "access.json.log"
         conf = user_nginx_conf(user, listen, include, access)
         # The seed's set-up: nginx already runs, with an upstream include nonstop will own.
-        from nonstop.agent.routers.base import Routing
+        from nonstop.agent.routers.base import RouteTable
         from nonstop.agent.routers.nginx_conf import render_upstreams
 
-        include.write_text(render_upstreams("shop", Routing()))
+        include.write_text(render_upstreams("shop", RouteTable()))
         err = str(user / "error.log")
         subprocess.run([NGINX, "-c", str(conf), "-e", err], check=True, timeout=30)
         cfg = make_cfg(
@@ -158,6 +158,11 @@ async def routed(kind: str, tmp: Path, versions=("v1", "v2"), *, strategy: dict 
             **extra,
         )
         router = HaproxyRouter(cfg, state)
+    elif kind == "embedded":
+        from nonstop.agent.routers.embedded import EmbeddedRouter
+
+        cfg = make_cfg(tmp, {"type": "embedded"}, listen=listen, **extra)
+        router = EmbeddedRouter(cfg, state)
     else:  # pragma: no cover
         raise ValueError(kind)
     try:
@@ -200,6 +205,8 @@ def _wait_gone(pid: int, timeout: float = 10) -> None:
 
 
 def marks_for(kind: str):
+    if kind == "embedded":
+        return []
     return [needs_nginx] if kind.startswith("nginx") else [needs_haproxy]
 
 

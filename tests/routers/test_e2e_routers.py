@@ -16,7 +16,7 @@ import psutil
 import pytest
 from routerstack import HAPROXY, NGINX, kinds, user_haproxy_conf, user_nginx_conf
 
-from nonstop.agent.routers.base import Routing
+from nonstop.agent.routers.base import RouteTable
 from nonstop.agent.routers.nginx_conf import render_upstreams
 
 from nonstop.testing.load import LoadClient
@@ -54,7 +54,7 @@ def router_stack(stack_factory):  # noqa: F811
         listen = f"127.0.0.1:{st.listen}"
         if kind == "nginx-external":
             include, access, err = user / "service-url.inc", user / "access.json.log", str(user / "error.log")
-            include.write_text(render_upstreams("e2e", Routing()))
+            include.write_text(render_upstreams("e2e", RouteTable()))
             conf = user_nginx_conf(user, listen, include, access, app="e2e")
             subprocess.run([NGINX, "-c", str(conf), "-e", err], check=True, timeout=30)
             router = {

@@ -8,16 +8,17 @@ import re
 
 import pytest
 
-from nonstop.agent.routers.base import ReleaseRoute, Routing, Target
-from nonstop.agent.routers.haproxy_stats import haproxy_record
-from nonstop.agent.routers.haproxy_conf import MatchKey
-from nonstop.agent.routers.nginx_accesslog import LATENCY_BUCKETS, LogTail, StatsBook, nginx_record
-from nonstop.agent.routers.nginx_conf import normalise, plan, render_upstreams
+from nonstop.agent.routers.accesslog import LATENCY_BUCKETS, LogTail, StatsBook, haproxy_record, nginx_record
+from nonstop.agent.routers.base import Release, RouteTable, Target
+from nonstop.agent.routers.common import plan
+from nonstop.agent.routers.haproxy_conf import SLOTS, MatchKey, assign_slots, server_weights
+from nonstop.agent.routers.nginx_conf import render_upstreams
+from nonstop.proxy.split import normalise
 from nonstop.errors import RouterError
 
 
 def rel(name, weight, *addrs, draining=False, **kw):
-    return ReleaseRoute(name, weight, tuple(Target(a, draining) for a in addrs), **kw)
+    return Release(name, weight, tuple(Target(a, draining) for a in addrs), **kw)
 
 
 def test_normalise_is_the_embedded_rule():
@@ -29,21 +30,21 @@ def test_normalise_is_the_embedded_rule():
 
 
 def test_plan_canary_first_gets_the_low_buckets_and_draining_releases_none():
-    p = plan(Routing((rel("v2", 10, "127.0.0.1:2"), rel("v1", 90, "127.0.0.1:1"), rel("v0", 0, "127.0.0.1:3", draining=True))))
+    p = plan(RouteTable(releases=(rel("v2", 10, "127.0.0.1:2"), rel("v1", 90, "127.0.0.1:1"), rel("v0", 0, "127.0.0.1:3", draining=True))))
     assert p.by_bucket[:10] == ("v2",) * 10 and p.by_bucket[10:] == ("v1",) * 90
     assert [r.name for r in p.usable] == ["v2", "v1"]
-    assert plan(Routing()).by_bucket == ()
+    assert plan(RouteTable()).by_bucket == ()
 
 
 @pytest.mark.parametrize(
     "routing,message",
     [
-        (Routing((rel('v"1', 100, "127.0.0.1:1"),)), "release name"),
-        (Routing((rel("v1", 100, "127.0.0.1:1"), rel("v1", 0, "127.0.0.1:2"))), "twice"),
-        (Routing((rel("v1", 100, "127.0.0.1:1; evil"),)), "HOST:PORT"),
-        (Routing((rel("v1", 100, "127.0.0.1:1", match_headers=(("X Bad", "1"),)),)), "header name"),
-        (Routing((rel("v1", 100, "127.0.0.1:1", match_cookies=(("a-b", "1"),)),)), "cookie name"),
-        (Routing((rel("v1", 100, "127.0.0.1:1", match_headers=(("X-A", "\n"),)),)), "printable"),
+        (RouteTable(releases=(rel('v"1', 100, "127.0.0.1:1"),)), "release name"),
+        (RouteTable(releases=(rel("v1", 100, "127.0.0.1:1"), rel("v1", 0, "127.0.0.1:2"))), "twice"),
+        (RouteTable(releases=(rel("v1", 100, "127.0.0.1:1; evil"),)), "HOST:PORT"),
+        (RouteTable(releases=(rel("v1", 100, "127.0.0.1:1", match_headers=(("X Bad", "1"),)),)), "header name"),
+        (RouteTable(releases=(rel("v1", 100, "127.0.0.1:1", match_cookies=(("a-b", "1"),)),)), "cookie name"),
+        (RouteTable(releases=(rel("v1", 100, "127.0.0.1:1", match_headers=(("X-A", "\n"),)),)), "printable"),
     ],
 )
 def test_plan_refuses_what_a_config_cannot_carry(routing, message):
@@ -51,10 +52,29 @@ def test_plan_refuses_what_a_config_cannot_carry(routing, message):
         plan(routing)
 
 
+def test_haproxy_slots_are_kept_and_new_releases_take_the_emptiest_free_slot():
+    assert assign_slots({}, ["v1"], {}) == {"v1": 0}
+    # v1 keeps slot 0; v2 takes the free slot with the fewest leftover servers (3 over 1 and 2)
+    assert assign_slots({"v1": 0}, ["v2", "v1"], {1: 2, 2: 1, 3: 0}) == {"v1": 0, "v2": 3}
+    # a release no longer usable gives its slot back, but not while it is still being drained from it
+    assert assign_slots({"v1": 0, "v2": 1}, ["v2"], {}) == {"v2": 1}
+    assert assign_slots({"v1": 0, "v2": 1}, ["v2", "v3"], {}) == {"v2": 1, "v3": 2}
+    full = {f"v{i}": i for i in range(SLOTS)}
+    with pytest.raises(RouterError, match=f"more than {SLOTS} releases with live targets at once"):
+        assign_slots(full, [*full, "v9"], {})
+
+
+def test_haproxy_external_weights_spread_a_share_over_its_servers_and_keep_one_at_least():
+    p = plan(RouteTable(releases=(rel("v2", 1, "127.0.0.1:2", "127.0.0.1:3"), rel("v1", 99, "127.0.0.1:1"))))
+    w = server_weights(p)
+    assert w == {"t_127_0_0_1_2": (1, "v2"), "t_127_0_0_1_3": (1, "v2"), "t_127_0_0_1_1": (253, "v1")}
+    assert server_weights(plan(RouteTable(releases=(rel("v1", 0, "127.0.0.1:1"),))))["t_127_0_0_1_1"][0] == 256
+
+
 def test_nginx_upstreams_carry_the_routing_and_escape_match_values():
     text = render_upstreams(
         "room-escape",
-        Routing((rel("v2", 10, "127.0.0.1:2", match_headers=(("X-Canary", "a b$"),)), rel("default", 90, "127.0.0.1:1"))),
+        RouteTable(releases=(rel("v2", 10, "127.0.0.1:2", match_headers=(("X-Canary", "a b$"),)), rel("default", 90, "127.0.0.1:1"))),
     )
     assert "upstream nonstop_room_escape__0_v2" in text
     assert "\\default nonstop_room_escape__1_default;" in text  # a release called "default" stays a key

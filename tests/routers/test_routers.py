@@ -13,10 +13,10 @@ import time
 
 import pytest
 import uvloop
-from routerstack import kinds, routed
+from routerstack import KINDS, kinds, routed
 from routerkit import get, load, wait_serving
 
-from nonstop.agent.routers.base import ReleaseRoute, Routing, Target
+from nonstop.agent.routers.base import Release, RouteTable, Target
 from nonstop.errors import RouterError
 
 # nginx reload under keep-alive load: an old worker closes its idle keep-alive connections at
@@ -26,8 +26,8 @@ from nonstop.errors import RouterError
 CLIENTS = 20
 
 
-def one(name: str, addr: str, weight: int = 100, **kw) -> ReleaseRoute:
-    return ReleaseRoute(name, weight, (Target(addr),), **kw)
+def one(name: str, addr: str, weight: int = 100, **kw) -> Release:
+    return Release(name, weight, (Target(addr),), **kw)
 
 
 def run(coro):
@@ -39,18 +39,27 @@ def version(resp) -> str:
     return resp.body.decode().strip()
 
 
-@pytest.mark.parametrize("kind", kinds())
+@pytest.mark.parametrize("kind", kinds("embedded", *KINDS))
 def test_apply_routes_traffic_and_current_reads_it_back(kind, tmp_path):
+    """Every router, the embedded one too: what ``apply`` was given, ``current`` reads back (the revision
+    is the router's own business: the embedded proxy numbers its tables)."""
     async def go():
         async with routed(kind, tmp_path) as (router, cfg, (b1, b2)):
-            routing = Routing((one("v1", b1.addr),))
+            routing = RouteTable(releases=(one("v1", b1.addr),))
             await router.apply(routing)
             r = await wait_serving(cfg.listen)
             assert r.status == 200 and version(r) == "v1"
             assert r.headers.get("x-seen-forwarded-for") == "127.0.0.1"
             if kind != "haproxy-external":
                 assert r.headers["x-nonstop-release"] == "v1"
-            assert await router.current() == routing
+            assert (await router.current()).with_revision(0) == routing
+            # match names are written into a managed HAProxy's config at start (strategy.match): none here
+            match = () if kind.startswith("haproxy") else (("x-canary", "1"),)
+            canary = RouteTable(releases=(one("v2", b2.addr, 20, match_headers=match), one("v1", b1.addr, 80)),
+                                sticky="client_ip")
+            if kind != "haproxy-external":  # an external HAProxy backend splits by server weight only
+                await router.apply(canary)
+                assert (await router.current()).with_revision(0) == canary
             assert await router.alive()
 
     run(go())
@@ -81,12 +90,12 @@ def test_switch_under_load(kind, client, tmp_path):
                 router.client_keepalive_timeout = 0
                 await router.stop()
                 await router.start()
-            await router.apply(Routing((one("v1", b1.addr),)))
+            await router.apply(RouteTable(releases=(one("v1", b1.addr),)))
             await wait_serving(cfg.listen)
             task = asyncio.create_task(load(cfg.listen, 3.0, clients=CLIENTS, retry=client == "retrying"))
             await asyncio.sleep(1.0)
             t0 = time.monotonic()
-            await router.apply(Routing((one("v2", b2.addr),)))
+            await router.apply(RouteTable(releases=(one("v2", b2.addr),)))
             switched = time.monotonic() - t0
             assert await router.drain([b1.addr], 20)
             res = await task
@@ -109,14 +118,14 @@ def test_switch_under_load(kind, client, tmp_path):
 def test_weights_split_users_by_bucket_and_raising_only_adds(kind, tmp_path):
     async def go():
         async with routed(kind, tmp_path) as (router, cfg, (b1, b2)):
-            await router.apply(Routing((one("v2", b2.addr, 10), one("v1", b1.addr, 90))))
+            await router.apply(RouteTable(releases=(one("v2", b2.addr, 10), one("v1", b1.addr, 90))))
             await wait_serving(cfg.listen)
             before = {}
             for b in range(100):
                 before[b] = version(await get(cfg.listen, headers={"Cookie": f"nonstop_bucket={b}"}))
             assert collections.Counter(before.values()) == {"v2": 10, "v1": 90}
             assert all(before[b] == "v2" for b in range(10))  # canary first: buckets 0..9
-            await router.apply(Routing((one("v2", b2.addr, 25), one("v1", b1.addr, 75))))
+            await router.apply(RouteTable(releases=(one("v2", b2.addr, 25), one("v1", b1.addr, 75))))
             after = {}
             for b in range(100):
                 after[b] = version(await get(cfg.listen, headers={"Cookie": f"nonstop_bucket={b}"}))
@@ -131,7 +140,7 @@ def test_weights_split_users_by_bucket_and_raising_only_adds(kind, tmp_path):
 def test_new_user_gets_a_sticky_cookie_and_keeps_its_release(kind, tmp_path):
     async def go():
         async with routed(kind, tmp_path) as (router, cfg, (b1, b2)):
-            await router.apply(Routing((one("v2", b2.addr, 50), one("v1", b1.addr, 50))))
+            await router.apply(RouteTable(releases=(one("v2", b2.addr, 50), one("v1", b1.addr, 50))))
             r = await wait_serving(cfg.listen)
             cookie = r.headers["set-cookie"]
             assert cookie.startswith("nonstop_bucket=") and "Max-Age=86400" in cookie
@@ -142,7 +151,7 @@ def test_new_user_gets_a_sticky_cookie_and_keeps_its_release(kind, tmp_path):
                 assert version(rr) == first
                 assert "set-cookie" not in rr.headers
             # one release: nothing to pin, no cookie (as the embedded proxy)
-            await router.apply(Routing((one("v1", b1.addr),)))
+            await router.apply(RouteTable(releases=(one("v1", b1.addr),)))
             assert "set-cookie" not in (await get(cfg.listen)).headers
 
     run(go())
@@ -152,7 +161,7 @@ def test_new_user_gets_a_sticky_cookie_and_keeps_its_release(kind, tmp_path):
 def test_not_sticky_splits_requests(kind, tmp_path):
     async def go():
         async with routed(kind, tmp_path) as (router, cfg, (b1, b2)):
-            await router.apply(Routing((one("v2", b2.addr, 30), one("v1", b1.addr, 70)), sticky=False))
+            await router.apply(RouteTable(releases=(one("v2", b2.addr, 30), one("v1", b1.addr, 70)), sticky=False))
             await wait_serving(cfg.listen)
             res = await load(cfg.listen, 1.5, clients=4)
             share = res.by_release["v2"] / res.total
@@ -167,14 +176,14 @@ def test_not_sticky_splits_requests(kind, tmp_path):
 def test_external_haproxy_weights_split_requests(kind, tmp_path):
     async def go():
         async with routed(kind, tmp_path) as (router, cfg, (b1, b2)):
-            await router.apply(Routing((one("v2", b2.addr, 25), one("v1", b1.addr, 75))))
+            await router.apply(RouteTable(releases=(one("v2", b2.addr, 25), one("v1", b1.addr, 75))))
             await wait_serving(cfg.listen)
             seen = collections.Counter()
             for _ in range(200):
                 seen[version(await get(cfg.listen))] += 1
             assert 30 <= seen["v2"] <= 70, seen  # roundrobin by weight: 25% of 200
             with pytest.raises(RouterError, match="match"):
-                await router.apply(Routing((one("v2", b2.addr, 0, match_headers=(("X-Canary", "1"),)), one("v1", b1.addr))))
+                await router.apply(RouteTable(releases=(one("v2", b2.addr, 0, match_headers=(("X-Canary", "1"),)), one("v1", b1.addr))))
 
     run(go())
 
@@ -185,7 +194,7 @@ def test_header_and_cookie_match_reach_a_release_at_weight_zero(kind, tmp_path):
         strategy = {"type": "canary", "match": {"header": {"X-Canary": "1"}, "cookie": {"beta": "yes"}}}
         async with routed(kind, tmp_path, strategy=strategy) as (router, cfg, (b1, b2)):
             await router.apply(
-                Routing((one("v2", b2.addr, 0, match_headers=(("X-Canary", "1"),)), one("v1", b1.addr, 100)))
+                RouteTable(releases=(one("v2", b2.addr, 0, match_headers=(("X-Canary", "1"),)), one("v1", b1.addr, 100)))
             )
             await wait_serving(cfg.listen)
             assert version(await get(cfg.listen)) == "v1"
@@ -193,7 +202,7 @@ def test_header_and_cookie_match_reach_a_release_at_weight_zero(kind, tmp_path):
             assert version(await get(cfg.listen, headers={"X-Canary": "2"})) == "v1"  # exact value
             assert version(await get(cfg.listen, headers={"X-Canary": "1", "Cookie": "nonstop_bucket=99"})) == "v2"
             await router.apply(
-                Routing(
+                RouteTable(releases=
                     (
                         one("v2", b2.addr, 0, match_headers=(("X-Canary", "1"),), match_cookies=(("beta", "yes"),)),
                         one("v1", b1.addr, 100),
@@ -211,11 +220,11 @@ def test_header_and_cookie_match_reach_a_release_at_weight_zero(kind, tmp_path):
 def test_bad_change_raises_and_the_old_routing_keeps_serving(kind, tmp_path):
     async def go():
         async with routed(kind, tmp_path) as (router, cfg, (b1, b2)):
-            good = Routing((one("v1", b1.addr),))
+            good = RouteTable(releases=(one("v1", b1.addr),))
             await router.apply(good)
             await wait_serving(cfg.listen)
             # A name nginx cannot resolve fails `nginx -t`; HAProxy refuses it in `add server`.
-            bad = Routing((one("v2", "no-such-host.invalid:8080"),))
+            bad = RouteTable(releases=(one("v2", "no-such-host.invalid:8080"),))
             with pytest.raises(RouterError) as e:
                 await router.apply(bad)
             assert e.value.message
@@ -226,7 +235,7 @@ def test_bad_change_raises_and_the_old_routing_keeps_serving(kind, tmp_path):
                 r = await get(cfg.listen)
                 assert r.status == 200 and version(r) == "v1"
             # and the router still works after the failure
-            await router.apply(Routing((one("v2", b2.addr),)))
+            await router.apply(RouteTable(releases=(one("v2", b2.addr),)))
             assert version(await get(cfg.listen)) == "v2"
 
     run(go())
@@ -236,13 +245,13 @@ def test_bad_change_raises_and_the_old_routing_keeps_serving(kind, tmp_path):
 def test_drain_waits_for_a_slow_request(kind, tmp_path):
     async def go():
         async with routed(kind, tmp_path) as (router, cfg, (b1, b2)):
-            await router.apply(Routing((one("v1", b1.addr),)))
+            await router.apply(RouteTable(releases=(one("v1", b1.addr),)))
             await wait_serving(cfg.listen)
             slow = asyncio.create_task(get(cfg.listen, "/slow?ms=1500"))
             await asyncio.sleep(0.3)
             if kind.startswith("haproxy"):  # HAProxy knows what is in flight (scur); nginx does not say
                 assert (await router.stats())["targets"][b1.addr]["in_flight"] == 1
-            await router.apply(Routing((one("v2", b2.addr),)))
+            await router.apply(RouteTable(releases=(one("v2", b2.addr),)))
             t0 = time.monotonic()
             assert not await router.drain([b1.addr], 0.3)  # still in flight
             assert await router.drain([b1.addr], 10)
@@ -260,7 +269,7 @@ def test_drain_waits_for_a_slow_request(kind, tmp_path):
 def test_stats_count_what_was_sent(kind, tmp_path):
     async def go():
         async with routed(kind, tmp_path) as (router, cfg, (b1, b2)):
-            await router.apply(Routing((one("v2", b2.addr, 50), one("v1", b1.addr, 50))))
+            await router.apply(RouteTable(releases=(one("v2", b2.addr, 50), one("v1", b1.addr, 50))))
             await wait_serving(cfg.listen)
             await asyncio.sleep(0.3)  # the access-log line of that request is written after its response
             base = await router.stats()
@@ -292,7 +301,7 @@ def test_stats_count_what_was_sent(kind, tmp_path):
 def test_nothing_routable_answers_at_once(kind, tmp_path):
     async def go():
         async with routed(kind, tmp_path) as (router, cfg, (b1, b2)):
-            await router.apply(Routing((ReleaseRoute("v1", 100, (Target(b1.addr, draining=True),)),)))
+            await router.apply(RouteTable(releases=(Release("v1", 100, (Target(b1.addr, draining=True),)),)))
             t0 = time.monotonic()
             r = await get(cfg.listen)
             assert r.status in (502, 503) and time.monotonic() - t0 < 2
@@ -304,7 +313,7 @@ def test_nothing_routable_answers_at_once(kind, tmp_path):
 def test_restart_keeps_the_routing(kind, tmp_path):
     async def go():
         async with routed(kind, tmp_path) as (router, cfg, (b1, b2)):
-            routing = Routing((one("v2", b2.addr),))
+            routing = RouteTable(releases=(one("v2", b2.addr),))
             await router.apply(routing)
             await router.stop()
             await router.start()
@@ -319,7 +328,7 @@ def test_restart_keeps_the_routing(kind, tmp_path):
 def test_targets_within_a_release_share_and_a_draining_one_gets_nothing_new(kind, tmp_path):
     async def go():
         async with routed(kind, tmp_path, versions=("a", "b")) as (router, cfg, (ba, bb)):
-            both = Routing((ReleaseRoute("v1", 100, (Target(ba.addr), Target(bb.addr))),))
+            both = RouteTable(releases=(Release("v1", 100, (Target(ba.addr), Target(bb.addr))),))
             await router.apply(both)
             await wait_serving(cfg.listen)
             res = await load(cfg.listen, 1.0, clients=4, path="/slow?ms=5")
@@ -327,7 +336,7 @@ def test_targets_within_a_release_share_and_a_draining_one_gets_nothing_new(kind
             for _ in range(30):
                 seen[version(await get(cfg.listen, "/slow?ms=5"))] += 1
             assert seen["a"] and seen["b"], (seen, res)
-            one_left = Routing((ReleaseRoute("v1", 100, (Target(ba.addr, draining=True), Target(bb.addr))),))
+            one_left = RouteTable(releases=(Release("v1", 100, (Target(ba.addr, draining=True), Target(bb.addr))),))
             await router.apply(one_left)
             assert await router.drain([ba.addr], 10)
             for _ in range(20):
@@ -341,12 +350,12 @@ def test_targets_within_a_release_share_and_a_draining_one_gets_nothing_new(kind
 def test_nginx_skips_the_reload_when_nginx_would_see_no_change(kind, tmp_path):
     async def go():
         async with routed(kind, tmp_path) as (router, cfg, (b1, b2)):
-            await router.apply(Routing((one("v2", b2.addr), ReleaseRoute("v1", 0, (Target(b1.addr, draining=True),)))))
+            await router.apply(RouteTable(releases=(one("v2", b2.addr), Release("v1", 0, (Target(b1.addr, draining=True),)))))
             master = router._master()
             workers = {c.pid for c in master.children()}
-            await router.apply(Routing((one("v2", b2.addr),)))  # the draining release left out already
+            await router.apply(RouteTable(releases=(one("v2", b2.addr),)))  # the draining release left out already
             assert {c.pid for c in master.children()} == workers  # no reload: same workers
-            assert await router.current() == Routing((one("v2", b2.addr),))
+            assert await router.current() == RouteTable(releases=(one("v2", b2.addr),))
 
     run(go())
 
@@ -361,7 +370,7 @@ def test_stats_keep_counting_across_log_rotation(kind, tmp_path, monkeypatch):
 
     async def go():
         async with routed(kind, tmp_path) as (router, cfg, (b1, b2)):
-            await router.apply(Routing((one("v1", b1.addr),)))
+            await router.apply(RouteTable(releases=(one("v1", b1.addr),)))
             await wait_serving(cfg.listen)
             await asyncio.sleep(0.2)
             base = (await router.stats())["releases"].get("v1", {}).get("requests", 0)
@@ -383,7 +392,7 @@ def test_a_new_router_object_adopts_the_running_server(kind, tmp_path):
 
     async def go():
         async with routed(kind, tmp_path) as (router, cfg, (b1, b2)):
-            routing = Routing((one("v2", b2.addr, 50), one("v1", b1.addr, 50)))
+            routing = RouteTable(releases=(one("v2", b2.addr, 50), one("v1", b1.addr, 50)))
             await router.apply(routing)
             await wait_serving(cfg.listen)
             pid = router.info().detail["pid"]
@@ -391,7 +400,7 @@ def test_a_new_router_object_adopts_the_running_server(kind, tmp_path):
             await again.start()
             assert again.info().detail["pid"] == pid
             assert await again.current() == routing
-            await again.apply(Routing((one("v2", b2.addr),)))
+            await again.apply(RouteTable(releases=(one("v2", b2.addr),)))
             assert version(await get(cfg.listen, headers={"Cookie": "nonstop_bucket=99"})) == "v2"
             assert await again.drain([b1.addr], 10)
 

@@ -86,11 +86,17 @@ class ChallengeServer:
 class Pebble:
     """One pebble + DNS pair for a test session; ``directory`` and ``ca_bundle`` are what a config names."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *, http_port: int | None = None, validity: int = VALIDITY,
+                 blocked: tuple[str, ...] = (BLOCKED,)) -> None:
+        """``http_port``: where HTTP-01 is validated — a nonstop proxy's plain listener (then no test
+        responder runs); by default a ``ChallengeServer`` of the test's own."""
         self.tmp = tmp
-        self.acme_port, self.mgmt_port, self.http_port, self.tls_port, self.dns_port, self.dns_mgmt = stack_ports(6)
+        self.acme_port, self.mgmt_port, own_http, self.tls_port, self.dns_port, self.dns_mgmt = stack_ports(6)
+        self.http_port = http_port or own_http
+        self.validity = validity
+        self.blocked = list(blocked)
         self.procs: list[subprocess.Popen] = []
-        self.challenges = ChallengeServer(self.http_port)
+        self.challenges = ChallengeServer(self.http_port) if http_port is None else None
 
     @property
     def directory(self) -> str:
@@ -115,10 +121,11 @@ class Pebble:
             "tlsPort": self.tls_port,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": False,
-            "domainBlocklist": [BLOCKED],
-            "certificateValidityPeriod": VALIDITY,
+            "domainBlocklist": self.blocked,
+            "certificateValidityPeriod": self.validity,
         }}))
-        self.challenges.start()
+        if self.challenges is not None:
+            self.challenges.start()
         self._spawn("dns", ["pebble-challtestsrv", "-dns01", f"127.0.0.1:{self.dns_port}", "-http01", "",
                             "-https01", "", "-tlsalpn01", "", "-management", f"127.0.0.1:{self.dns_mgmt}",
                             "-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""], {})
@@ -169,4 +176,6 @@ class Pebble:
             except subprocess.TimeoutExpired:
                 os.kill(p.pid, signal.SIGKILL)
                 p.wait(5)
-        self.challenges.stop()
+        self.procs = []
+        if self.challenges is not None:
+            self.challenges.stop()

@@ -56,3 +56,21 @@ def test_hsts_and_forwarded_proto() -> None:
     assert https.hsts_line(None) == b""
     assert https.hsts_line(365 * 86400.0) == b"Strict-Transport-Security: max-age=31536000\r\n"
     assert https.forwarded_proto(True) == b"https" and https.forwarded_proto(False) == b"http"
+
+
+def test_front_door_answers_challenges_and_redirects_before_routing(tmp_path: Path) -> None:
+    (tmp_path / TOKEN).write_bytes(b"keyauth")
+    challenge = b"/.well-known/acme-challenge/" + TOKEN.encode()
+    host = [(b"Host", b"shop.example")]
+    # a challenge is answered on either listener, redirect or not
+    assert https.front_door(str(tmp_path), 443, b"http", challenge, host, False).endswith(b"keyauth")
+    assert https.front_door(str(tmp_path), None, b"https", challenge, host, False).endswith(b"keyauth")
+    # plain HTTP with a redirect: 308 to the HTTPS port; on the TLS listener, or without a redirect: routed
+    assert b"Location: https://shop.example:8443/a" in https.front_door(None, 8443, b"http", b"/a", host, False)
+    assert https.front_door(None, 8443, b"https", b"/a", host, False) is None
+    assert https.front_door(None, None, b"http", b"/a", host, False) is None
+    # TLS terminated by a trusted proxy in front (it says https): served, not redirected again; an
+    # untrusted peer saying so is redirected all the same
+    fwd = [*host, (b"X-Forwarded-Proto", b"https")]
+    assert https.front_door(None, 443, b"http", b"/a", fwd, True) is None
+    assert https.front_door(None, 443, b"http", b"/a", fwd, False).startswith(b"HTTP/1.1 308 ")

@@ -54,9 +54,11 @@ class CanaryRun:
         st = self.state
         return {
             "canary": {
-                "weight": st.weight, "step": min(st.step + 1, self.plan.count), "steps": self.plan.count,
+                # the weight traffic has now (the step's own is applied first: its pods, then the route)
+                "weight": self.weight, "target_weight": st.weight, "step": min(st.step + 1, self.plan.count), "steps": self.plan.count,
                 "phase": st.phase, "failures": st.failures, "failure_limit": self.plan.failure_limit,
                 "waiting_for": sm.waiting_for(self.plan, st, self.clock.now()), "analysis": self.results[-5:],
+                "received": (self.results[-1].get("received") if self.results else None) or {},
             }
         }
 

@@ -131,14 +131,15 @@ class KubeClient:
 
     def request(
         self, method: str, path: str, *, query: list[tuple[str, str]] | None = None, body: Any = None,
-        content_type: str = "application/json", what: str = "", verb: str | None = None,
+        content_type: str = "application/json", what: str = "", verb: str | None = None, text: bool = False,
     ) -> tuple[int, Any]:
-        """One call; returns (status, decoded JSON) for 2xx and 404, raises nonstop's errors for the rest."""
+        """One call; returns (status, decoded JSON — or the body as text with ``text``) for 2xx and 404, raises
+        nonstop's errors for the rest."""
         import urllib3
 
         from kubernetes.client.exceptions import ApiException
 
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "text/plain" if text else "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type
             if content_type != "application/json" and not isinstance(body, str):
@@ -156,6 +157,8 @@ class KubeClient:
                 raise self._unreachable(str(e.reason)) from None
             resp, raw = e, (e.body or b"")
         status = int(resp.status)
+        if text and 200 <= status < 300:
+            return status, raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
         try:
             data = json.loads(raw) if raw else None
         except ValueError:
@@ -201,6 +204,51 @@ class KubeClient:
         """``GET /version``: the cheapest proof the server answers (``nonstop check``)."""
         _status, data = self.request("GET", "/version", what="version")
         return data or {}
+
+    def pod_log(self, name: str, lines: int, container: str = "app") -> str | None:
+        """The last ``lines`` lines of a pod's container log (None: the pod is gone)."""
+        status, body = self.request(
+            "GET", self._path("Pod", name) + "/log", query=[("container", container), ("tailLines", str(max(0, lines)))],
+            what=f"pods/log {name}", verb="get", text=True,
+        )
+        return None if status == 404 else body
+
+    def allowed(self, verb: str, resource: str, group: str = "", subresource: str = "") -> tuple[bool, str]:
+        """May these credentials ``verb`` ``resource`` in the namespace? A SelfSubjectAccessReview (any
+        authenticated user may create one); (allowed, the authorizer's reason)."""
+        attrs = {"namespace": self.namespace, "verb": verb, "group": group, "resource": resource}
+        if subresource:
+            attrs["subresource"] = subresource
+        body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview", "spec": {"resourceAttributes": attrs}}
+        _s, data = self.request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body=body,
+                                what="selfsubjectaccessreviews", verb="create")
+        st = (data or {}).get("status") or {}
+        return bool(st.get("allowed")), str(st.get("reason") or st.get("evaluationError") or "")
+
+    def namespace_exists(self) -> bool:
+        """Does the namespace exist? Asked with the one verb nonstop needs anyway: a dry-run create of the state
+        ConfigMap (201, or 409 when it exists: the namespace is there; 404: it is not). Nothing is written."""
+        obj = mf.state_configmap(self.cfg, "{}")
+        try:
+            status, _data = self.request("POST", self._path("ConfigMap"), query=[("dryRun", "All")], body=obj,
+                                         what=f"ConfigMap {obj['metadata']['name']} (dry run)", verb="create")
+        except Conflict:
+            return True  # it exists already: so does its namespace
+        return status != 404
+
+    def get_gateway(self, namespace: str, name: str) -> tuple[str, dict | None]:
+        """The Gateway API Gateway ``namespace/name``: ("ok", obj), ("missing", None), ("no-crd", None) when the
+        Gateway API is not installed, or ("forbidden", None) when these credentials may not read it."""
+        path = f"/apis/{mf.GATEWAY_GROUP}/v1/namespaces/{quote(namespace)}/gateways/{quote(name)}"
+        try:
+            status, data = self.request("GET", path, what=f"Gateway {namespace}/{name}")
+        except ClusterForbidden:
+            return "forbidden", None
+        if status == 404:
+            # a missing object says so in its Status details; a missing resource type (no CRD) does not
+            details = (data.get("details") or {}) if isinstance(data, dict) else {}
+            return ("missing" if details.get("name") == name else "no-crd"), None
+        return "ok", data
 
     # -- writes -----------------------------------------------------------------------------
     def check_owned(self, obj: dict) -> None:

@@ -9,6 +9,8 @@ The seam the agent wires in (docs/internals.md, "The kubernetes runtime"):
     outcome = await driver.recover()                          # → Outcome | None
     await driver.housekeeping()                               # the warm side's expiry
     driver.check_control(action)                              # refuse (UsageError) before queueing
+    await driver.check_lock()                                 # exit 4 before anything is accepted
+    target = await driver.rollback_target(to)                 # UsageError for an unknown or live release
     status = await driver.status(); history = await driver.history()
 
 Every operation holds the app's Lease for its whole length (renewed in the
@@ -31,6 +33,7 @@ from nonstop.agent.kubernetes import manifests as mf
 from nonstop.agent.kubernetes import rollout as ro
 from nonstop.agent.kubernetes import state as st
 from nonstop.agent.kubernetes.canary_run import CanaryRun
+from nonstop.agent.kubernetes.observe import observe_deployment
 from nonstop.agent.kubernetes.prometheus import Prometheus, Side, pod_regex
 from nonstop.agent.kubernetes.runner import Callbacks, Clock, PlanRunner, RealClock
 from nonstop.agent.kubernetes.shapes import KRelease, Shape, deployment_name, first_deploy_shape, image_for
@@ -70,7 +73,7 @@ class KubernetesDriver:
 
     def __init__(
         self, cfg: Config, client: Any, *, callbacks: Callbacks | None = None, control: "asyncio.Queue[str] | None" = None,
-        clock: Clock | None = None, metrics: Prometheus | None = None, holder: str | None = None, poll: float = ro.POLL,
+        clock: Clock | None = None, metrics: Prometheus | None = None, holder: str | None = None, poll: float | None = None,
     ) -> None:
         assert cfg.kubernetes is not None
         self.cfg = cfg
@@ -81,10 +84,11 @@ class KubernetesDriver:
         k = cfg.kubernetes
         self.metrics = metrics or (Prometheus(k.prometheus, namespace=k.namespace, app=cfg.app, queries=k.prometheus_queries) if k.prometheus else None)
         self.holder = holder or lk.holder_identity()
-        self.poll = poll
+        self.poll = poll if poll is not None else k.poll_interval  # seconds between reads of a rollout
         self._lease: lk.LeaseInfo | None = None
         self._lost: str | None = None
         self._canary: CanaryRun | None = None
+        self._watching: Watcher | None = None
         self._gate_ok = False
 
     # -- plumbing --------------------------------------------------------------------------
@@ -192,11 +196,7 @@ class KubernetesDriver:
     async def rollback(self, to: str | None = None) -> Outcome:
         """Back to ``to`` (default: the newest good release that is not live), zero-downtime; the release
         rolled back from is marked bad (``rollback`` skips it next time)."""
-        state = await self._state()
-        target = state.release(to) if to else state.previous_good()
-        if target is None:
-            known = ", ".join(r["id"] for r in state.releases) or "none"
-            raise UsageError(f"no release {to!r} in the cluster's history (known: {known})" if to else "no previous release to roll back to")
+        target = await self.rollback_target(to)
         async with self._locked(target.id, "rollback") as taken:
             await self._recover_locked(taken)
             state = await self._state()
@@ -227,33 +227,81 @@ class KubernetesDriver:
         except DeploymentInProgress:
             return  # the deploy that holds the Lease expires the warm side itself when it is done
 
-    async def status(self) -> dict:
+    async def cluster_state(self) -> st.ClusterState:
+        """The shared state as the cluster has it now (history, settled shape, warm side, deployment in progress)."""
+        return await self._state()
+
+    async def check_lock(self) -> None:
+        """``DeploymentInProgress`` (exit 4, naming holder, release, started, step) when another live holder has
+        the Lease. Asked before a request is accepted, so a refused one records nothing; the operation itself
+        takes the Lease for real (``_locked``), and a race lost there is the same error."""
+        info = lk.parse(await self._call(self.client.get, "Lease", mf.lease_name(self.cfg)))
+        if info is None or lk.verdict(info, self.holder, self.clock.now()) != "held" or lk.dead_here(info, self.holder):
+            return
         state = await self._state()
-        obj = await self._call(self.client.get, "Lease", mf.lease_name(self.cfg))
-        info = lk.parse(obj)
+        raise lk.in_progress(self.cfg, info, (state.deployment or {}).get("stage"))
+
+    async def rollback_target(self, to: str | None = None) -> KRelease:
+        """The release ``rollback(to)`` would go to; ``UsageError`` when there is none, or it is live."""
+        state = await self._state()
+        target = state.release(to) if to else state.previous_good()
+        if target is None:
+            known = ", ".join(r["id"] for r in state.releases) or "none"
+            raise UsageError(f"no release {to!r} in the cluster's history (known: {known})" if to else
+                             "no previous release to roll back to (releases rolled back as bad are skipped; use --to)")
+        if state.live == target.id:
+            raise UsageError(f"release {target.id} is already live")
+        return target
+
+    async def status(self) -> dict:
+        """The cluster's picture: every Deployment of the app with its pods, the Service's selector, the route's
+        weights, the settled shape, the warm side, the Lease, the deployment in progress (the cluster's record,
+        whichever machine runs it) and, while this driver runs one, its canary or watch."""
+        k = self.cfg.kubernetes
+        assert k is not None
+        state = await self._state()
+        info = lk.parse(await self._call(self.client.get, "Lease", mf.lease_name(self.cfg)))
+
+        def read() -> tuple[list[dict], list[dict], dict | None, dict | None]:
+            deps = self.client.list("Deployment", mf.owner_selector(self.cfg))
+            pods = self.client.list("Pod", f"{mf.LABEL_APP}={self.cfg.app}")
+            svc = self.client.get("Service", self.cfg.app)
+            route = self.client.get("HTTPRoute", self.cfg.app) if k.gateway is not None else None
+            return deps, pods, svc, route
+
+        deps, pods, svc, route = await self._call(read)
+        by_track: dict[str, list[dict]] = {}
+        for p in pods:
+            by_track.setdefault(((p.get("metadata") or {}).get("labels") or {}).get(mf.LABEL_TRACK, ""), []).append(p)
+        observed = []
+        for d in deps:
+            track = ((d.get("metadata") or {}).get("labels") or {}).get(mf.LABEL_TRACK, "")
+            obs = observe_deployment(d, by_track.get(track, []))
+            observed.append({"track": track, **obs.to_json(), "pods": [p.to_json() for p in obs.pods]})
         shape = state.settled
-        names = [deployment_name(self.cfg.app, t.name) for t in shape.tracks] if shape else []
-        observed = await self._call(self._runner().observe_now, names) if names else {}
+        now = self.clock.now()
         out: dict[str, Any] = {
             "app": self.cfg.app,
             "namespace": self.client.namespace,
             "context": self.client.context,
+            "server": self.client.server,
             "live": state.live,
             "strategy": shape.strategy if shape else None,
-            "weights": dict(shape.weights) if shape else {},
-            "tracks": [
-                {"track": t.name, "release": t.release.id, "replicas": t.replicas, **observed[deployment_name(self.cfg.app, t.name)].to_json()}
-                for t in (shape.tracks if shape else ())
-            ],
+            "shape": shape.to_json() if shape else None,
+            "deployments": observed,
+            "service": {"name": self.cfg.app, "selector": (svc.get("spec") or {}).get("selector")} if svc else None,
+            "route": _route_json(route) if route else None,
             "warm": state.warm,
             "deployment": state.deployment,
             "lock": None if info is None or info.holder is None else {
                 "holder": info.holder, "release": info.release, "strategy": info.strategy, "started": info.started,
-                "expired": info.expired(self.clock.now()),
+                "renewed": info.renewed, "expired": info.expired(now),
             },
         }
         if self._canary is not None:
             out.update(self._canary.status())
+        if self._watching is not None and self._watching.end is not None:
+            out["watch"] = self._watching.status()
         return out
 
     async def history(self) -> list[dict]:
@@ -314,7 +362,11 @@ class KubernetesDriver:
         watcher = self._watcher(strategy, plan)
         if watcher is not None:
             await watcher.measure_baseline()
-        pos = await self._runner(watcher).run(plan, ro.Position(since=now))
+        self._watching = watcher
+        try:
+            pos = await self._runner(watcher).run(plan, ro.Position(since=now))
+        finally:
+            self._watching = None
         return await self._finish(plan, pos, did, kind)
 
     async def _run_canary(self, release: KRelease, previous: Shape, did: int | None) -> Outcome:
@@ -417,3 +469,12 @@ class KubernetesDriver:
         out = await self._finish(plan, pos, dep.get("id"), kind)
         await self.cb.emit("recovered", f"recovered {dep.get('release')}: {out.state}", outcome=out.state)
         return out
+
+
+def _route_json(route: dict) -> dict:
+    """An HTTPRoute as status shows it: its parents and the weighted backends of its last (default) rule."""
+    spec = route.get("spec") or {}
+    rules = spec.get("rules") or []
+    backends = [{"name": b.get("name"), "weight": b.get("weight", 1)} for b in (rules[-1].get("backendRefs") or [])] if rules else []
+    return {"name": (route.get("metadata") or {}).get("name"), "parents": [p.get("name") for p in spec.get("parentRefs") or []],
+            "backends": backends}

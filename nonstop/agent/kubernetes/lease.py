@@ -5,7 +5,11 @@ identity is ``user@host:pid``; the annotations say which release and
 strategy it deploys and since when. The holder renews the Lease every third
 of ``kubernetes.lease_duration``; a Lease not renewed within its duration
 has expired (its holder died: a CI job killed mid-rollout) and the next
-``nonstop`` may take it over and resume or roll back what it left.
+``nonstop`` may take it over and resume or roll back what it left. A holder
+known dead sooner is one of this very machine (same user, host name and
+boot id, recorded in an annotation) whose process no longer runs: an agent
+killed and started again on one machine takes over at once instead of
+waiting out the duration.
 
 Taking and renewing use optimistic concurrency: a replace names the
 resourceVersion read, so of two machines racing for a free Lease exactly
@@ -28,11 +32,12 @@ from nonstop.agent.kubernetes.observe import parse_time
 from nonstop.config import Config
 from nonstop.errors import DeploymentInProgress, NonstopError
 
-__all__ = ["LeaseInfo", "LeaseLost", "holder_identity", "parse", "verdict", "acquire", "renew", "release", "in_progress"]
+__all__ = ["LeaseInfo", "LeaseLost", "holder_identity", "boot_id", "dead_here", "parse", "verdict", "acquire", "renew", "release", "in_progress"]
 
 ANN_RELEASE = "nonstop.dev/release"
 ANN_STRATEGY = "nonstop.dev/strategy"
 ANN_STARTED = "nonstop.dev/started"
+ANN_BOOT = "nonstop.dev/boot-id"  # the holder machine's boot id: its pid means something only there
 
 
 class LeaseLost(NonstopError):
@@ -51,17 +56,47 @@ class LeaseInfo:
     duration: float = 60.0
     transitions: int = 0
     resource_version: str | None = None
+    boot: str | None = None
 
     def expired(self, now: float) -> bool:
         return self.holder is None or self.renewed is None or now > self.renewed + self.duration
 
 
-def holder_identity() -> str:
+def _user() -> str:
     try:
-        user = getpass.getuser()
+        return getpass.getuser()
     except Exception:  # no passwd entry (a container's random uid)
-        user = str(os.getuid())
-    return f"{user}@{socket.gethostname()}:{os.getpid()}"
+        return str(os.getuid())
+
+
+def holder_identity() -> str:
+    return f"{_user()}@{socket.gethostname()}:{os.getpid()}"
+
+
+def boot_id() -> str | None:
+    """This machine's boot id (Linux), which tells a pid of this boot from one of another machine or boot."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def dead_here(info: LeaseInfo, me: str) -> bool:
+    """True when the Lease's holder was a process of this machine, this boot and this user that is gone."""
+    if not info.holder or info.boot is None or info.boot != boot_id():
+        return False
+    who, _, pid = info.holder.rpartition(":")
+    if who != me.rpartition(":")[0] or not pid.isdigit():
+        return False
+    import psutil
+
+    try:
+        return psutil.Process(int(pid)).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
 
 
 def parse(obj: dict[str, Any] | None) -> LeaseInfo | None:
@@ -79,6 +114,7 @@ def parse(obj: dict[str, Any] | None) -> LeaseInfo | None:
         duration=float(spec.get("leaseDurationSeconds") or 60),
         transitions=int(spec.get("leaseTransitions") or 0),
         resource_version=meta.get("resourceVersion"),
+        boot=ann.get(ANN_BOOT),
     )
 
 
@@ -122,6 +158,8 @@ def _body(cfg: Config, info: LeaseInfo) -> dict:
         ann[ANN_STRATEGY] = info.strategy
     if info.started:
         ann[ANN_STARTED] = mf.microtime(info.started)
+    if info.holder and info.boot:
+        ann[ANN_BOOT] = info.boot
     return mf.lease(
         cfg, holder=info.holder, duration=info.duration, acquired=info.started if info.holder else None,
         renewed=info.renewed if info.holder else None, transitions=info.transitions, annotations=ann,
@@ -144,10 +182,12 @@ def acquire(client: Any, cfg: Config, me: str, *, release: str, strategy: str, n
             client.check_owned(obj)
         cur = parse(obj)
         v = verdict(cur, me, now)
+        if v == "held" and cur is not None and dead_here(cur, me):
+            v = "expired"  # its process is gone from this machine: no need to wait out the duration
         if v == "held":
             assert cur is not None
             raise in_progress(cfg, cur, step)
-        ours = LeaseInfo(me, release, strategy, now, now, duration, (cur.transitions + (v != "mine")) if cur else 0)
+        ours = LeaseInfo(me, release, strategy, now, now, duration, (cur.transitions + (v != "mine")) if cur else 0, boot=boot_id())
         try:
             if cur is None:
                 out = client.create(_body(cfg, ours))

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from nonstop.agent.kubernetes.manifests import ANN_RELEASE, LABEL_RELEASE
+from nonstop.agent.kubernetes.manifests import ANN_RELEASE, LABEL_RELEASE, LABEL_TRACK
 
 __all__ = [
     "CRASH_RESTARTS",
@@ -80,6 +80,14 @@ class PodObs:
     waiting: str | None = None  # the container's waiting reason (CrashLoopBackOff, ImagePullBackOff, …)
     message: str = ""
     terminating: bool = False
+    track: str | None = None
+    created: float | None = None  # metadata.creationTimestamp
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name, "release": self.release, "track": self.track, "ready": self.ready, "restarts": self.restarts,
+            "waiting": self.waiting, "message": self.message, "terminating": self.terminating, "created": self.created,
+        }
 
 
 @dataclass(frozen=True)
@@ -170,6 +178,8 @@ def observe_pod(obj: dict[str, Any]) -> PodObs:
         waiting=waiting,
         message=message,
         terminating=meta.get("deletionTimestamp") is not None,
+        track=(meta.get("labels") or {}).get(LABEL_TRACK),
+        created=parse_time(meta.get("creationTimestamp")),
     )
 
 

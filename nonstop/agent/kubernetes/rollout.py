@@ -354,6 +354,10 @@ def plan_for(cfg: Config, strategy: str, release: KRelease, previous: Shape | No
         if previous is None:
             return plan_switch(cfg, release, None, "blue")
         target = other_color(previous.primary) if previous.primary in COLORS else "blue"
+        warm = next((t.name for t in previous.tracks if t.name != previous.primary and t.release.id == release.id
+                     and t.release.image_ref == release.image_ref and t.replicas >= cfg.run.instances), None)
+        if rollback and warm is not None:
+            target = warm  # still running (keep_previous, also a rolling Deployment a blue-green deploy left warm): one switch
         bg = s if isinstance(s, BlueGreenStrategy) else None
         return plan_switch(
             cfg, release, previous, target,

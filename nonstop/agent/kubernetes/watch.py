@@ -67,6 +67,22 @@ class Watcher:
         self.new = new
         self.baseline_side = baseline
         self.baseline: an.Figures | None = None
+        self.end: float | None = None  # while watching: when the watch is over
+        self.failures = 0
+        self.results: list[dict] = []
+
+    def status(self) -> dict:
+        """The watch as ``nonstop status`` shows it (the one-host ``watch`` fields)."""
+        now = self.clock.now()
+        b = self.baseline
+        return {
+            "release": self.new.release,
+            "remaining": max(0.0, (self.end or now) - now),
+            "failures": self.failures,
+            "failure_limit": self.a.failure_limit,
+            "baseline": {"requests": b.requests, "error_rate": b.error_rate, "p99": b.p99} if b is not None else None,
+            "analysis": self.results[-5:],
+        }
 
     async def measure_baseline(self) -> None:
         """The previous release's figures just before the change (for ``baseline + …`` limits)."""
@@ -85,10 +101,11 @@ class Watcher:
 
     async def watch(self, stage: str, control: "asyncio.Queue[str]") -> str | None:
         now = self.clock.now()
-        end = now + self.a.watch
+        end = self.end = now + self.a.watch
+        started = now
         window_t = now
         next_at = now + self.a.interval
-        failures = 0
+        failures = self.failures = 0
         limits = self.limits()
         await self.analyst.emit("watching", f"{stage}: {self.a.watch:g}s, a check every {self.a.interval:g}s", watch=self.a.watch)
         while True:
@@ -106,9 +123,10 @@ class Watcher:
                 continue
             next_at = now + self.a.interval
             v = await self.analyst.judge(self.new, None, now - window_t, limits, at=now, label=f"of {self.new.release}")
+            self.results = (self.results + [{"after": round(now - started, 1), "verdict": v.verdict, "summary": v.summary}])[-20:]
             if v.verdict != "inconclusive":
                 window_t = now
             if v.verdict == "fail":
-                failures += 1
+                failures = self.failures = failures + 1
                 if failures >= self.a.failure_limit:
                     return f"analysis failed {failures} time(s) (failure_limit {self.a.failure_limit}): {v.summary}"

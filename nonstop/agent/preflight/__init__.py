@@ -8,8 +8,9 @@ state dir already runs) returning ``Problem``s, each naming its field and
 file; ``refuse`` turns them into one ``ConfigProblems`` (exit 2) listing all.
 
 The checks are chosen by what the config runs, so a new runtime or router adds
-its own in one table: ``BY_RUNTIME`` (containers: the image exists;
-kubernetes: the cluster answers) and ``BY_ROUTER``.
+its own in one table: ``BY_RUNTIME`` (containers: the engine answers;
+kubernetes: the cluster answers, its namespace exists, the verbs nonstop
+uses are allowed, the gateway is there) and ``BY_ROUTER``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 
-from nonstop.agent.preflight import commands, containers, ports, routers, statedir
+from nonstop.agent.preflight import commands, containers, kubernetes, ports, routers, statedir, tls
 from nonstop.agent.preflight.base import Check, Env
 from nonstop.agent.preflight.deploy import DeployRequest
 from nonstop.agent.preflight.deploy import problems as _deploy_problems
@@ -34,12 +35,13 @@ COMMON: tuple[tuple[str, Check], ...] = (
     ("strategy.smoke", commands.smoke),
     ("dashboard.listen", ports.dashboard),
     ("ports are distinct", ports.distinct),
+    ("tls", tls.certificates),
 )
 BY_RUNTIME: dict[str, tuple[tuple[str, Check], ...]] = {
     "process": (("run.command", commands.run_command), ("run.workdir", commands.run_workdir), ("run.ports", ports.run_ports)),
     "docker": (("run.ports", containers.run_ports), ("the container engine", containers.engine)),
     "podman": (("run.ports", containers.run_ports), ("the container engine", containers.engine)),
-    "kubernetes": (),
+    "kubernetes": (("the cluster (reachable, namespace, permissions, gateway)", kubernetes.cluster),),
 }
 BY_ROUTER: dict[str, tuple[tuple[str, Check], ...]] = {
     "embedded": (("listen", ports.listen),),

@@ -19,6 +19,7 @@ from nonstop.agent.preflight.statedir import room
 from nonstop.agent.releases import Releases, VersionTaken, artifact_bytes, short
 from nonstop.agent.room import human_bytes
 from nonstop.agent.store import Release, validate_version
+from nonstop.config import router_capabilities
 from nonstop.errors import NonstopError
 from nonstop.names import STRATEGIES
 
@@ -49,6 +50,9 @@ async def problems(env: Env, releases: Releases, req: DeployRequest, live: Relea
         out.append(_option("--strategy", f"unknown strategy {strategy!r} ({', '.join(STRATEGIES)})"))
     elif strategy != cfg.strategy.type and strategy in ("canary", "rolling"):
         out.append(_option("--strategy", f"{strategy} needs a strategy block of that type in the config", cfg.source))
+    elif strategy == "recreate" and cfg.run.runtime != "kubernetes" and "hold" not in router_capabilities(cfg.router):
+        out.append(_option("--strategy", f"recreate needs a router that holds requests while no instance is ready; "
+                                         f"router {cfg.router.type} cannot (use router: embedded)", cfg.source))
 
     version_ok = req.version is None
     if req.version is not None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from nonstop.agent.preflight.base import Env, Problem
 from nonstop.agent.preflight.commands import program_problem
-from nonstop.agent.routers.base import Routing
+from nonstop.agent.routers.base import RouteTable
 from nonstop.config import split_command
 from nonstop.errors import RouterError
 
@@ -62,7 +62,7 @@ def nginx(env: Env) -> list[Problem]:
         Path(router.paths.temp).mkdir(parents=True)
         try:
             # The very files `up` would write (private to the router; no public render yet).
-            router._write(router.upstream_file, router._upstreams_text(Routing()))
+            router._write(router.upstream_file, router._upstreams_text(RouteTable()))
             router._write(Path(router.paths.conf), router._managed_conf())
         except (RouterError, OSError) as e:
             return [env.problem("router", f"cannot render the nginx config: {getattr(e, 'message', e)}")]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nonstop.agent.routers.base import ReleaseRoute, Router, Routing, StatsSnapshot, Target
+from nonstop.agent.routers.base import Release, Router, RouteTable, StatsSnapshot, Target
 from nonstop.config import Config
 
-__all__ = ["make_router", "Router", "Routing", "ReleaseRoute", "Target", "StatsSnapshot"]
+__all__ = ["make_router", "Router", "RouteTable", "Release", "Target", "StatsSnapshot"]
 
 
 def make_router(cfg: Config, state_dir: Path) -> Router:

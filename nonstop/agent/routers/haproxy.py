@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import ipaddress
 import json
 import logging
 import os
 import pwd
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -35,25 +33,28 @@ from typing import Any
 
 import psutil
 
-from nonstop.agent.routers.base import Router, RouterInfo, Routing, StatsSnapshot
+from nonstop.agent.routers.accesslog import LogTail, StatsBook, haproxy_record
+from nonstop.agent.routers.base import Router, RouterInfo, RouteTable, StatsSnapshot
+from nonstop.agent.routers.common import error_tail, ident, plan, resolve_targets, run_command
 from nonstop.agent.routers.haproxy_api import HaproxyApi, ServerStat
 from nonstop.agent.routers.haproxy_conf import (
     SLOTS,
     HaproxyPaths,
     MatchKey,
+    assign_slots,
     backend_name,
     bucket_entries,
     initial_maps,
     match_entries,
     render_config,
     server_name,
+    server_weights,
     sticky_setting,
 )
-from nonstop.agent.routers.haproxy_stats import add_snapshots, haproxy_record, stat_snapshot, sum_stat
-from nonstop.agent.routers.nginx_accesslog import LogTail, StatsBook
-from nonstop.agent.routers.nginx_conf import ident, normalise, plan
+from nonstop.agent.routers.haproxy_stats import add_snapshots, stat_snapshot, sum_stat
 from nonstop.config import ROUTER_CAPABILITIES, CanaryStrategy, Config, router_capabilities
 from nonstop.errors import RouterError
+from nonstop.files import write_atomic
 
 __all__ = ["HaproxyRouter"]
 
@@ -120,7 +121,7 @@ class HaproxyRouter(Router):
         for name, text in initial_maps(routing).items():
             Path(self.paths.map(name)).write_text(text)
         Path(self.paths.conf).write_text(self._config_text())
-        code, out = await _run([self.rc.binary, "-c", "-f", self.paths.conf], timeout=30)
+        code, out = await run_command([self.rc.binary, "-c", "-f", self.paths.conf], timeout=30)
         if code != 0:
             raise RouterError(f"haproxy config check failed: {out.strip()}")
         try:
@@ -188,7 +189,7 @@ class HaproxyRouter(Router):
         return await self._answers()
 
     # -- routing --------------------------------------------------------
-    async def apply(self, routing: Routing) -> None:
+    async def apply(self, routing: RouteTable) -> None:
         p = plan(routing)
         if self.mode == "external":
             async with self._lock:
@@ -200,22 +201,7 @@ class HaproxyRouter(Router):
             started = time.monotonic()
             state = await self._slot_state()
             old_slots = dict(self._slots)
-            keep = {r.name for r in p.usable}
-            slots = {n: s for n, s in old_slots.items() if n in keep}
-            taken = set(old_slots.values())
-            for r in p.usable:
-                if r.name in slots:
-                    continue
-                free = [s for s in range(SLOTS) if s not in taken]
-                if not free:
-                    raise RouterError(
-                        f"haproxy: more than {SLOTS} releases with live targets at once "
-                        f"({', '.join(sorted(set(old_slots) | keep))}); retire one first"
-                    )
-                # Prefer a slot with no leftover servers (cleaner stats, nothing to drain there).
-                free.sort(key=lambda s: (len(state.get(s, {})), s))
-                slots[r.name] = free[0]
-                taken.add(free[0])
+            slots = assign_slots(old_slots, [r.name for r in p.usable], {s: len(v) for s, v in state.items()})
 
             # 1. Additive: every live target is a ready server in its release's slot. Traffic unchanged.
             added: list[tuple[str, str]] = []
@@ -259,7 +245,7 @@ class HaproxyRouter(Router):
                 ", ".join(f"{r.name}={r.weight}%" for r in routing.releases) or "(nothing)",
             )
 
-    async def _apply_external(self, routing: Routing, p) -> None:
+    async def _apply_external(self, routing: RouteTable, p) -> None:
         be = self.external_backend
         if p.matchers:
             raise RouterError(
@@ -271,15 +257,10 @@ class HaproxyRouter(Router):
             self._warned_sticky = True
         resolved = await self._resolve_all(p)
         current = await self.api.servers(be)
-        shares = dict(zip([r.name for r in p.usable], normalise([r.weight for r in p.usable])))
         live: dict[str, int] = {}
-        for r in p.usable:
-            n = len(r.live_targets)
-            for t in r.live_targets:
-                # HAProxy weights are 0..256 per server; a release's share spread over its targets.
-                w = 0 if shares[r.name] == 0 else max(1, round(shares[r.name] * 256 / 100 / n))
-                live[server_name(t.addr)] = w
-                self._server_release[server_name(t.addr)] = r.name
+        for srv, (weight, release) in server_weights(p).items():
+            live[srv] = weight
+            self._server_release[srv] = release
         added: list[tuple[str, str]] = []
         try:
             for r in p.usable:
@@ -302,26 +283,9 @@ class HaproxyRouter(Router):
         self._save_sidecar(routing)
 
     async def _resolve_all(self, p) -> dict[str, str]:
-        """Target addr -> "ip:port". HAProxy takes a name it cannot resolve without complaint (the server
-        just never works, as no resolvers section exists), so names are resolved here, before any change."""
-        out: dict[str, str] = {}
-        for r in p.usable:
-            for t in r.live_targets:
-                host = t.host.strip("[]")
-                try:
-                    ipaddress.ip_address(host)
-                    out[t.addr] = t.addr
-                    continue
-                except ValueError:
-                    pass
-                try:
-                    infos = await asyncio.get_running_loop().getaddrinfo(host, t.port, type=socket.SOCK_STREAM)
-                except OSError as e:
-                    raise RouterError(f"release {r.name!r}: cannot resolve target {t.addr!r}: {e}") from None
-                ip = infos[0][4][0]
-                out[t.addr] = f"[{ip}]:{t.port}" if ":" in ip else f"{ip}:{t.port}"
-                self._alias[out[t.addr].strip("[]").replace("]:", ":")] = t.addr
-        return out
+        resolved, aliases = await resolve_targets(p)
+        self._alias.update(aliases)
+        return resolved
 
     async def _forget(self, added: list[tuple[str, str]]) -> None:
         """Undo servers added by a failed apply (best effort; they never got traffic)."""
@@ -332,7 +296,7 @@ class HaproxyRouter(Router):
             except RouterError as e:
                 log.warning("haproxy: could not remove %s/%s after a failed apply: %s", be, srv, e)
 
-    async def current(self) -> Routing | None:
+    async def current(self) -> RouteTable | None:
         try:
             data = json.loads(self.sidecar.read_text())
         except FileNotFoundError:
@@ -340,7 +304,7 @@ class HaproxyRouter(Router):
         except ValueError as e:
             log.warning("haproxy: unreadable %s: %s", self.sidecar, e)
             return None
-        return Routing.from_table(data["routing"]) if "routing" in data else None
+        return RouteTable.from_dict(data["routing"]) if "routing" in data else None
 
     async def drain(self, addrs: list[str], timeout: float) -> bool:
         """Wait until the servers of ``addrs`` that are out of the routing have no session; then delete them."""
@@ -483,14 +447,9 @@ class HaproxyRouter(Router):
             pass
         return None
 
-    def _save_sidecar(self, routing: Routing) -> None:
-        data = {"routing": routing.to_table(), "slots": self._slots, "server_release": self._server_release}
-        tmp = self.sidecar.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.sidecar)
+    def _save_sidecar(self, routing: RouteTable) -> None:
+        data = {"routing": routing.to_dict(), "slots": self._slots, "server_release": self._server_release}
+        write_atomic(self.sidecar, json.dumps(data, indent=2) + "\n")
 
     def _load_sidecar(self) -> None:
         try:
@@ -515,12 +474,8 @@ class HaproxyRouter(Router):
         except OSError as e:
             log.warning("haproxy managed: cannot truncate %s: %s", self.paths.access_log, e)
 
-    def _error_tail(self, lines: int = 5) -> str:
-        try:
-            text = Path(self.paths.error_log).read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no log)"
-        return " | ".join(text.strip().splitlines()[-lines:])
+    def _error_tail(self) -> str:
+        return error_tail(self.paths.error_log)
 
 
 def _drop_to() -> str | None:
@@ -540,22 +495,3 @@ def _drop_to() -> str | None:
         except KeyError:
             continue
     return None
-
-
-async def _run(argv: list[str], *, timeout: float) -> tuple[int, str]:
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-        )
-    except OSError as e:
-        raise RouterError(f"cannot run {argv[0]!r}: {e.strerror}") from None
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except asyncio.TimeoutError:
-        try:
-            proc.kill()
-        except ProcessLookupError:
-            pass
-        await proc.wait()
-        raise RouterError(f"{' '.join(argv)} did not finish within {timeout:.0f}s") from None
-    return proc.returncode, out.decode(errors="replace")

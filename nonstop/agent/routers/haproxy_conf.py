@@ -22,11 +22,15 @@ import tempfile
 
 from dataclasses import dataclass
 
-from nonstop.agent.routers.base import ReleaseRoute, Routing
-from nonstop.agent.routers.nginx_conf import BUCKETS, COOKIE_ATTRS, COOKIE_NAME, Plan, ident
+from nonstop.agent.routers.base import Release, RouteTable
+from nonstop.agent.routers.common import BUCKETS, COOKIE_ATTRS, COOKIE_NAME, Plan, ident
 from nonstop.errors import RouterError
+from nonstop.proxy.split import normalise
 
-__all__ = ["SLOTS", "HaproxyPaths", "MatchKey", "render_config", "bucket_entries", "match_entries", "server_name"]
+__all__ = [
+    "SLOTS", "HaproxyPaths", "MatchKey", "render_config", "bucket_entries", "match_entries", "server_name",
+    "assign_slots", "server_weights",
+]
 
 HAPROXY_MAX_SOCKET_PATH = 97  # what HAProxy 2.6 accepts for `stats socket` (it says so when refusing)
 SLOTS = 4  # releases with live targets at once (canary, stable, and room for a rollback)
@@ -93,7 +97,7 @@ class MatchKey:
         parts += [f"c{i}=%[req.cook({c}),hex]&" for i, c in enumerate(self.cookies)]
         return "".join(parts)
 
-    def pattern(self, r: ReleaseRoute) -> str:
+    def pattern(self, r: Release) -> str:
         """The ``map_reg`` pattern matching the requests ``r``'s match rules select."""
         want_h = {n.lower(): v for n, v in r.match_headers}
         want_c = dict(r.match_cookies)
@@ -122,6 +126,46 @@ def none_backend(app: str) -> str:
 
 def server_name(addr: str) -> str:
     return "t_" + ident(addr)
+
+
+def assign_slots(old: dict[str, int], usable: list[str], leftovers: dict[int, int]) -> dict[str, int]:
+    """Release name -> slot backend for the releases ``usable`` now (managed mode). Pure.
+
+    A release keeps the slot it has; a new one takes a free slot, preferring one with the fewest
+    leftover servers (``leftovers``: slot -> servers still in it; cleaner stats, nothing to drain).
+    More than ``SLOTS`` live releases at once is a ``RouterError`` naming them.
+    """
+    keep = set(usable)
+    slots = {n: s for n, s in old.items() if n in keep}
+    taken = set(old.values())
+    for name in usable:
+        if name in slots:
+            continue
+        free = sorted((s for s in range(SLOTS) if s not in taken), key=lambda s: (leftovers.get(s, 0), s))
+        if not free:
+            raise RouterError(
+                f"haproxy: more than {SLOTS} releases with live targets at once "
+                f"({', '.join(sorted(set(old) | keep))}); retire one first"
+            )
+        slots[name] = free[0]
+        taken.add(free[0])
+    return slots
+
+
+def server_weights(p: Plan) -> dict[str, tuple[int, str]]:
+    """Server name -> (HAProxy weight, release) for external mode, where weights are the split. Pure.
+
+    HAProxy weights are 0..256 per server: a release's share is spread over its targets, and a
+    release with a share keeps at least 1 per server (0 would take it out of the balance).
+    """
+    shares = dict(zip([r.name for r in p.usable], normalise([r.weight for r in p.usable])))
+    out: dict[str, tuple[int, str]] = {}
+    for r in p.usable:
+        n = len(r.live_targets)
+        for t in r.live_targets:
+            w = 0 if shares[r.name] == 0 else max(1, round(shares[r.name] * 256 / 100 / n))
+            out[server_name(t.addr)] = (w, r.name)
+    return out
 
 
 def bucket_entries(p: Plan) -> list[tuple[str, str]]:
@@ -261,7 +305,7 @@ def sticky_setting(sticky: bool | str) -> str:
     return "client_ip" if sticky == "client_ip" else ("1" if sticky else "0")
 
 
-def initial_maps(routing: Routing | None) -> dict[str, str]:
+def initial_maps(routing: RouteTable | None) -> dict[str, str]:
     """Map files as written before start: empty routing, sticky on."""
     sticky = sticky_setting(True if routing is None else routing.sticky)
     return {"bucket": "", "match": "", "release": "", "settings": f"sticky {sticky}\nsplit 0\n"}

@@ -1,6 +1,5 @@
-"""HAProxy stats, two sources: the managed JSON access log, and ``show stat`` (external mode).
+"""HAProxy's ``show stat`` (external mode, where no access log of ours is written).
 
-- ``haproxy_record``: one line of the managed access log → a ``StatsBook`` record.
 - ``sum_stat`` / ``stat_snapshot`` / ``add_snapshots``: ``show stat`` server lines folded into
   the ``StatsSnapshot`` shape, without a latency histogram (``show stat`` has none).
 """
@@ -12,31 +11,7 @@ from typing import Any
 
 from nonstop.agent.routers.haproxy_api import ServerStat
 
-__all__ = ["haproxy_record", "sum_stat", "stat_snapshot", "add_snapshots"]
-
-
-def haproxy_record(line: bytes, app: str) -> dict[str, Any] | None:
-    try:
-        d = json.loads(line)
-        if d.get("app") != app:
-            return None
-        status = int(d["status"])
-        seconds = max(0, int(d.get("ta_ms", 0))) / 1000
-    except (ValueError, KeyError, TypeError):
-        return None
-    rel = d.get("release")
-    target = d.get("target") or ""
-    if target.startswith("-") or ":" not in target or d.get("server") in ("<NOSRV>", "-", None):
-        target = None
-    # HAProxy's own answers end abnormally ("SC", "sH", ...); the app's own 502 ends "--".
-    proxy_error = status in (502, 503, 504) and not str(d.get("termination", "--")).startswith("-")
-    return {
-        "release": None if rel in (None, "", "-") else rel,
-        "target": target,
-        "status": status,
-        "seconds": seconds,
-        "proxy_error": proxy_error,
-    }
+__all__ = ["sum_stat", "stat_snapshot", "add_snapshots"]
 
 
 def sum_stat(a: ServerStat | None, b: ServerStat) -> ServerStat:

@@ -26,17 +26,18 @@ import os
 import pwd
 import signal
 import stat
-import tempfile
 import time
 from pathlib import Path
 
 import psutil
 
-from nonstop.agent.routers.base import Router, RouterInfo, Routing, StatsSnapshot
-from nonstop.agent.routers.nginx_accesslog import LogTail, StatsBook, nginx_record
-from nonstop.agent.routers.nginx_conf import ManagedPaths, plan, render_managed, render_upstreams
+from nonstop.agent.routers.base import Router, RouterInfo, RouteTable, StatsSnapshot
+from nonstop.agent.routers.accesslog import LogTail, StatsBook, nginx_record
+from nonstop.agent.routers.common import error_tail, plan, run_command, still_running
+from nonstop.agent.routers.nginx_conf import ManagedPaths, render_managed, render_upstreams
 from nonstop.config import ROUTER_CAPABILITIES, Config, router_capabilities, split_command
 from nonstop.errors import RouterError
+from nonstop.files import write_atomic
 
 __all__ = ["NginxRouter", "ROUTING_MARK"]
 
@@ -97,7 +98,7 @@ class NginxRouter(Router):
                 await self._replace_and_reload(Path(self.paths.conf), conf)
             self._open_log()
             return
-        routing = await self.current() or Routing()
+        routing = await self.current() or RouteTable()
         Path(self.paths.temp).mkdir(parents=True, exist_ok=True)
         self._write(self.upstream_file, self._upstreams_text(routing))
         self._write(Path(self.paths.conf), self._managed_conf())
@@ -159,7 +160,7 @@ class NginxRouter(Router):
             self._tail = None
 
     # -- routing --------------------------------------------------------
-    async def apply(self, routing: Routing) -> None:
+    async def apply(self, routing: RouteTable) -> None:
         text = self._upstreams_text(routing)  # validates; RouterError before touching anything
         async with self._lock:
             started = time.monotonic()
@@ -190,9 +191,9 @@ class NginxRouter(Router):
             self._restore(path, old)
             raise
 
-    async def current(self) -> Routing | None:
+    async def current(self) -> RouteTable | None:
         try:
-            return Routing.from_table(json.loads(self.sidecar.read_text()))
+            return RouteTable.from_dict(json.loads(self.sidecar.read_text()))
         except FileNotFoundError:
             pass
         except (ValueError, KeyError, TypeError) as e:
@@ -202,7 +203,7 @@ class NginxRouter(Router):
             for line in text.splitlines():
                 if line.startswith(ROUTING_MARK):
                     try:
-                        return Routing.from_table(json.loads(line[len(ROUTING_MARK):]))
+                        return RouteTable.from_dict(json.loads(line[len(ROUTING_MARK):]))
                     except (ValueError, KeyError, TypeError):
                         return None
         return None
@@ -222,7 +223,7 @@ class NginxRouter(Router):
             await asyncio.sleep(wait)
             return wait >= self.rc.worker_shutdown_timeout
         while True:
-            left = {pid: ct for pid, ct in self._old_workers.items() if _alive(pid, ct)}
+            left = {pid: ct for pid, ct in self._old_workers.items() if still_running(pid, ct)}
             self._old_workers = left
             if not left:
                 return True
@@ -256,10 +257,10 @@ class NginxRouter(Router):
         )
 
     # -- internals ------------------------------------------------------
-    def _upstreams_text(self, routing: Routing) -> str:
+    def _upstreams_text(self, routing: RouteTable) -> str:
         plan(routing)  # raises RouterError for what nginx cannot carry
         body = render_upstreams(self.app, routing)
-        mark = ROUTING_MARK + json.dumps(routing.to_table(), separators=(",", ":")) + "\n"
+        mark = ROUTING_MARK + json.dumps(routing.to_dict(), separators=(",", ":")) + "\n"
         return mark + body
 
     def _managed_conf(self) -> str:
@@ -304,7 +305,7 @@ class NginxRouter(Router):
         return split_command(self.rc.test_command, shell=False)
 
     async def _run_test(self) -> None:
-        code, out = await _run(self._test_argv(), timeout=60)
+        code, out = await run_command(self._test_argv(), timeout=60)
         if code != 0:
             raise RouterError(f"nginx config test failed: {out.strip()}", detail={"command": self._test_argv()})
 
@@ -321,7 +322,7 @@ class NginxRouter(Router):
             return
         before_all = _all_workers()
         argv = split_command(self.rc.reload_command, shell=False)
-        code, out = await _run(argv, timeout=60)
+        code, out = await run_command(argv, timeout=60)
         if code != 0:
             raise RouterError(f"nginx reload failed: {out.strip()}", detail={"command": argv})
         # The masters whose workers we saw get a new generation; its predecessors are what drain waits for.
@@ -384,30 +385,11 @@ class NginxRouter(Router):
 
     @staticmethod
     def _write(path: Path, text: str) -> None:
-        """Temp file in the same folder + fsync + rename: readers see the old or the new file, never half."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        mode = None
-        try:
-            mode = stat.S_IMODE(path.stat().st_mode)
-        except FileNotFoundError:
-            pass
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, mode if mode is not None else 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        write_atomic(path, text)
 
-    def _save_sidecar(self, routing: Routing) -> None:
-        self._write(self.sidecar, json.dumps(routing.to_table(), indent=2) + "\n")
+    def _save_sidecar(self, routing: RouteTable) -> None:
+        self._write(self.sidecar, json.dumps(routing.to_dict(), indent=2) + "\n")
 
     def _open_log(self) -> None:
         if self.access_log and self._tail is None:
@@ -426,12 +408,8 @@ class NginxRouter(Router):
         except OSError as e:
             log.warning("nginx managed: cannot rotate %s: %s", self.access_log, e)
 
-    def _error_tail(self, lines: int = 5) -> str:
-        try:
-            text = Path(self.paths.error_log).read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no error log)"
-        return " | ".join(text.strip().splitlines()[-lines:])
+    def _error_tail(self) -> str:
+        return error_tail(self.paths.error_log)
 
 
 def _workers_of(master: psutil.Process) -> list[psutil.Process]:
@@ -488,29 +466,3 @@ async def _wait_stopped_accepting(workers: dict[int, float], timeout: float) -> 
     log.warning("nginx: old workers still accepting %.0fs after the reload", timeout)
 
 
-def _alive(pid: int, create_time: float) -> bool:
-    try:
-        p = psutil.Process(pid)
-        return p.create_time() == create_time and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-async def _run(argv: list[str], *, timeout: float) -> tuple[int, str]:
-    """Run a command (never through a shell); exit code and its stdout+stderr."""
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-        )
-    except OSError as e:
-        raise RouterError(f"cannot run {argv[0]!r}: {e.strerror}", detail={"command": argv}) from None
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except asyncio.TimeoutError:
-        try:
-            proc.kill()
-        except ProcessLookupError:
-            pass
-        await proc.wait()
-        raise RouterError(f"{' '.join(argv)} did not finish within {timeout:.0f}s", detail={"command": argv}) from None
-    return proc.returncode, out.decode(errors="replace")

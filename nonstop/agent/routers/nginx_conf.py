@@ -1,4 +1,4 @@
-"""Pure nginx config rendering: a ``Routing`` in, nginx config text out. No I/O.
+"""Pure nginx config rendering: a ``RouteTable`` in, nginx config text out. No I/O.
 
 Two pieces:
 
@@ -20,81 +20,17 @@ the app name become ``_``):
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-from nonstop.agent.routers.base import ReleaseRoute, Routing
-from nonstop.errors import RouterError
-from nonstop.proxy.split import normalise  # the embedded proxy's rule, so every router gives the same buckets
+from nonstop.agent.routers.base import RouteTable
+from nonstop.agent.routers.common import BUCKETS, COOKIE_ATTRS, COOKIE_NAME, ident, plan
 
 __all__ = [
-    "BUCKETS",
-    "COOKIE_NAME",
     "LOG_FORMAT_FIELDS",
-    "Plan",
-    "normalise",
-    "plan",
-    "ident",
     "render_upstreams",
     "render_managed",
     "ManagedPaths",
 ]
-
-BUCKETS = 100
-COOKIE_NAME = "nonstop_bucket"
-COOKIE_ATTRS = "Path=/; Max-Age=86400; HttpOnly; SameSite=Lax"
-
-_SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.:@+/=-]*$")
-_HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
-_COOKIE_NAME = re.compile(r"^[A-Za-z0-9_]+$")
-_ADDR = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}$")
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What a routing means for a router: usable releases, bucket → release, match rules in order."""
-
-    usable: tuple[ReleaseRoute, ...]
-    by_bucket: tuple[str, ...]  # 100 release names, or () when nothing is usable
-    matchers: tuple[ReleaseRoute, ...]  # usable releases with match rules, first wins
-
-
-def plan(routing: Routing) -> Plan:
-    """Check a routing and compute its split (pure). Raises ``RouterError`` for names nginx/HAProxy cannot carry."""
-    seen: set[str] = set()
-    for r in routing.releases:
-        if not r.name or not _SAFE_VALUE.match(r.name):
-            raise RouterError(f"release name {r.name!r}: only letters, digits and _.:@+/=- are allowed")
-        if r.name in seen:
-            raise RouterError(f"release {r.name!r} is listed twice")
-        seen.add(r.name)
-        if not 0 <= r.weight <= 100:
-            raise RouterError(f"release {r.name!r}: weight {r.weight} is not within 0..100")
-        for t in r.targets:
-            if not _ADDR.match(t.addr):
-                raise RouterError(f"release {r.name!r}: target {t.addr!r} is not HOST:PORT")
-        for name, _ in r.match_headers:
-            if not _HEADER_NAME.match(name):
-                raise RouterError(f"release {r.name!r}: match header name {name!r} is not a plain header name")
-        for name, _ in r.match_cookies:
-            if not _COOKIE_NAME.match(name):
-                raise RouterError(f"release {r.name!r}: match cookie name {name!r}: only letters, digits and _")
-        for _, value in (*r.match_headers, *r.match_cookies):
-            if any(ord(c) < 0x20 or ord(c) > 0x7E for c in value):
-                raise RouterError(f"release {r.name!r}: match value {value!r} must be printable ASCII")
-    usable = tuple(r for r in routing.releases if r.live_targets)
-    shares = normalise([r.weight for r in usable])
-    by_bucket: list[str] = []
-    for r, share in zip(usable, shares):
-        by_bucket.extend([r.name] * share)
-    matchers = tuple(r for r in usable if r.match_headers or r.match_cookies)
-    return Plan(usable=usable, by_bucket=tuple(by_bucket), matchers=matchers)
-
-
-def ident(text: str) -> str:
-    """A name nginx/HAProxy accept in identifiers: non-alphanumerics become ``_``."""
-    return re.sub(r"[^A-Za-z0-9_]", "_", text)
-
 
 def _split_clients(source: str, var: str) -> str:
     """A ``split_clients`` block spreading ``source`` over the buckets 0..99 (1% each)."""
@@ -143,7 +79,7 @@ def render_log_format(app: str) -> str:
     return f"log_format {log_format_name(app)} escape=json '{body}';\n"
 
 
-def render_upstreams(app: str, routing: Routing, *, keepalive: int = 32, log_format: bool = True) -> str:
+def render_upstreams(app: str, routing: RouteTable, *, keepalive: int = 32, log_format: bool = True) -> str:
     """The http-level include: upstreams, the release choice, the log format.
 
     Releases without a live target get no upstream and no buckets; when no
@@ -193,7 +129,7 @@ def render_upstreams(app: str, routing: Routing, *, keepalive: int = 32, log_for
         pin = '""'
         cookie_state = '"none"'
     if routing.split_key is not None:
-        kind, name = routing.split_key
+        kind, name = routing.split_key.kind, routing.split_key.name
         key_var = f"$cookie_{name}" if kind == "cookie" else f"$http_{name.lower().replace('-', '_')}"
         out.append(_split_clients(f"${{{key_var[1:]}}}", f"${v}_key_bucket"))
         out.append(

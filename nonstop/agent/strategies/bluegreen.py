@@ -18,23 +18,44 @@ from nonstop.agent.strategies.watcher import Watcher, baseline, saved_watch
 from nonstop.agent.fleet import Fleet
 from nonstop.agent.commands import render
 from nonstop.config import BlueGreenStrategy
-from nonstop.errors import DeploymentFailed
+from nonstop.errors import DeploymentFailed, UsageError
+
+
+def _control(stage: str):
+    """What a blue-green deploy accepts now (the watch sets its own): ``abort`` always; ``promote`` only
+    while it waits for one. Anything else is refused (exit 2), not queued to act later by surprise."""
+
+    def check(action: str) -> None:
+        if action == "abort" or (stage == "waiting for `nonstop promote`" and action in ("promote", "promote_full")):
+            return
+        verb = action.replace("_full", " --full")
+        raise UsageError(f"blue-green is {stage}: `nonstop {verb}` has nothing to act on (`nonstop abort` stops it)")
+
+    return check
 
 
 async def run(r: Run) -> None:
     n = r.cfg.run.instances
+    r.check_control = _control("starting the new color")
     old = r.stable_instances()
     beside = f" beside {r.stable.id}" if old else ""
     await r.step("starting", f"starting {n} instance(s) of {r.release.id}{beside}")
     new = await r.start_new(n)
-    s = r.cfg.strategy if isinstance(r.cfg.strategy, BlueGreenStrategy) else None
-    if s and s.smoke:
+    # `deploy --strategy blue-green` over another strategy block: blue-green's own defaults (keep_previous warm)
+    s = r.cfg.strategy if isinstance(r.cfg.strategy, BlueGreenStrategy) else BlueGreenStrategy(type="blue-green")
+    if s.smoke:
         await r.step("smoke", "running the smoke test against the new color")
         await smoke(r, s, new)
-    if s and not s.auto_promote:
+    if not s.auto_promote:
         await r.step("paused", f"{r.release.id} is up on {', '.join(Fleet.addr(x) for x in new)}: waiting for `nonstop promote`")
-        await wait_for_promote(r)
-    a = s.analysis if s else None
+        r.check_control = _control("waiting for `nonstop promote`")
+        r.set_paused(True)  # `status` shows it waiting, as a canary's manual step
+        try:
+            await wait_for_promote(r)
+        finally:
+            r.set_paused(False)
+        r.check_control = _control("switching")
+    a = s.analysis
     if a is not None and not old:
         a = None
         await r.emit("watch_skipped", "no previous release to switch back to: the new color is not watched")
@@ -46,7 +67,7 @@ async def run(r: Run) -> None:
     await r.emit("switched", f"100% of traffic on {r.release.id} (switch took {(time.monotonic() - t0) * 1000:.0f}ms)", release=r.release.id)
     if not old:
         return
-    keep = s.keep_previous if s else 0.0
+    keep = s.keep_previous
     if a is None:
         await r.step("draining", f"draining {r.stable.id}")
         await r.retire(old, keep_warm=keep, reason="replaced")
@@ -105,13 +126,14 @@ async def wait_for_promote(r: Run) -> None:
             return
         if action == "abort":
             raise Aborted("aborted by the user before the switch")
-        # pause / resume: nothing moves until promote anyway
 
 
 async def smoke(r: Run, s: BlueGreenStrategy, new) -> None:
     url = f"http://{Fleet.addr(new[0])}"
+    artifact = r.releases.artifact_path(r.release)
     argv = render(s.smoke, {"url": url, "port": str(new[0].port), "release": r.release.id, "version": r.release.version,
-                            "artifact": "", "instance": new[0].id, "state_dir": str(r.cfg.state_path)}, shell=s.shell)
+                            "artifact": str(artifact) if artifact else "", "instance": new[0].id,
+                            "state_dir": str(r.cfg.state_path)}, shell=s.shell)
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=str(r.cfg.base_dir)

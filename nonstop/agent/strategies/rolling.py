@@ -119,7 +119,8 @@ async def run(r: Run) -> None:
     r.check_control = _only_abort
     new: list[InstanceRecord] = []
     prog_start_old = len(old)
-    a = r.cfg.strategy.analysis if isinstance(r.cfg.strategy, RollingStrategy) else None
+    # a rollback rolling back in batches is not watched: it returns to what served before
+    a = r.cfg.strategy.analysis if isinstance(r.cfg.strategy, RollingStrategy) and r.strategy != "rollback" else None
     base = await baseline(r, old_release, a.baseline) if a is not None and old_release and old else None
     await r.emit(
         "plan",

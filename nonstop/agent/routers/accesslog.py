@@ -1,6 +1,6 @@
 """Per-release and per-target stats from a JSON access log (nginx's, or HAProxy's in managed mode).
 
-Two small parts:
+Three small parts:
 
 - ``LogTail`` follows a file by offset: each ``read()`` returns the complete
   new lines since the last call. It keeps the file open, so a rotation by
@@ -11,6 +11,9 @@ Two small parts:
 - ``StatsBook`` folds records (``release``, ``target``, ``status``,
   ``seconds``, ``proxy_error``) into cumulative counters in the
   ``StatsSnapshot`` shape of docs/internals.md.
+- ``nginx_record`` / ``haproxy_record`` read one line of the JSON log format
+  nonstop gives each router (``nginx_conf.LOG_FORMAT_FIELDS``,
+  ``haproxy_conf.LOG_FORMAT``) into such a record.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any, Iterable
 
 from nonstop.proxy.stats import LATENCY_BUCKETS, Counters, to_dict
 
-__all__ = ["LogTail", "StatsBook", "LATENCY_BUCKETS", "nginx_record"]
+__all__ = ["LogTail", "StatsBook", "LATENCY_BUCKETS", "nginx_record", "haproxy_record"]
 
 
 class LogTail:
@@ -173,6 +176,30 @@ def nginx_record(line: bytes, app: str | None = None) -> dict[str, Any] | None:
     proxy_error = status in (502, 503, 504) and received in ("", "-", "0")
     return {
         "release": d.get("release") or None,
+        "target": target,
+        "status": status,
+        "seconds": seconds,
+        "proxy_error": proxy_error,
+    }
+
+
+def haproxy_record(line: bytes, app: str) -> dict[str, Any] | None:
+    try:
+        d = json.loads(line)
+        if d.get("app") != app:
+            return None
+        status = int(d["status"])
+        seconds = max(0, int(d.get("ta_ms", 0))) / 1000
+    except (ValueError, KeyError, TypeError):
+        return None
+    rel = d.get("release")
+    target = d.get("target") or ""
+    if target.startswith("-") or ":" not in target or d.get("server") in ("<NOSRV>", "-", None):
+        target = None
+    # HAProxy's own answers end abnormally ("SC", "sH", ...); the app's own 502 ends "--".
+    proxy_error = status in (502, 503, 504) and not str(d.get("termination", "--")).startswith("-")
+    return {
+        "release": None if rel in (None, "", "-") else rel,
         "target": target,
         "status": status,
         "seconds": seconds,
