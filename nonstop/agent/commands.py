@@ -13,7 +13,10 @@ import signal
 from nonstop.config import PLACEHOLDERS, Command, split_command
 from nonstop.errors import ConfigError
 
-__all__ = ["PLACEHOLDERS", "render", "signal_number"]
+__all__ = ["PLACEHOLDERS", "BUILD_PLACEHOLDERS", "render", "render_build", "fill_build", "signal_number"]
+
+BUILD_PLACEHOLDERS = ("version", "release", "state_dir")
+"""What a ``build.commands`` entry may name: the release being built (``docker build -t app:{version} .``)."""
 
 
 # `{name}` is a placeholder; `{{` / `}}` are literal braces; `${name}` is left
@@ -55,6 +58,26 @@ def render(cmd: Command, values: dict[str, str], *, shell: bool) -> list[str]:
         # ["/bin/sh", "-c", script]: only the script carries placeholders.
         return argv[:2] + [_substitute(argv[2], values, quote=True)]
     return [_substitute(a, values, quote=False) for a in argv]
+
+
+_BUILD_TOKEN = re.compile(r"(?<!\{)\{(" + "|".join(BUILD_PLACEHOLDERS) + r")\}(?!\})")
+
+
+def fill_build(text: str, values: dict[str, str], *, quote: bool = False) -> str:
+    """``text`` with ``{version}``, ``{release}`` and ``{state_dir}`` filled in, every other brace as written."""
+    return _BUILD_TOKEN.sub(lambda m: shlex.quote(values[m.group(1)]) if quote else values[m.group(1)], text)
+
+
+def render_build(cmd: Command, values: dict[str, str], *, shell: bool) -> list[str]:
+    """A ``build.commands`` entry's argv with the ``BUILD_PLACEHOLDERS`` filled in.
+
+    Every other brace is left as written: build commands were run verbatim before they took
+    placeholders, and commonly hold braces of their own (``docker inspect --format '{{.Id}}'``,
+    ``find … -exec … {} +``)."""
+    argv = split_command(cmd, shell=shell)
+    if shell and not isinstance(cmd, list):
+        return argv[:2] + [fill_build(argv[2], values, quote=True)]
+    return [fill_build(a, values) for a in argv]
 
 
 def signal_number(name: str | int) -> int:

@@ -236,6 +236,7 @@ class Agent:
                     "release": r.release,
                     "port": r.port,
                     "pid": r.pid,
+                    "container": Fleet.container(r),
                     "state": r.state,
                     "alive": await self.fleet.alive(r),
                     "routed": Fleet.addr(r) in routed,

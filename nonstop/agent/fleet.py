@@ -9,6 +9,7 @@ callbacks to take an instance out of, or back into, the split.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,7 @@ log = logging.getLogger("nonstop.agent")
 RUNNING = ("starting", "healthy", "unhealthy", "draining")
 CRASH_LOOP_WINDOW = 120.0
 CRASH_LOOP_RESTARTS = 5
+EXIT_LOOK = 1.0  # seconds between looks for dead instances when the runtime reports no change (processes)
 
 
 def in_crash_loop(rec: InstanceRecord, now: float) -> bool:
@@ -70,6 +72,7 @@ class Fleet:
         self._http = httpx.AsyncClient(timeout=cfg.health.timeout, trust_env=False)  # loopback checks never go through an HTTP_PROXY
         self._busy: set[str] = set()  # instance ids a deployment is acting on; supervision keeps off
         self._restart_tasks: dict[str, asyncio.Task] = {}
+        self._going_down: set[str] = set()  # being taken out of the split right now (two loops may see a death)
 
     @property
     def cfg(self) -> Config:
@@ -106,6 +109,14 @@ class Fleet:
         if rec.pid is None:
             return None
         return process_handle(rec.pid, rec.pid_create_time, rec.started_at)
+
+    @classmethod
+    def container(cls, rec: InstanceRecord) -> str | None:
+        """The short id (12 hex digits, as ``docker ps`` shows) of ``rec``'s container; None for a process."""
+        h = cls.handle(rec)
+        if h is None or h.runtime == "process":
+            return None
+        return str(h.ref.get("id", ""))[:12] or None
 
     async def alive(self, rec: InstanceRecord) -> bool:
         h = self.handle(rec)
@@ -292,26 +303,44 @@ class Fleet:
         releases: Callable[[str], Release | None],
         stop_event: asyncio.Event,
     ) -> None:
-        """Health-check routed instances forever; take failing ones out and restart them with backoff."""
+        """Health-check routed instances forever; take failing ones out and restart them with backoff.
+
+        Health checks run every ``health.interval``. Deaths are also watched on their own, woken by the
+        runtime (a container's exit: a pidfd, an engine event), so a dead instance leaves the split within
+        milliseconds, never behind an interval or a slow health check of another instance. That matters
+        for containers: the engine's port forwarder keeps accepting connections for a dead container and
+        closes them after the request was sent, which the proxy cannot retry; a dead process's port
+        refuses, and is retried."""
+        exits = asyncio.get_running_loop().create_task(self._watch_exits(routed, on_up, on_down, releases, stop_event))
+        try:
+            await self._health_loop(routed, on_down, on_up, releases, stop_event)
+        finally:
+            exits.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await exits
+
+    def _supervised(self, rec: InstanceRecord, addrs: set[str]) -> bool:
+        """A routed instance serving traffic that nobody else is acting on."""
+        return (rec.id not in self._busy and rec.id not in self._restart_tasks and rec.id not in self._going_down
+                and rec.state in ("healthy", "unhealthy") and self.addr(rec) in addrs)
+
+    async def _health_loop(self, routed, on_down, on_up, releases, stop_event: asyncio.Event) -> None:
         hc = self.cfg.health
         trackers: dict[str, healthmod.HealthTracker] = {}
         while not stop_event.is_set():
             now = time.monotonic()
             addrs = routed()
             for rec in self.running():
-                if rec.id in self._busy or rec.id in self._restart_tasks:
+                if rec.id in self._busy or rec.id in self._restart_tasks or rec.id in self._going_down:
                     continue
                 if rec.state == "healthy" and rec.data and rec.data.get("retire_at") and rec.data["retire_at"] <= time.time():
                     asyncio.get_running_loop().create_task(self._retire(rec))
                     continue
-                if self.addr(rec) not in addrs or rec.state not in ("healthy", "unhealthy"):
+                if not self._supervised(rec, addrs):
                     trackers.pop(rec.id, None)
                     continue
                 if not await self.alive(rec):
-                    h = self.handle(rec)
-                    code = await self.runtime.exit_code(h) if h is not None else None
-                    why = f"{_kind(h)} exited (code {code})" if code is not None else f"{_kind(h)} exited"
-                    await self._down(rec, why, on_down, on_up, releases)
+                    await self._exited(rec, on_down, on_up, releases)
                     trackers.pop(rec.id, None)
                     continue
                 tr = trackers.get(rec.id)
@@ -323,7 +352,7 @@ class Fleet:
                     tr.observe(healthmod.CheckResult(True, "adopted", 0.0), now)
                 res = await healthmod.check_once(hc, "127.0.0.1", rec.port, client=self._http)
                 st = _state(tr.observe(res, time.monotonic()))
-                if st == "unhealthy":
+                if st == "unhealthy" and self._supervised(self.store.get_instance(rec.id) or rec, routed()):
                     await self._down(rec, f"health check failing: {res.detail}", on_down, on_up, releases)
                     trackers.pop(rec.id, None)
             try:
@@ -331,15 +360,40 @@ class Fleet:
             except asyncio.TimeoutError:
                 pass
 
+    async def _watch_exits(self, routed, on_up, on_down, releases, stop_event: asyncio.Event) -> None:
+        """Whenever the runtime reports a change: every routed instance that no longer runs, out and restarted."""
+        while not stop_event.is_set():
+            await _first(stop_event.wait(), self.runtime.wait_changed(EXIT_LOOK))
+            addrs = routed()
+            for rec in self.running():
+                if self._supervised(rec, addrs) and not await self.alive(rec):
+                    await self._exited(rec, on_down, on_up, releases)
+
+    async def _exited(self, rec: InstanceRecord, on_down, on_up, releases) -> None:
+        if rec.id in self._going_down:
+            return
+        self._going_down.add(rec.id)
+        try:
+            h = self.handle(rec)
+            # out of the split before anything else: each millisecond is requests sent to it
+            await on_down(rec, f"{_kind(h)} exited")
+            code = await self.runtime.exit_code(h) if h is not None else None
+            why = f"{_kind(h)} exited (code {code})" if code is not None else f"{_kind(h)} exited"
+            await self._down(rec, why, None, on_up, releases)
+        finally:
+            self._going_down.discard(rec.id)
+
     async def _retire(self, rec: InstanceRecord) -> None:
         if rec.id in self._busy:
             return
         await self.stop([rec], None, reason="keep_previous elapsed")
 
     async def _down(self, rec, why, on_down, on_up, releases) -> None:
+        """Out of the split (``on_down``; None: done already), recorded, restarted in the background."""
+        if on_down is not None:
+            await on_down(rec, why)
         rec = self.set_state(rec, "unhealthy")
         await self.events.emit(None, "instance_unhealthy", f"{rec.id} taken out of rotation: {why}", instance=rec.id, reason=why)
-        await on_down(rec, why)
         self.restart(rec, on_up, releases)
 
     def restart(self, rec: InstanceRecord, on_up, releases) -> None:
@@ -402,15 +456,23 @@ class Fleet:
         await self.runtime.close()
 
 
+async def _first(*aws) -> None:
+    """Until the first of ``aws`` is done (the others cancelled)."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
 def _kind(h: Handle | None) -> str:
     return "container" if h is not None and h.runtime != "process" else "process"
 
 
 def _what(rec: InstanceRecord) -> str:
-    h = Fleet.handle(rec)
-    if h is not None and h.runtime != "process":
-        return f"container {str(h.ref.get('id', ''))[:12]}"
-    return f"pid {rec.pid}"
+    cid = Fleet.container(rec)
+    return f"container {cid}" if cid else f"pid {rec.pid}"
 
 
 class _Default(dict):

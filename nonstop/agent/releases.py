@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from nonstop.agent.commands import fill_build, render_build
 from nonstop.agent.runtimes.base import ImageInfo
 from nonstop.agent.room import is_disk_full
 from nonstop.agent.store import Release, Store, validate_version
@@ -244,7 +245,8 @@ class Releases:
         build_log: Path | None = None
         if build is not None and build.commands:
             build_log = self.logs_dir / f"build-{rid}.log"
-            self._build(build, workdir, build_log, log)
+            values = {"version": version, "release": rid, "state_dir": str(self.state_dir)}
+            self._build(build, workdir, build_log, log, values)
 
         src: Path | None = artifact
         if src is None and build is not None and build.artifact:
@@ -394,7 +396,8 @@ class Releases:
         self._build(build, workdir, log_path, log)
         return log_path
 
-    def _build(self, build: BuildConfig, workdir: Path, log_path: Path, log: Log | None) -> None:
+    def _build(self, build: BuildConfig, workdir: Path, log_path: Path, log: Log | None,
+               values: dict[str, str] | None = None) -> None:  # values: BUILD_PLACEHOLDERS to fill in; None: as given
         if not workdir.is_dir():
             raise BuildFailed(
                 f"build.workdir: {workdir} does not exist", detail={"field": "build.workdir", "log": None}
@@ -403,8 +406,8 @@ class Releases:
         deadline = time.monotonic() + build.timeout
         with open(log_path, "wb") as out:
             for cmd in build.commands:
-                argv = split_command(cmd, shell=build.shell)
-                shown = cmd if isinstance(cmd, str) else " ".join(cmd)
+                argv = render_build(cmd, values, shell=build.shell) if values else split_command(cmd, shell=build.shell)
+                shown = fill_build(cmd if isinstance(cmd, str) else " ".join(cmd), values or {})
                 _say(log, f"build: {shown}")
                 stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
                 out.write(f"=== nonstop {stamp} build in {workdir}: {shown}\n".encode())

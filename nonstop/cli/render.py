@@ -120,14 +120,17 @@ def status(console: Console, st: dict) -> None:
     else:
         console.print("traffic: [yellow]no route (requests are held, then 503)[/]")
     rows = []
-    for i in st.get("instances", []):
+    instances = st.get("instances", [])
+    containers = any(i.get("container") for i in instances)  # a container runtime: its id, not a pid
+    for i in instances:
         state = i["state"] if i["alive"] else f"{i['state']} (dead)"
         if i.get("crash_loop"):
             state += ", CRASH LOOP"
         if i.get("warm_until"):
             state += f", warm {max(0, i['warm_until'] - time.time()):.0f}s"
-        rows.append((i["id"], i["release"], str(i["pid"]), state, "yes" if i["routed"] else "no", _dur(i["uptime"]), str(i["restarts"])))
-    table(console, ("instance", "release", "pid", "state", "routed", "uptime", "restarts"), rows)
+        runs = (i.get("container") or "-") if containers else str(i["pid"])
+        rows.append((i["id"], i["release"], runs, state, "yes" if i["routed"] else "no", _dur(i["uptime"]), str(i["restarts"])))
+    table(console, ("instance", "release", "container" if containers else "pid", "state", "routed", "uptime", "restarts"), rows)
     d = st.get("deployment")
     if d:
         line = f"deployment #{d['id']}: {d['strategy']} → {d['release']}  state {d['state']}  phase {d.get('phase') or '-'}  started {_ago(d['started_at'])}"

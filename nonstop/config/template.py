@@ -9,7 +9,7 @@ listen: 127.0.0.1:8080            # public address clients use (the proxy listen
 
 # build:                          # optional: run before each deploy, then copy the artifact
 #   workdir: .
-#   commands: ["git pull", "./gradlew clean bootJar"]
+#   commands: ["git pull", "./gradlew clean bootJar"]   # may name {{version}} {{release}} {{state_dir}}
 #   artifact: build/libs/app.jar
 
 run:

@@ -333,6 +333,30 @@ def test_shell_build(env):
     assert "one" in (releases.logs_dir / "build-v1.log").read_text()
 
 
+def test_build_commands_name_the_release_and_keep_every_other_brace(env):
+    """``docker build -t app:{version} .``: {version}, {release} and {state_dir} are filled in; braces of the
+    command's own (a Go template, find's {}) are passed as written, as they were before placeholders."""
+    releases, _, app = env
+    build = BuildConfig(
+        commands=[
+            py("import sys; open('out.txt', 'w').write(' '.join(sys.argv[1:]))") + ["app:{version}", "{release}",
+                                                                                  "{state_dir}", "{{.Id}}", "{}", "{port}"],
+            "echo image app:{version} built > built.txt",
+        ],
+        shell=False,
+        artifact="out.txt",
+    )
+    said = []
+    rel = releases.create("v7", None, build, app, said.append)
+    args = releases.artifact_path(rel).read_text().split()
+    assert args == ["app:v7", "v7", str(releases.state_dir), "{{.Id}}", "{}", "{port}"]
+    assert "build: echo image app:v7 built > built.txt" in said  # the command as run, in the log too
+    assert "app:v7" in (releases.logs_dir / "build-v7.log").read_text()
+    shelled = BuildConfig(commands=["echo {version} '{{.Id}}' > out.txt"], shell=True, artifact="out.txt")
+    rel = releases.create("v 8".replace(" ", "-"), None, shelled, app)
+    assert releases.artifact_path(rel).read_text() == "v-8 {{.Id}}\n"
+
+
 # -- prune -----------------------------------------------------------------------
 
 

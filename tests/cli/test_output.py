@@ -87,6 +87,16 @@ def test_piped_status_keeps_whole_lines():
     assert row.split() == [f"{LONG_RELEASE}@8081", LONG_RELEASE, "4242", "healthy", "yes", "12.0s", "0"]
 
 
+def test_status_of_containers_shows_each_instance_s_container_instead_of_a_pid():
+    st = _status("v1@8081")
+    st["instances"][0].update(pid=None, container="4fb619decfb8")
+    buf = io.StringIO()
+    render.status(Console(file=buf, force_terminal=False, width=200, no_color=True), st)
+    lines = buf.getvalue().splitlines()
+    assert next(line for line in lines if line.startswith("instance")).split()[2] == "container"
+    assert next(line for line in lines if line.startswith("v1@8081")).split()[2] == "4fb619decfb8"
+
+
 def test_logs_read_the_state_dir_with_or_without_json(state):
     code, out, err = run(state, "logs", "-n", "2")
     assert code == 0, err

@@ -2,7 +2,9 @@
 
 ``stack`` writes a ``nonstop.yml`` in a temp dir (free ports, the Python test
 app as ``run.command``), starts the agent with ``nonstop up --detach`` and
-gives the test a ``Stack`` to drive it with the real CLI. Teardown runs
+gives the test a ``Stack`` to drive it with the real CLI (``env=`` adds
+variables to the CLI's environment, and so to the agent its ``up`` starts: a
+container engine's ``DOCKER_HOST``, for one). Teardown runs
 ``nonstop down`` and then ends, by PID, anything the stack started that is
 still alive (agent, proxy, instances).
 """
@@ -45,6 +47,7 @@ class Stack:
     listen: int
     ports: list[int]
     started_pids: set[int] = field(default_factory=set)
+    env: dict[str, str] = field(default_factory=dict)  # added to the CLI's environment (the agent inherits it from `up`)
 
     @property
     def url(self) -> str:
@@ -59,7 +62,7 @@ class Stack:
         return self.dir / sd
 
     def cli(self, *args: str, timeout: float = 120, check: bool = False) -> CliResult:
-        env = {**os.environ, "NO_COLOR": "1"}
+        env = {**os.environ, **self.env, "NO_COLOR": "1"}
         r = subprocess.run(
             [sys.executable, "-m", "nonstop", "-c", str(self.cfg_path), *args],
             cwd=self.dir, capture_output=True, text=True, timeout=timeout, env=env,
@@ -70,7 +73,7 @@ class Stack:
         return res
 
     def cli_async(self, *args: str) -> subprocess.Popen:
-        env = {**os.environ, "NO_COLOR": "1"}
+        env = {**os.environ, **self.env, "NO_COLOR": "1"}
         return subprocess.Popen(
             [sys.executable, "-m", "nonstop", "-c", str(self.cfg_path), *args],
             cwd=self.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
@@ -146,12 +149,13 @@ def _descendants_of_state(state: Path) -> set[int]:
 
 
 def _factory(root: Path, stacks: list[Stack]):
-    def make(n_ports: int = 2, up: bool = True, **overrides) -> Stack:
+    def make(n_ports: int = 2, up: bool = True, env: dict[str, str] | None = None, **overrides) -> Stack:
+        """``env``: variables for the CLI and so the agent (a container engine's ``DOCKER_HOST``, …)."""
         d = root / f"stack{len(stacks)}"
         d.mkdir()
         listen, *ports = stack_ports(n_ports + 1)
         cfg_path = make_config(d, listen, ports, **overrides)
-        st = Stack(d, cfg_path, listen, ports)
+        st = Stack(d, cfg_path, listen, ports, env=dict(env or {}))
         stacks.append(st)
         if up:
             st.cli("up", "--detach", "--timeout", "60", check=True)

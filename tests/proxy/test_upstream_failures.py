@@ -573,3 +573,61 @@ def test_oversized_upstream_head_is_502():
         await bad.stop()
 
     run(main())
+
+
+def test_upstream_accepting_then_resetting_before_the_request_is_written_is_tried_elsewhere(monkeypatch):
+    """What a container engine's port forwarder does while its container is gone: it accepts, then
+    closes. Seen closed before a byte of the request was written, that is as good as refused: the
+    request goes to a sibling (before, writing to the closed transport raised in a task nobody
+    awaited, and the request hung without an answer)."""
+    import struct
+    import threading
+
+    from nonstop.proxy import connecting
+
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(64)
+    stop = threading.Event()
+
+    def accept_and_reset() -> None:
+        lst.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                c, _ = lst.accept()
+            except (socket.timeout, OSError):
+                continue
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.close()
+
+    real = connecting.connect
+
+    async def connect_then_look_later(loop, target, timeout):
+        up = await real(loop, target, timeout)
+        await asyncio.sleep(0.02)  # a busy loop: the peer's reset is seen before the request is written
+        return up
+
+    monkeypatch.setattr(connecting, "connect", connect_then_look_later)
+    resetter = "127.0.0.1:%d" % lst.getsockname()[1]
+    th = threading.Thread(target=accept_and_reset, daemon=True)
+    th.start()
+
+    async def main():
+        app = await App("good").start()
+        try:
+            async with proxy() as srv:
+                srv.state.apply(table(("v1", 100, [resetter, app.addr])))
+                for _ in range(6):
+                    r = await asyncio.wait_for(get(srv.listen_addr, "/"), 5)
+                    assert r.status == 200 and r.json()["app"] == "good"
+                assert srv.state.pairs[("v1", resetter)].proxy_errors >= 1
+                assert srv.state.targets[resetter].in_flight == 0
+        finally:
+            await app.stop()
+
+    try:
+        run(main())
+    finally:
+        stop.set()
+        th.join(5)
+        lst.close()

@@ -112,13 +112,22 @@ def start_dockerd(root: Path) -> tuple[EngineBed, subprocess.Popen, str]:
     _need("docker", "docker.io")
     bridge = f"nsd{os.getpid() % 10**8}"[:15]
     net = _free_subnet()
+    root.mkdir(parents=True, exist_ok=True)
     subprocess.run(["ip", "link", "del", bridge], capture_output=True)  # a leftover of a killed run
-    for cmd in (
-        ["ip", "link", "add", "name", bridge, "type", "bridge"],
-        ["ip", "addr", "add", f"{net}.1/24", "dev", bridge],
-        ["ip", "link", "set", bridge, "up"],
-    ):
-        subprocess.run(cmd, check=True, capture_output=True)
+    try:
+        for cmd in (
+            ["ip", "link", "add", "name", bridge, "type", "bridge"],
+            ["ip", "addr", "add", f"{net}.1/24", "dev", bridge],
+            ["ip", "link", "set", bridge, "up"],
+        ):
+            subprocess.run(cmd, check=True, capture_output=True)
+        return _start_dockerd_on(root, dockerd, bridge)
+    except BaseException:
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)  # never leave the bridge behind
+        raise
+
+
+def _start_dockerd_on(root: Path, dockerd: str, bridge: str) -> tuple[EngineBed, subprocess.Popen, str]:
     sock = root / "docker.sock"
     log = open(root / "dockerd.log", "ab")
     proc = subprocess.Popen(
@@ -151,7 +160,13 @@ def start_dockerd(root: Path) -> tuple[EngineBed, subprocess.Popen, str]:
             raise RuntimeError(f"dockerd exited ({proc.returncode}): {(root / 'dockerd.log').read_text()[-2000:]}")
         return sock.exists() and bed.cli("version", check=False, timeout=10).returncode == 0
 
-    _wait(up, 30.0, "dockerd to answer")
+    try:
+        _wait(up, 30.0, "dockerd to answer")
+    except BaseException:
+        if proc.poll() is None:  # ours, by its own handle
+            proc.kill()
+            proc.wait(10)
+        raise
     return bed, proc, bridge
 
 

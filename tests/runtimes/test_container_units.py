@@ -116,3 +116,17 @@ def test_proc_net_tcp_and_the_diagnosis():
 def test_container_names_are_engine_safe_and_per_state_dir():
     assert container_name("room escape", "v1+build/2", 8081, "ab12cd34") == "nonstop-room-escape-v1-build-2-8081-ab12cd34"
     assert container_name("a", "r", 1, "k1") != container_name("a", "r", 1, "k2")
+
+
+def test_a_pid_is_watched_only_when_its_process_started_with_the_container():
+    import os
+
+    import psutil
+
+    from nonstop.agent.runtimes.pidwatch import same_process
+
+    started = int(psutil.Process().create_time() * 1e9)
+    assert same_process(os.getpid(), started)
+    assert not same_process(os.getpid(), started - int(60e9))  # a recycled pid: another start time
+    assert not same_process(os.getpid(), None)
+    assert not same_process(0, started)

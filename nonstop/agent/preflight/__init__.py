@@ -39,8 +39,8 @@ COMMON: tuple[tuple[str, Check], ...] = (
 )
 BY_RUNTIME: dict[str, tuple[tuple[str, Check], ...]] = {
     "process": (("run.command", commands.run_command), ("run.workdir", commands.run_workdir), ("run.ports", ports.run_ports)),
-    "docker": (("run.ports", ports.run_ports), ("the container engine", containers.engine)),
-    "podman": (("run.ports", ports.run_ports), ("the container engine", containers.engine)),
+    "docker": (("run.ports", containers.run_ports), ("the container engine", containers.engine)),
+    "podman": (("run.ports", containers.run_ports), ("the container engine", containers.engine)),
     "kubernetes": (("the cluster (reachable, namespace, permissions, gateway)", kubernetes.cluster),),
 }
 BY_ROUTER: dict[str, tuple[tuple[str, Check], ...]] = {

@@ -1,4 +1,5 @@
-"""Containers: the engine answers, and the image a deploy would run is there (exit 2 otherwise).
+"""Containers: the engine answers, the instance ports are free or this app's own containers', and the
+image a deploy would run is there (exit 2 otherwise).
 
 A version names one image: deploying a stored version again resolves its image
 anew, and the same id redeploys that release, another id is refused (both named).
@@ -6,11 +7,12 @@ anew, and the same id redeploys that release, another id is refused (both named)
 
 from __future__ import annotations
 
+from nonstop.agent.preflight import ports
 from nonstop.agent.preflight.base import Env, Problem
 from nonstop.agent.releases import default_version
 from nonstop.errors import NonstopError
 
-__all__ = ["engine", "image"]
+__all__ = ["engine", "run_ports", "image"]
 
 
 async def engine(env: Env) -> list[Problem]:
@@ -22,6 +24,26 @@ async def engine(env: Env) -> list[Problem]:
         return [env.problem("run.runtime", words) for words in await runtime.check()]
     finally:
         await runtime.close()
+
+
+async def run_ports(env: Env) -> list[Problem]:
+    """``run.ports``: each free, or published by a running container of this app and state dir (found by
+    label). The process holding such a port is the engine's (docker-proxy, conmon), not the app's, so the
+    process check alone would call this app's own instances "another program" after an agent restart."""
+    busy = ports.busy_run_ports(env)
+    if not busy:
+        return []
+    from nonstop.agent.runtimes import make_runtime
+
+    runtime = make_runtime(env.cfg)
+    try:
+        found = await runtime.discover()
+    except NonstopError:
+        found = []  # the engine does not answer: the engine check says so
+    finally:
+        await runtime.close()
+    ours = {f.port for f in found if f.running}
+    return ports.run_ports_problem(env, [(port, p) for port, p in busy if port not in ours])
 
 
 async def image(env: Env, runtime, releases, version: str | None, image_ref: str | None) -> list[Problem]:

@@ -16,7 +16,7 @@ import psutil
 
 from nonstop.agent.preflight.base import Env, Problem
 
-__all__ = ["listen", "dashboard", "run_ports", "distinct", "bind_error", "holder"]
+__all__ = ["listen", "dashboard", "run_ports", "busy_run_ports", "run_ports_problem", "distinct", "bind_error", "holder"]
 
 
 def _addr(value: str, field: str = "") -> tuple[str, int]:
@@ -122,8 +122,8 @@ def dashboard(env: Env) -> list[Problem]:
     return _address_problem(env, "dashboard.listen", d.listen, "the dashboard", env.owned.agent)
 
 
-def run_ports(env: Env) -> list[Problem]:
-    """``run.ports``: each free, or held by this app's own instance on it."""
+def busy_run_ports(env: Env) -> list[tuple[int, psutil.Process | None]]:
+    """The ports of ``run.ports`` something listens on that is not this app's own process."""
     from nonstop.agent.runtimes.process import port_in_use
 
     busy = []
@@ -134,12 +134,21 @@ def run_ports(env: Env) -> list[Problem]:
         if env.owned.holds(p.pid if p else None) or (p is None and port in env.owned.instances):
             continue
         busy.append((port, p))
+    return busy
+
+
+def run_ports_problem(env: Env, busy: list[tuple[int, psutil.Process | None]]) -> list[Problem]:
     if not busy:
         return []
     shown = "; ".join(f"{port} by {_who(p)}" for port, p in busy)
     return [env.problem("run.ports", f"{len(busy)} of the instance ports {env.cfg.run.ports} in use: {shown}. "
                                      "An instance started there would fail (or another program would answer its "
                                      "health checks); stop it, or choose other ports")]
+
+
+def run_ports(env: Env) -> list[Problem]:
+    """``run.ports``: each free, or held by this app's own instance on it."""
+    return run_ports_problem(env, busy_run_ports(env))
 
 
 def distinct(env: Env) -> list[Problem]:

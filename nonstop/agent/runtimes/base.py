@@ -21,6 +21,7 @@ did not start).
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,11 @@ class Runtime(ABC):
     @abstractmethod
     async def stop(self, handle: Handle, signal_name: str, timeout: float) -> StopResult:
         """``signal_name``, then a kill after ``timeout``; only ever the instance ``handle`` names."""
+
+    async def wait_changed(self, timeout: float) -> None:
+        """Until an instance may have started or ended (containers: the engine's next event), or
+        ``timeout`` seconds; lets the fleet notice a death at once. Processes: just the timeout."""
+        await asyncio.sleep(timeout)
 
     async def discover(self) -> list[Found]:
         """Instances of this app the runtime can find by itself (containers: by label). Processes: none."""

@@ -4,11 +4,7 @@ An instance is ``<engine> run -d`` of the release's image *by id* (the exact
 bytes recorded with the release, whatever its tag points at later), published
 on ``127.0.0.1:{port}`` (where the router sends its traffic), with no engine
 restart policy (the fleet restarts with backoff, as for processes), and
-labelled::
-
-    nonstop.app, nonstop.release, nonstop.instance, nonstop.port,
-    nonstop.state (this state dir: two checkouts of one app never adopt each other's),
-    nonstop.version, nonstop.container_port, nonstop.log
+labelled (``runargs.py`` names and labels it, and builds the ``run`` command).
 
 The labels are the whole record: after an agent restart ``discover`` finds
 every container of this app and state dir by label (no PID files), and every
@@ -19,14 +15,16 @@ and never touched.
 Whether a container runs is answered from ``ContainerStates``, kept current
 by the engine's event stream, so ``alive`` costs a dictionary look-up; while
 the stream is down, a snapshot at most every ``poll_interval`` stands in.
-Output goes through ``LogFollower`` into the instance's log file.
+Sooner than any event, a pidfd on the container's main process (``PidWatch``)
+says the moment it exits. Output goes through ``LogFollower`` into the
+instance's log file.
 """
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
+import contextlib
 import logging
-import re
 import shlex
 import time
 from datetime import datetime, timezone
@@ -37,35 +35,18 @@ from nonstop.agent.runtimes import images, inside
 from nonstop.agent.runtimes.base import Found, Handle, ImageInfo, InstanceSpec, Runtime, StopResult
 from nonstop.agent.runtimes.engine import Engine
 from nonstop.agent.runtimes.logfollow import LogFollower
+from nonstop.agent.runtimes.pidwatch import PidWatch
+from nonstop.agent.runtimes.runargs import (ENV_NAME, LABEL, LABELS, container_name, explain_run_failure, found_of,
+                                            run_argv, state_key)
 from nonstop.agent.runtimes.states import ContainerState, ContainerStates, exit_status, parse_time_ns, state_from_inspect
 from nonstop.agent.runtimes.watch import EventWatch
 from nonstop.errors import EngineUnreachable, InstanceError
 
 __all__ = ["ContainerRuntime", "container_name", "LABELS"]
 
-log = logging.getLogger("nonstop.runtime.container")
-
-LABELS = ("app", "release", "instance", "port", "state", "version", "container_port", "log")
-_L = {k: f"nonstop.{k}" for k in LABELS}
-
-# Variables the engine's CLI itself reads: a run.env entry with such a name is meant for the
-# container, so it is passed on the command line rather than through the CLI's environment.
-_CLI_ENV = re.compile(r"^(DOCKER_|CONTAINER_|CONTAINERS_|PODMAN_|BUILDAH_|XDG_|PATH$|HOME$)")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NO_SUCH = ("no such", "not known", "not found")
 
-
-def _safe(part: str) -> str:
-    return re.sub(r"[^a-zA-Z0-9_.-]+", "-", part).strip("-.") or "x"
-
-
-def state_key(state_dir: Path) -> str:
-    return hashlib.sha256(str(state_dir).encode()).hexdigest()[:8]
-
-
-def container_name(app: str, release: str, port: int, key: str) -> str:
-    """``nonstop-<app>-<release>-<port>-<state key>``: deterministic, engine-safe, one per state dir."""
-    return f"nonstop-{_safe(app)}-{_safe(release)}-{port}-{key}"
+log = logging.getLogger("nonstop.runtime.container")
 
 
 def _now_ns() -> int:
@@ -79,10 +60,12 @@ def _has(words: str, markers: tuple[str, ...]) -> bool:
 
 class ContainerRuntime(Runtime):
     """Runs one app's instances as labelled containers of one engine. Owns the state cache and its
-    event stream, and one log follower per running container it watches."""
+    event stream, the pidfds on the containers' main processes, and one log follower per running
+    container it watches."""
 
     poll_interval = 1.0  # seconds between snapshots while the event stream is down
     kill_wait = 10.0  # seconds to wait for a container to die after the kill
+    settle_wait = 5.0  # seconds for the engine to see an exit its pidfd already showed
 
     def __init__(
         self,
@@ -101,17 +84,21 @@ class ContainerRuntime(Runtime):
         self.states = ContainerStates()
         self.followers: dict[str, LogFollower] = {}
         self.engine_calls = 0  # CLI calls made to answer alive() (the cost the event stream saves)
-        self.watch = EventWatch(self.engine, self._filters(), self.states)
+        self._dirty: asyncio.Event | None = None  # a change the fleet has not looked at yet (wait_changed)
+        self.watch = EventWatch(self.engine, self._filters(), self.states, on_change=self._changed)
+        self.pids = PidWatch(self._process_exited)
+        self.exited: set[str] = set()  # containers whose main process exited (pidfd), whatever the engine says yet
+        self._tasks: set[asyncio.Task] = set()
         self._last_poll = 0.0
         self._starting = 0  # starts in flight
 
     # -- labels ----------------------------------------------------------------------
     def _filters(self) -> list[str]:
-        return ["--filter", f"label={_L['app']}={self.app}", "--filter", f"label={_L['state']}={self.state_dir}"]
+        return ["--filter", f"label={LABEL['app']}={self.app}", "--filter", f"label={LABEL['state']}={self.state_dir}"]
 
     def _ours(self, labels: Mapping[str, str] | None) -> bool:
         labels = labels or {}
-        return labels.get(_L["app"]) == self.app and labels.get(_L["state"]) == str(self.state_dir)
+        return labels.get(LABEL["app"]) == self.app and labels.get(LABEL["state"]) == str(self.state_dir)
 
     def cursor_path(self, cid: str) -> Path:
         return self.state_dir / "containers" / f"{cid}.cursor"
@@ -135,6 +122,7 @@ class ContainerRuntime(Runtime):
             return None
         st = state_from_inspect(docs[0], as_of)
         self.states.observe(cid, st)
+        self._track(docs[0])
         return st
 
     async def _ours_docs(self) -> list[dict]:
@@ -149,6 +137,7 @@ class ContainerRuntime(Runtime):
         for d in docs:
             seen.add(d["Id"])
             self.states.observe(d["Id"], state_from_inspect(d, as_of))
+            self._track(d)
         # Ours but not listed: removed behind our back. Not while a start runs: its container may
         # have been created after the list was taken.
         for cid, st in list(self.states.by_id.items()) if not self._starting else []:
@@ -156,21 +145,46 @@ class ContainerRuntime(Runtime):
                 self.states.observe(cid, ContainerState(False, st.exit_code, as_of, removed=True))
         return docs
 
+    def _track(self, doc: Mapping[str, Any]) -> None:
+        """Watch a running container's main process (once), when it is a process of this host."""
+        st = doc.get("State") or {}
+        cid = str(doc.get("Id") or "")
+        if cid and st.get("Running") and cid not in self.exited and not self.pids.watching(cid):
+            self.pids.watch(cid, int(st.get("Pid") or 0), parse_time_ns(str(st.get("StartedAt") or "")))
+
+    def _process_exited(self, cid: str) -> None:
+        self.exited.add(cid)
+        self.watch.poke()
+
+    async def _learn_pid(self, cid: str) -> None:
+        with contextlib.suppress(EngineUnreachable, InstanceError):
+            await self._observe(cid)
+
+    async def _engine_caught_up(self, cid: str) -> None:
+        """After a pidfd showed the exit: until the engine shows it too (it may still say "running"
+        for a few milliseconds, and would refuse to remove the container or reuse its port)."""
+        deadline = time.monotonic() + self.settle_wait
+        while time.monotonic() < deadline:
+            st = await self._observe(cid)
+            if st is None or not st.running:
+                return
+            await self.watch.wait_changed(min(0.2, max(0.0, deadline - time.monotonic())))
+
     # -- start ---------------------------------------------------------------------
     async def start(self, spec: InstanceSpec) -> Handle:
         if not spec.image:
             raise InstanceError(f"instance {spec.id}: no image (run.image, or deploy --image)", detail={"instance": spec.id})
         if not spec.container_port:
             raise InstanceError(f"instance {spec.id}: no container_port", detail={"instance": spec.id})
-        bad = [k for k in spec.env if not _ENV_NAME.match(k)]
+        bad = [k for k in spec.env if not ENV_NAME.match(k)]
         if bad:
             raise InstanceError(f"instance {spec.id}: run.env name {bad[0]!r} is not a valid variable name")
         self.watch.ensure()
         name = container_name(self.app, spec.release, spec.port, self.key)
         self._starting += 1
         try:
-            await self._refuse_taken_port(spec)
-            await self._clear_leftover(spec, name)
+            # two independent looks at the engine, each a few CLI calls: side by side
+            await asyncio.gather(self._refuse_taken_port(spec), self._clear_leftover(spec, name))
             return await self._run(spec, name)
         except EngineUnreachable as e:
             raise InstanceError(f"instance {spec.id}: {e.message}", detail={"instance": spec.id}) from e
@@ -211,46 +225,19 @@ class ContainerRuntime(Runtime):
                 "state dir; it is left alone: remove or rename it",
                 detail={"instance": spec.id, "container": name},
             )
+        if (doc.get("State") or {}).get("Running") and doc["Id"] in self.exited:
+            await self._engine_caught_up(doc["Id"])
+            doc = (await self._inspect(doc["Id"]) or [doc])[0]
         if (doc.get("State") or {}).get("Running"):
             raise InstanceError(
                 f"instance {spec.id}: container {name} of this app is still running", detail={"instance": spec.id}
             )
         await self._remove(doc["Id"])
 
-    def _args(self, spec: InstanceSpec, name: str) -> tuple[list[str], dict[str, str]]:
-        labels = {
-            "app": self.app,
-            "release": spec.release,
-            "instance": spec.id,
-            "port": str(spec.port),
-            "state": str(self.state_dir),
-            "version": spec.version,
-            "container_port": str(spec.container_port),
-            "log": str(Path(spec.log_path).resolve()),
-        }
-        argv = ["run", "-d", "--name", name, "--pull", "never", "--restart", "no"]
-        for k, v in labels.items():
-            argv += ["--label", f"{_L[k]}={v}"]
-        argv += ["-p", f"127.0.0.1:{spec.port}:{spec.container_port}"]
-        argv += ["--stop-signal", spec.stop_signal, "--stop-timeout", str(max(0, int(round(spec.stop_timeout))))]
-        argv += list(self.engine.dialect.log_opts)
-        # Values travel in the CLI's environment (`-e NAME`), not on its command line, where
-        # any local user could read them in the process list.
-        env = {**{k: str(v) for k, v in spec.env.items()}, "PORT": str(spec.container_port)}
-        cli_env: dict[str, str] = {}
-        for k, v in env.items():
-            if _CLI_ENV.match(k):
-                argv += ["-e", f"{k}={v}"]
-            else:
-                argv += ["-e", k]
-                cli_env[k] = v
-        argv += [spec.image, *spec.argv]
-        return argv, cli_env
-
     async def _run(self, spec: InstanceSpec, name: str) -> Handle:
         log_path = Path(spec.log_path)
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        argv, cli_env = self._args(spec, name)
+        argv, cli_env = run_argv(spec, name, self.app, self.state_dir, self.engine.dialect)
         now = time.time()
         stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         shown = shlex.join(spec.argv).replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
@@ -262,7 +249,7 @@ class ContainerRuntime(Runtime):
         as_of = _now_ns()
         res = await self.engine.run(*argv, env=cli_env, timeout=120.0)
         if not res.ok:
-            msg = self._explain_run_failure(spec, res.words)
+            msg = explain_run_failure(spec, self.name, res.words)
             with open(log_path, "ab") as f:
                 f.write(f"=== nonstop: {msg}\n".encode())
             # a container created but not started (its port could not be bound) is ours: remove it
@@ -273,6 +260,9 @@ class ContainerRuntime(Runtime):
         cid = res.out.strip().splitlines()[-1].strip()
         self.states.started(cid, as_of)
         self._follow(cid, log_path)
+        task = asyncio.get_running_loop().create_task(self._learn_pid(cid))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         ref = {
             "id": cid,
             "name": name,
@@ -281,17 +271,6 @@ class ContainerRuntime(Runtime):
             "container_port": spec.container_port,
         }
         return Handle(self.name, ref, now)
-
-    def _explain_run_failure(self, spec: InstanceSpec, words: str) -> str:
-        low = words.lower()
-        if "already allocated" in low or "address already in use" in low:
-            return (
-                f"instance {spec.id}: port {spec.port} on 127.0.0.1 is already in use by another process; "
-                f"the engine could not publish it ({words})"
-            )
-        if _has(words, ("no such image", "image not known", "unable to find image", "does not exist")):
-            return f"instance {spec.id}: image {spec.image} is not in the {self.name} engine any more ({words})"
-        return f"instance {spec.id}: {self.name} could not start the container: {words}"
 
     def _follow(self, cid: str, log_path: Path) -> None:
         if cid in self.followers and self.followers[cid].running:
@@ -309,7 +288,7 @@ class ContainerRuntime(Runtime):
     # -- watch -----------------------------------------------------------------------
     async def alive(self, handle: Handle) -> bool:
         cid = self._cid(handle)
-        if not cid:
+        if not cid or cid in self.exited:
             return False
         self.watch.ensure()
         st = self.states.get(cid)
@@ -329,9 +308,28 @@ class ContainerRuntime(Runtime):
             st = self.states.get(cid)
         return bool(st and st.running)
 
+    def _changed(self) -> None:
+        if self._dirty is None:
+            self._dirty = asyncio.Event()
+        self._dirty.set()
+
+    async def wait_changed(self, timeout: float) -> None:
+        """Level-triggered: a change since the last call (while the caller was busy) returns at once."""
+        self.watch.ensure()
+        if self._dirty is None:
+            self._dirty = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._dirty.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass  # without a stream, alive() polls (at most every poll_interval)
+        self._dirty.clear()
+
     async def exit_code(self, handle: Handle) -> int | None:
         cid = self._cid(handle)
         st = self.states.get(cid)
+        if cid in self.exited and (st is None or st.running):
+            await self._engine_caught_up(cid)  # the pidfd was first; the code is the engine's to tell
+            st = self.states.get(cid)
         if st is None or (st.running is False and st.exit_code is None and not st.removed):
             try:
                 st = await self._observe(cid) or self.states.get(cid)
@@ -358,32 +356,7 @@ class ContainerRuntime(Runtime):
 
     async def discover(self) -> list[Found]:
         self.watch.ensure()
-        out = []
-        for doc in await self._ours_docs():
-            labels = (doc.get("Config") or {}).get("Labels") or {}
-            try:
-                port = int(labels.get(_L["port"], ""))
-            except ValueError:
-                continue
-            started = parse_time_ns(str((doc.get("State") or {}).get("StartedAt") or ""))
-            ref = {
-                "id": doc["Id"],
-                "name": str(doc.get("Name", "")).lstrip("/"),
-                "log": labels.get(_L["log"], ""),
-                "port": port,
-                "container_port": int(labels.get(_L["container_port"]) or 0) or None,
-            }
-            st = state_from_inspect(doc, 0)
-            out.append(
-                Found(
-                    handle=Handle(self.name, ref, (started or 0) / 1e9),
-                    instance=labels.get(_L["instance"], ""),
-                    release=labels.get(_L["release"], ""),
-                    port=port,
-                    running=st.running,
-                )
-            )
-        return out
+        return [f for f in (found_of(doc, self.name) for doc in await self._ours_docs()) if f is not None]
 
     # -- stop ------------------------------------------------------------------------
     async def _wait_exit(self, cid: str, timeout: float) -> bool:
@@ -392,7 +365,7 @@ class ContainerRuntime(Runtime):
         last_look = time.monotonic()
         while True:
             st = self.states.get(cid)
-            if st is not None and not st.running:
+            if cid in self.exited or (st is not None and not st.running):
                 return True
             left = deadline - time.monotonic()
             if left <= 0:
@@ -409,6 +382,8 @@ class ContainerRuntime(Runtime):
             return "gone"
         self.watch.ensure()
         try:
+            if cid in self.exited:
+                await self._engine_caught_up(cid)
             st = await self._observe(cid)
             if st is None or not st.running:
                 await self._retire(cid)
@@ -428,6 +403,7 @@ class ContainerRuntime(Runtime):
 
     async def _retire(self, cid: str) -> None:
         """After it stopped: the rest of its output into the log, then the container removed."""
+        self.pids.forget(cid)
         f = self.followers.pop(cid, None)
         if f is not None:
             await f.finish()
@@ -444,6 +420,8 @@ class ContainerRuntime(Runtime):
         if not cid:
             return
         try:
+            if cid in self.exited:
+                await self._engine_caught_up(cid)
             docs = await self._inspect(cid)
         except EngineUnreachable:
             return
@@ -453,6 +431,7 @@ class ContainerRuntime(Runtime):
             return
         await self._retire(cid)
         self.states.forget(cid)
+        self.exited.discard(cid)
 
     # -- engine and images -------------------------------------------------------------
     async def check(self) -> list[str]:
@@ -496,6 +475,9 @@ class ContainerRuntime(Runtime):
             return None
 
     async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        self.pids.close()
         await self.watch.close()
         for f in list(self.followers.values()):
             await f.close()

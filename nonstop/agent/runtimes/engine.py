@@ -16,6 +16,7 @@ explain.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -24,9 +25,12 @@ import signal
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from nonstop.agent.runtimes import cliproc
 from nonstop.errors import EngineUnreachable
 
 __all__ = ["Completed", "Dialect", "DIALECTS", "Engine"]
+
+_AFTER_EXIT = 1.0
 
 
 @dataclass(frozen=True)
@@ -138,17 +142,11 @@ class Engine:
         answer (or the CLI is missing, or the call outlives ``timeout``)."""
         argv = (self.binary, *args)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env={**self.env, **(env or {})},
-            )
+            proc = await cliproc.start(argv, {**self.env, **(env or {})})
         except FileNotFoundError:
             raise self._missing() from None
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout)
+            out, err = await asyncio.wait_for(_communicate(proc), timeout)
         except asyncio.TimeoutError:
             _kill(proc)
             await proc.wait()
@@ -178,23 +176,38 @@ class Engine:
         except ValueError:
             return None
 
-    async def spawn(self, *args: str) -> asyncio.subprocess.Process:
+    async def spawn(self, *args: str) -> cliproc.CliProcess:
         """A long-running CLI command (``events``, ``logs -f``) with its output piped to us."""
         try:
-            return await asyncio.create_subprocess_exec(
-                self.binary,
-                *args,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=self.env,
-                limit=1 << 20,  # one line may be long (a stack trace line, a big JSON event)
-            )
+            # one line may be long (a stack trace line, a big JSON event)
+            return await cliproc.start((self.binary, *args), self.env, limit=1 << 20)
         except FileNotFoundError:
             raise self._missing() from None
 
 
-def _kill(proc: asyncio.subprocess.Process) -> None:
+async def _communicate(proc: cliproc.CliProcess) -> tuple[bytes, bytes]:
+    """Everything the command printed, once it has exited. Output still open after the exit (a daemon
+    it started kept a copy of the pipe) is read for ``_AFTER_EXIT`` seconds more, not waited for."""
+    out, err = bytearray(), bytearray()
+
+    async def drain(reader: asyncio.StreamReader, into: bytearray) -> None:
+        while chunk := await reader.read(1 << 16):
+            into += chunk
+
+    reads = asyncio.gather(drain(proc.stdout, out), drain(proc.stderr, err))
+    try:
+        await proc.wait()
+        await asyncio.wait_for(asyncio.shield(reads), _AFTER_EXIT)
+    except asyncio.TimeoutError:
+        pass  # what had arrived is the command's; the rest would be the daemon's
+    finally:
+        reads.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reads
+    return bytes(out), bytes(err)
+
+
+def _kill(proc: cliproc.CliProcess) -> None:
     """Kill a CLI process this module started (by its own handle, never by name)."""
     if proc.returncode is None:
         try:
@@ -203,7 +216,7 @@ def _kill(proc: asyncio.subprocess.Process) -> None:
             pass
 
 
-async def stop_process(proc: asyncio.subprocess.Process | None, grace: float = 1.0) -> None:
+async def stop_process(proc: cliproc.CliProcess | None, grace: float = 1.0) -> None:
     """End a spawned CLI process: SIGTERM, then SIGKILL after ``grace``; reaped either way."""
     if proc is None or proc.returncode is not None:
         return

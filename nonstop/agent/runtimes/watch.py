@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import time
+from typing import Callable
 
 from nonstop.agent.runtimes.engine import Engine, stop_process
 from nonstop.agent.runtimes.states import ContainerStates, parse_event
@@ -28,8 +29,10 @@ class EventWatch:
 
     replay = 2.0  # seconds of history asked for with --since on each (re)start
 
-    def __init__(self, engine: Engine, filters: list[str], states: ContainerStates) -> None:
+    def __init__(self, engine: Engine, filters: list[str], states: ContainerStates,
+                 on_change: Callable[[], None] = lambda: None) -> None:
         self.engine = engine
+        self.on_change = on_change
         self.filters = filters
         self.states = states
         self.watching = False
@@ -53,7 +56,12 @@ class EventWatch:
         except asyncio.TimeoutError:
             pass
 
+    def poke(self) -> None:
+        """Wake the waiters as an applied event would (the runtime learnt of a change another way)."""
+        self._notify()
+
     def _notify(self) -> None:
+        self.on_change()
         if self._changed is not None:
             self._changed.set()
             self._changed = None
