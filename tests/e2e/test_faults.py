@@ -49,6 +49,14 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _wait_dead(pid: int, timeout: float = 5.0) -> float:
+    """The moment the process is a zombie or gone (its sockets are closed by then)."""
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    return time.monotonic()
+
+
 def test_kill_9_of_the_only_live_instance_loses_only_what_was_in_flight_on_it(stack_factory, tmp_path):
     good = make_artifact(tmp_path / "artifacts", "good", "--boot-seconds", "0.3")
     st = stack_factory(run={"command": RUN_COMMAND}, hold_timeout="15s")
@@ -58,16 +66,20 @@ def test_kill_9_of_the_only_live_instance_loses_only_what_was_in_flight_on_it(st
         (inst,) = [i for i in st.status()["instances"] if i["routed"]]
         t_kill = time.monotonic()
         os.kill(inst["pid"], signal.SIGKILL)
+        t_dead = _wait_dead(inst["pid"])
         wait_for(lambda: any(i["restarts"] >= 1 and i["state"] == "healthy" for i in st.status()["instances"]),
                  timeout=30, interval=0.2, what="the instance restarted")
         warm(load, 100, stack=st)
     result = load.result
-    at_kill = in_flight_at(result.records, t_kill)
-    print(f"\nkill -9 of the instance: {result.failed} failed of {result.total}; {len(at_kill)} were in flight on it")
-    # only requests that were in flight when it died may fail; the rest were held and served
-    assert result.failed <= len(at_kill), result.format()
-    assert all(r.start <= t_kill + 0.05 for r in result.failures), result.format()
-    assert not [r for r in result.failures if "502" in (r.error or "") and r.start > t_kill], result.format()
+    # a killed process takes a few ms to die (its memory is freed before its sockets are closed): a request
+    # written to it in that time went to it as surely as one written before the signal
+    dying = [r for r in result.records if r.start <= t_dead and (r.end == 0 or r.end >= t_kill)]
+    print(f"\nkill -9 of the instance: {result.failed} failed of {result.total}; {len(dying)} were in flight on "
+          f"it while it died ({(t_dead - t_kill) * 1000:.1f} ms)")
+    # only requests that were in flight while it died may fail; the rest were held and served
+    assert result.failed <= len(dying), result.format()
+    assert all(r.start <= t_dead + 0.05 for r in result.failures), result.format()
+    assert not [r for r in result.failures if "502" in (r.error or "") and r.start > t_dead], result.format()
     served_after = [r for r in result.records if r.ok and r.start > t_kill]
     assert served_after, "nothing was served after the kill"
 
