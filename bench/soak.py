@@ -307,7 +307,7 @@ def soak(args: argparse.Namespace, say) -> dict:
     env["load_after"] = list(os.getloadavg())
     say(f"down: exit {down_code} in {down_s:.2f}s; {len(book.seen)} processes seen, {len(left)} left")
     failures = []
-    for name, ld, res in zip("AB", loads, results):
+    for name, res in zip("AB", results):
         for r in res.failures:
             failures.append({"load": name, "at_s": round(r.start - t0, 3), "kind": r.kind, "error": r.error,
                              "when": report.nearest_action(actions, r.start)})
@@ -322,8 +322,8 @@ def soak(args: argparse.Namespace, say) -> dict:
                                    dashboard=stack.dashboard is not None)
     checks.append(report.Verdict("no traceback or error in the logs", not problems,
                                  "none" if not problems else f"{len(problems)}: " + " | ".join(problems[:5])))
-    if down_code != 0:
-        checks.append(report.Verdict("nonstop down exit 0", False, f"exit {down_code}: {down_out[-300:]}"))
+    checks.append(report.Verdict("nonstop down exit 0", down_code == 0,
+                                 f"in {down_s:.2f}s" if down_code == 0 else f"exit {down_code}: {down_out[-300:]}"))
     result = {
         "command": args.command, "app": app, "java": args.java, "dashboard": not args.no_dashboard,
         "minutes": round(args.duration / 60, 3), "every_s": args.every, "sample_s": args.sample,
@@ -334,7 +334,8 @@ def soak(args: argparse.Namespace, say) -> dict:
                   for n, sh, r in zip("AB", shapes, results)],
         "failed_requests": failed, "failures": failures, "flatness": flat,
         "processes_seen": {str(pid): role for pid, (_, role) in book.seen.items()},
-        "left": [why for _, why in left], "log_problems": problems[:100], "down": {"code": down_code, "seconds": round(down_s, 3)},
+        "left": [why for _, why in left], "log_problems": problems[:100],
+        "down": {"code": down_code, "seconds": round(down_s, 3)},
         "verdicts": [asdict(v) for v in checks], "ok": all(v.ok for v in checks),
     }
     if not args.keep:
@@ -354,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--java", action="store_true", help="the example jar instead of the Python test app")
     p.add_argument("--no-dashboard", action="store_true", help="run without the dashboard (and its /metrics)")
     p.add_argument("--ports", default=os.environ.get("NONSTOP_TEST_PORTS", "16000-16999"),
-                   help="range for the listen, instance and dashboard ports (default $NONSTOP_TEST_PORTS or 16000-16999)")
+                   help="the listen, instance and dashboard ports' range (default $NONSTOP_TEST_PORTS or 16000-16999)")
     p.add_argument("--idle", type=float, default=6.0, help="seconds idle before the end sample (default 6)")
     p.add_argument("--max-growth-mb", type=float, default=5.0, help="RSS growth allowed, late vs early (default 5)")
     p.add_argument("--fd-slack", type=int, default=2, help="fds allowed above the start at the end (default 2)")

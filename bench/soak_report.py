@@ -184,10 +184,14 @@ def verdicts(*, samples: list[Sample], actions: list[Action], duration: float, m
         out.append(Verdict(f"{who} fds back to the start", ok,
                            f"{a} before the load → {b} after it (both idle, {start.instances if start else '?'} → "
                            f"{end.instances if end else '?'} instances); slack {fd_slack}"))
-    series = [s for s in samples if s.agent_pid or s.proxy_pid]
-    pids = {(s.agent_pid, s.proxy_pid) for s in series}
-    out.append(Verdict("same agent and proxy processes throughout", len(pids) == 1,
-                       "agent, proxy pids: " + ", ".join(f"{a}, {p}" for a, p in sorted(pids, key=str))))
+    pids = {(s.agent_pid, s.proxy_pid) for s in samples if s.agent_pid and s.proxy_pid}
+    unanswered = sum(1 for s in samples if not (s.agent_pid and s.proxy_pid))
+    out.append(Verdict("same agent and proxy processes throughout", len(pids) == 1 and not unanswered,
+                       "agent, proxy pids: " + "; ".join(f"{a}, {p}" for a, p in sorted(pids))
+                       + (f"; {unanswered} samples without them (status did not answer)" if unanswered else "")))
+    out.append(Verdict("no unreaped child at the end", end is not None and end.zombies == 0,
+                       f"{end.zombies if end else '?'} zombies at the end (idle); at most "
+                       f"{max((s.zombies for s in samples), default=0)} in any sample"))
     if dashboard:
         scrapes = [s.metrics for s in samples]
         out.append(Verdict("the dashboard's /metrics answered 200 every sample", all(m == 200 for m in scrapes),
@@ -250,15 +254,17 @@ def section(result: dict) -> str:
         f"`{result['command']}` on {env['machine']}; hot path: {env['hot_path']}.", "",
         f"- app: {result['app']}; router embedded, blue-green, dashboard {'on' if result['dashboard'] else 'off'}",
         f"- {result['minutes']:g} minutes; an action every {result['every_s']:g} s (every "
-        f"{ordinal(result['rollback_every'])} a `nonstop rollback`, the others `nonstop deploy --version vN`); a sample "
-        f"every {result['sample_s']:g} s",
+        f"{ordinal(result['rollback_every'])} a `nonstop rollback`, the others `nonstop deploy --version vN`); "
+        f"a sample every {result['sample_s']:g} s",
     ]
     for ld in loads:
         s = ld["summary"]
         lines.append(f"- load {ld['name']} ({ld['shape']}): {s['total']} requests, {s['served']} served, "
                      f"**{s['failed']} failed**; {s['rate_rps']} req/s, p50 {s['latency_p50_ms']} ms, "
-                     f"p99 {s['latency_p99_ms']} ms, longest gap without a success {s['longest_gap_s'] * 1000:.0f} ms")
-    lines.append(f"- load average (1, 5, 15 min) before → after: {la(env['load_before'])} → {la(env['load_after'])}")
+                     f"p99 {s['latency_p99_ms']} ms, longest gap without a success "
+                     f"{s['longest_gap_s'] * 1000:.0f} ms")
+    lines.append(f"- load average (1, 5, 15 min) before → after: {la(env['load_before'])} → "
+                 f"{la(env['load_after'])}")
     for kind in ("deploy", "rollback"):
         a = acts[kind]
         lines.append(f"- {kind}s: {a['count']}, {a['failed']} failed; CLI wall time p50 {_s(a['p50_s'])}, "

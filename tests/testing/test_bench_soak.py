@@ -35,7 +35,8 @@ soak = _load("bench_soak", ROOT / "bench" / "soak.py")
 CHECKS = {"no failed request", "every deploy and rollback exit 0, the expected release live", "proxy RSS flat",
           "agent RSS flat", "proxy fds back to the start", "agent fds back to the start",
           "same agent and proxy processes throughout", "no process left after down", "ports free after down",
-          "no traceback or error in the logs", "the dashboard's /metrics answered 200 every sample"}
+          "no traceback or error in the logs", "the dashboard's /metrics answered 200 every sample",
+          "nonstop down exit 0", "no unreaped child at the end"}
 
 
 @pytest.fixture(scope="module")
