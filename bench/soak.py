@@ -59,10 +59,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import soak_report as report  # noqa: E402
 from soak_report import Action, Sample  # noqa: E402
-from soak_watch import PidBook, children, dir_bytes, figures, log_problems, pick_ports, port_busy  # noqa: E402
+from soak_watch import PidBook, children, figures, log_problems, port_busy  # noqa: E402
 
+from nonstop.agent.releases import artifact_bytes  # noqa: E402
 from nonstop.durations import parse_duration  # noqa: E402
 from nonstop.testing.load import LoadClient  # noqa: E402
+from nonstop.testing.ports import free_ports  # noqa: E402
 
 # One artifact per version, as a build would make: a launcher of the test app whose bytes name the
 # version (so each release has its own digest and its own copy under releases/).
@@ -163,8 +165,8 @@ def take_sample(stack: Stack, book: PidBook, loads: list[LoadClient], t: float, 
     return Sample(t=round(t, 1), proxy_pid=proxy_pid, agent_pid=agent_pid,
                   **dict(zip(("proxy_rss", "proxy_uss", "proxy_fds"), figures(proxy_pid))),
                   **dict(zip(("agent_rss", "agent_uss", "agent_fds"), figures(agent_pid))),
-                  instances=instances, zombies=zombies, state_bytes=dir_bytes(stack.state),
-                  logs_bytes=dir_bytes(stack.state / "logs"), served=sum(ld.served for ld in loads),
+                  instances=instances, zombies=zombies, state_bytes=artifact_bytes(stack.state),
+                  logs_bytes=artifact_bytes(stack.state / "logs"), served=sum(ld.served for ld in loads),
                   failed=sum(ld.failed for ld in loads), load1=os.getloadavg()[0], live=(st or {}).get("live_release"),
                   label=label, metrics=metrics)
 
@@ -230,7 +232,7 @@ def environment() -> dict:
 def soak(args: argparse.Namespace, say) -> dict:
     lo, hi = (int(x) for x in args.ports.split("-"))
     root = Path(tempfile.mkdtemp(prefix="nonstop-soak-"))
-    stack = Stack(root, pick_ports(4, lo, hi), args.java, not args.no_dashboard)
+    stack = Stack(root, free_ports(4, lo, hi), args.java, not args.no_dashboard)
     book = PidBook(str(root))
     env = environment()
     app = ("the Java example app (examples/app, java -Xmx128m -jar)" if args.java

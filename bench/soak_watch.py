@@ -5,8 +5,6 @@ pid (start time checked) what the soak itself started and found still running af
 
 from __future__ import annotations
 
-import os
-import random
 import shlex
 import signal
 import socket
@@ -14,25 +12,6 @@ import time
 from pathlib import Path
 
 import psutil
-
-
-def pick_ports(n: int, lo: int, hi: int) -> list[int]:
-    """``n`` distinct ports in [lo, hi] that are free now (below the ephemeral range: nothing else takes
-    an instance's port the moment it is released)."""
-    rng, chosen = random.Random(), []
-    for _ in range(20 * (hi - lo + 1)):
-        port = rng.randint(lo, hi)
-        if port in chosen:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        chosen.append(port)
-        if len(chosen) == n:
-            return chosen
-    raise RuntimeError(f"no {n} free ports in {lo}-{hi}")
 
 
 def port_busy(port: int) -> bool:
@@ -141,17 +120,6 @@ def children(agent_pid: int | None, proxy_pid: int | None) -> tuple[int, int]:
             elif parent == agent_pid and k.pid != proxy_pid:
                 instances += 1
     return instances, zombies
-
-
-def dir_bytes(path: Path) -> int:
-    total = 0
-    for dirpath, _, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, f)).st_size
-            except OSError:
-                pass
-    return total
 
 
 def log_problems(state: Path) -> list[str]:

@@ -22,7 +22,7 @@ import logging
 
 import httptools
 
-from nonstop.proxy.exchange import P_BUFFER, P_QUEUE, P_UPSTREAM, Exchange
+from nonstop.proxy.exchange import _IDEMPOTENT, P_BUFFER, P_QUEUE, P_UPSTREAM, Exchange
 from nonstop.proxy.fastpath import fast_request
 from nonstop.proxy.http import Reject, RequestHead, error_response, forwarded_lines, inspect_request
 from nonstop.proxy.https import front_door
@@ -282,7 +282,11 @@ class ClientConnection:  # an asyncio protocol (no base class: compiled, a C typ
             if idle:
                 up: UpstreamConnection = idle[-1]
                 now = self.state.now
-                if not up.closed and now - up.idle_since < _FRESH and not up.transport.is_closing():
+                # a request that may be sent again (exchange.py: idempotent, no body) skips the poll on a
+                # connection used just now; any other is written only where the poll saw no FIN waiting
+                if not up.closed and not up.transport.is_closing() and (
+                        (now - up.idle_since < _FRESH and head.no_body and head.method in _IDEMPOTENT)
+                        or up.alive(now)):
                     idle.pop()
                     ex.entry = entry
                     t.in_flight += 1

@@ -69,9 +69,10 @@ class UpstreamConnection:  # an asyncio protocol (no base class: compiled, a C t
         on its idle pooled connections can arrive in the same loop turn as a new
         request, before the loop has told us; writing the request there would
         lose it, while a connection found closed here is simply replaced. The
-        single-target fast path in downstream.py skips this for connections
-        reused within ``_POLL_AFTER_IDLE`` (a lone target has no sibling to
-        send the request to anyway)."""
+        single-target fast path in downstream.py skips this only for a request
+        that may be sent again (idempotent, no body) on a connection reused
+        within ``_POLL_AFTER_IDLE``: if that one turns out closed, the request
+        is replayed on a new connection (exchange.py)."""
         if self.closed or self.transport.is_closing():
             return False
         if self._poll is None:

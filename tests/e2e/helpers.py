@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import random
-import socket
 import time
+
+from nonstop.testing.ports import free_ports
 
 # Ports for the apps and proxies of whole-stack tests: below the kernel's ephemeral range
 # (32768-60999), so no port-0 bind or outgoing connection elsewhere can take a port that a
@@ -23,19 +23,7 @@ def stack_ports(n: int) -> list[int]:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     index = int(worker[2:]) if worker[2:].isdigit() else 0
     lo = _BASE + (index % 3) * _BLOCK
-    chosen: list[int] = []
-    rng = random.Random()
-    while len(chosen) < n:
-        port = rng.randrange(lo, lo + _BLOCK)
-        if port in chosen:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        chosen.append(port)
-    return chosen
+    return free_ports(n, lo, lo + _BLOCK - 1)
 
 
 def wait_for(pred, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
