@@ -25,3 +25,4 @@ cdef class Exchange:
     cpdef on_fast_response(self, UpstreamConnection up, bytes data, int status, Py_ssize_t end, long long length,
                            bytes chead)
     cpdef on_response_done(self, UpstreamConnection up)
+    cdef bytes _extra_lines(self)

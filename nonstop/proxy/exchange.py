@@ -182,16 +182,22 @@ class Exchange:
         if type(r) is not Reject:
             self.conn.write(r.head)
 
+    def _extra_lines(self) -> bytes:
+        """What nonstop adds to the response head: the release header, a new bucket cookie, the
+        listener's own lines (HSTS)."""
+        extra = self.entry.release.header
+        if self.cookie is not None:
+            extra += set_cookie_header(self.cookie)
+        if self.conn.resp_extra:
+            extra += self.conn.resp_extra
+        return extra
+
     def on_fast_response(self, up: UpstreamConnection, data: bytes, status, end, length, chead: bytes) -> None:
         """A Content-Length response whose head the fast path validated; llhttp is not used for it.
 
         ``chead`` is its head as the client gets it, up to ``extra`` (``http.fast_response``)."""
         conn = self.conn
-        extra = self.entry.release.header
-        if self.cookie is not None:
-            extra += set_cookie_header(self.cookie)
-        if conn.resp_extra:
-            extra += conn.resp_extra
+        extra = self._extra_lines()
         head = self.head
         close = not head.keep_alive or conn.state.closing or not self.req_done or self.client_eof
         self.status = status
@@ -241,11 +247,7 @@ class Exchange:
 
     def on_response_head(self, up, status: int, raw: bytes, keep_alive: bool) -> None:
         conn = self.conn
-        extra = self.entry.release.header
-        if self.cookie is not None:
-            extra += set_cookie_header(self.cookie)
-        if conn.resp_extra:
-            extra += conn.resp_extra
+        extra = self._extra_lines()
         close = not self.head.keep_alive or conn.state.closing or not self.req_done or self.client_eof
         r = inspect_raw_response(status, raw, keep_alive, self.head, self.head.http10, close, extra)
         if type(r) is Reject:
