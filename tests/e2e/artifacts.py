@@ -27,3 +27,12 @@ def make_artifact(dir: Path, name: str, *extra: str) -> Path:
     p = dir / f"{name}.py"
     p.write_text(_TEMPLATE.format(extra=list(extra)))
     return p
+
+
+def good_and_faulty(dir: Path) -> dict[str, Path]:
+    """The two artifacts the analysis tests deploy: one that boots in 0.3 s and serves, and one that
+    answers a third of its requests with a 5xx."""
+    return {
+        "good": make_artifact(dir, "good", "--boot-seconds", "0.3"),
+        "faulty": make_artifact(dir, "faulty", "--boot-seconds", "0.3", "--fail-rate", "0.33"),
+    }

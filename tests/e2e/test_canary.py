@@ -16,7 +16,7 @@ import pytest
 
 from nonstop.testing.load import LoadClient
 from tests.e2e._canary_helpers import StickyUsers, canary_of, warm
-from tests.e2e.artifacts import RUN_COMMAND, make_artifact
+from tests.e2e.artifacts import RUN_COMMAND, good_and_faulty
 from tests.e2e.helpers import wait_for
 
 # Bounded load (the machine is shared): ≤ 100 req/s in total with the sticky users.
@@ -26,10 +26,7 @@ LOAD = dict(rate=50, keepalive=3, new=2, post=1, slow=1, slow_ms=500, timeout=15
 @pytest.fixture
 def arts(tmp_path):
     d = tmp_path / "artifacts"
-    return {
-        "good": make_artifact(d, "good", "--boot-seconds", "0.3"),
-        "faulty": make_artifact(d, "faulty", "--boot-seconds", "0.3", "--fail-rate", "0.33"),
-    }
+    return good_and_faulty(d)
 
 
 def canary_stack(stack_factory, *, instances: int = 1, **strategy):

@@ -20,7 +20,7 @@ import pytest
 from nonstop.proxy.split import bucket_from_key
 from nonstop.testing.load import LoadClient
 from tests.e2e._canary_helpers import StickyUsers, warm
-from tests.e2e.artifacts import RUN_COMMAND, make_artifact
+from tests.e2e.artifacts import RUN_COMMAND, good_and_faulty
 from tests.e2e.test_canary import canary_bound
 from tests.e2e.helpers import assert_events_carry_their_fields
 
@@ -31,10 +31,7 @@ LOAD = dict(rate=80, keepalive=4, new=2, post=1, slow=0, timeout=15)
 @pytest.fixture
 def arts(tmp_path):
     d = tmp_path / "artifacts"
-    return {
-        "good": make_artifact(d, "good", "--boot-seconds", "0.3"),
-        "faulty": make_artifact(d, "faulty", "--boot-seconds", "0.3", "--fail-rate", "0.33"),
-    }
+    return good_and_faulty(d)
 
 
 def canary_stack(stack_factory, **strategy):

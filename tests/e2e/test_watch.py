@@ -21,7 +21,7 @@ import pytest
 
 from nonstop.testing.load import LoadClient
 from tests.e2e._canary_helpers import StatusSampler, nth_start_fails_artifact, serving, warm
-from tests.e2e.artifacts import RUN_COMMAND, make_artifact
+from tests.e2e.artifacts import RUN_COMMAND, good_and_faulty, make_artifact
 from tests.e2e.helpers import assert_events_carry_their_fields, wait_for
 
 RATE = 80.0
@@ -33,8 +33,7 @@ WATCH = {"interval": "1s", "min_requests": 20, "max_error_rate": 0.05, "failure_
 def arts(tmp_path):
     d = tmp_path / "artifacts"
     return {
-        "good": make_artifact(d, "good", "--boot-seconds", "0.3"),
-        "faulty": make_artifact(d, "faulty", "--boot-seconds", "0.3", "--fail-rate", "0.33"),
+        **good_and_faulty(d),
         "five": make_artifact(d, "five", "--boot-seconds", "0.3", "--fail-rate", "0.05"),
         "late": make_artifact(d, "late", "--boot-seconds", "0.3", "--fail-rate", "0.33", "--faulty-after-seconds", "6"),
     }
