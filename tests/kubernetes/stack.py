@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from tests.e2e.conftest import CliResult as Result
 from tests.kubernetes.kube import merge
 
 BASE = {
@@ -31,17 +32,6 @@ BASE = {
     "dashboard": {"enabled": False},
     "kubernetes": {"namespace": "roomescape", "prestop_sleep": "1s", "poll_interval": "50ms", "lease_duration": "10s"},
 }
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def json(self):
-        return json.loads(self.out)
 
 
 @dataclass
