@@ -121,6 +121,14 @@ def test_the_live_version_again_is_refused_as_nothing_to_deploy(warm):
     assert snapshot(warm) == before
 
 
+def test_a_rollback_to_an_unknown_release_is_refused_naming_the_kept_ones(warm):
+    before = snapshot(warm)
+    r = warm.cli("rollback", "--to", "v9")
+    assert r.code == 2, r.out + r.err
+    assert "unknown release 'v9'" in r.err and "v1" in r.err and "v2" in r.err, r.err
+    assert snapshot(warm) == before  # no rollback row, the warm v1 still warm
+
+
 def test_the_same_version_and_artifact_deploys_that_release_again(warm):
     """Runs last on the shared stack: it changes what is live (v1 again, from its stored copy)."""
     before = snapshot(warm)

@@ -197,6 +197,31 @@ def test_blue_green_rollbacks_refused_images_and_a_faulty_canary(stack_factory, 
 # -- rolling ---------------------------------------------------------------------------------------
 
 
+def test_recreate_holds_requests_while_no_container_runs(stack_factory, dockerd, images):  # noqa: F811
+    """The seed's own script, with containers: the v1 container is stopped before v2's is started, on the
+    same port; the proxy holds what arrives meanwhile (``hold_timeout``), so the load sees a pause and
+    no error. Then a rollback the same way."""
+    st = container_stack(stack_factory, dockerd, n_ports=1, strategy={"type": "recreate"}, hold_timeout="30s")
+    st.deploy("v1")
+    with LoadClient(st.url, **LOAD) as load:
+        warm(load, WARM, stack=st)
+        res = st.deploy("v2")
+        assert res["ok"] and res["state"] == "promoted", res
+        warm(load, WARM, stack=st)
+        back = st.cli("rollback", "--json")
+        assert back.code == 0, back.out + back.err
+        warm(load, WARM, stack=st)
+    result = load.result
+    gap = result.longest_gap().seconds
+    print(f"\nrecreate with containers: {result.total} requests, {result.failed} failed; "
+          f"longest gap without a success {gap * 1000:.0f} ms")
+    assert result.failed == 0, result.format()
+    assert gap > 0.3, "no pause: was anything stopped before the new container started?"
+    assert versions(result)[-1] == "v1" and "v2" in versions(result)
+    (c,) = [c for c in ours(dockerd, st) if c["State"]["Running"]]
+    assert c["Config"]["Labels"]["nonstop.release"] == "v1" and c["Image"] == images["v1"]
+
+
 def test_rolling_over_three_containers_then_one_killed_from_outside(stack_factory, dockerd, images):  # noqa: F811
     """Rolling v1 → v2 over three containers (surge 1): 0 failed, the floor of 3 serving never breached.
     Then ``docker kill`` of one: out of the split at once, restarted, back in.
