@@ -169,3 +169,19 @@ def test_the_router_tests_the_config_nonstop_would_run(tmp_path, router):
     p.write_text(p.read_text().replace(f"type: {router}", f"type: {router}\n  binary: /nowhere/{router}"))
     code, out, err = run(tmp_path, "check", env=env)
     assert code == 2 and f"router.binary: '/nowhere/{router}' does not exist" in err, err
+
+
+def test_a_container_engine_that_is_not_running_is_named_by_check_and_up(tmp_path):
+    """run.runtime docker with DOCKER_HOST naming a socket nobody serves: check and up are exit 2 naming
+    the engine and the socket, and up starts nothing (no state dir, no agent)."""
+    gone = tmp_path / "no-dockerd.sock"
+    write(tmp_path, run={"runtime": "docker", "command": None, "image": "shop:{version}", "container_port": 8080})
+    env = {"DOCKER_HOST": f"unix://{gone}"}
+    for args in (("check",), ("up", "--detach")):
+        code, out, err = run(tmp_path, *args, env=env)
+        assert code == 2, (args, out, err)
+        text = out + err
+        assert "docker engine not reachable" in text and str(gone) in text, (args, text)
+        assert "Traceback" not in text
+        assert "run.runtime" in text and str(tmp_path / "nonstop.yml") in text, (args, text)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nonstop.yml"]  # no state dir: nothing started
