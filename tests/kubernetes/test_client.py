@@ -209,3 +209,31 @@ def test_a_lease_whose_holder_died_on_this_machine_is_taken_over_at_once(fake):
     assert not lk.dead_here(alive, me)
     assert not lk.dead_here(lk.LeaseInfo(gone, boot="another-machine"), me)
     assert not lk.dead_here(lk.LeaseInfo(gone.replace(me.partition("@")[0], "someone-else", 1), boot=lk.boot_id()), me)
+
+
+def test_in_a_pod_without_a_kubeconfig_the_service_account_is_used(tmp_path, monkeypatch):
+    """No kubeconfig and KUBERNETES_SERVICE_HOST set: the pod's service account (token, CA) and the
+    service address, through the official client's own in-cluster loader (its file paths pointed here).
+    No API server can run here, so what is checked is the client made, not a request through it."""
+    from kubernetes.config import incluster_config
+
+    sa = tmp_path / "serviceaccount"
+    sa.mkdir()
+    (sa / "token").write_text("pod-token")
+    (sa / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(sa / "token"))
+    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(sa / "ca.crt"))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    c = kc.connect(make_cfg())
+    assert c.context == "in-cluster" and c.server == "https://10.96.0.1:443"
+    conf = c.api.configuration
+    assert conf.api_key["BearerToken"] == "bearer pod-token" and conf.ssl_ca_cert == str(sa / "ca.crt")
+    _m, url, headers, _b, _p = c.api.param_serialize("GET", "/version", header_params={}, auth_settings=["BearerToken"])
+    assert url == "https://10.96.0.1:443/version" and headers["authorization"] == "bearer pod-token"
+
+    (sa / "token").unlink()  # a pod without its token: exit 3, saying which config failed
+    with pytest.raises(ClusterUnreachable) as e:
+        kc.connect(make_cfg())
+    assert e.value.exit_code == 3 and "in-cluster config" in e.value.message
