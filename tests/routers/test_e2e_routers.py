@@ -197,6 +197,41 @@ def test_canary_with_sticky_users_and_header_match(kind, router_stack, tmp_path)
         assert result.failed + len(users.failures) <= 3 * (load_cfg["keepalive"] + 20 + 3), result.format()
 
 
+@pytest.mark.parametrize("kind", kinds("nginx-managed", "haproxy-managed"))
+def test_rolling_watch_rolls_back_a_faulty_second_batch(kind, router_stack, tmp_path):
+    """Rolling with analysis on nginx and HAProxy: the first batch passes its watch, the second (faulty)
+    fails it from the router's own stats, and what was replaced goes back to v1."""
+    from tests.e2e._canary_helpers import nth_start_fails_artifact, warm
+
+    n, rate = 2, 60.0
+    good = make_artifact(tmp_path / "artifacts", "good", "--boot-seconds", "0.3")
+    bad = nth_start_fails_artifact(tmp_path / "artifacts", "second-faulty", (2,), "--boot-seconds", "0.3",
+                                   when_failing=("--fail-rate", "0.5"))
+    st = router_stack(
+        kind, n_ports=n + 1, run={"instances": n},
+        strategy={"type": "rolling", "max_surge": 1, "max_unavailable": 0,
+                  "analysis": {"watch": "6s", "interval": "1s", "min_requests": 15, "max_error_rate": 0.05,
+                               "failure_limit": 2}},
+        health={"startup_timeout": "15s"},
+    )
+    st.deploy("v1", "--artifact", str(good))
+    load_cfg = dict(rate=rate, keepalive=3, new=2, post=0, slow=0, timeout=15)
+    with LoadClient(st.url, **load_cfg) as load:
+        warm(load, 60, stack=st)
+        res = st.deploy("v2", "--artifact", str(bad), expect=1)
+        warm(load, 60, stack=st)
+    assert res["state"] == "rolled_back" and "5xx" in res["reason"], (res["state"], res["reason"])
+    passed = [e for e in res["events"] if e["type"] == "watch_passed"]
+    assert len(passed) == 1 and "batch 1" in passed[0]["message"], [e["message"] for e in res["events"]]
+    result = load.result
+    app_500s = [r for r in result.failures if r.status == 500]
+    assert app_500s and all(r.version == "v2" for r in app_500s), result.format()
+    # nginx: a reload per batch and per step back
+    _allowed_router_losses(kind, _without(result, app_500s), switches=6, keepalive_conns=load_cfg["keepalive"])
+    s = st.status()
+    assert s["live_release"] == "v1" and sum(1 for i in s["instances"] if i["release"] == "v1") == n
+
+
 def _allowed_router_losses(kind: str, result, switches: int, keepalive_conns: int) -> None:
     """HAProxy: nothing lost. nginx: per reload at most one request per kept-alive connection,
     and only of the kind a reload causes (closed before any answer byte; the app never saw it)."""
