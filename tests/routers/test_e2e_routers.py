@@ -415,3 +415,49 @@ def test_blue_green_watch_switches_back_from_a_faulty_version(kind, router_stack
     _allowed_router_losses(kind, _without(result, app_500s), switches=2, keepalive_conns=load_cfg["keepalive"])
     s = st.status()
     assert s["live_release"] == "v1" and not [i for i in s["instances"] if i["release"] == "v2"]
+
+
+@pytest.mark.parametrize("kind", kinds("nginx-managed", "haproxy-managed"))
+def test_a_split_key_pins_users_and_no_traffic_fails_at_the_progress_deadline(kind, router_stack, tmp_path):
+    """DESIGN §2 "The split" on nginx and HAProxy: a ``split_key`` cookie keeps each of 24 users on one
+    side for the whole step (nginx hashes it with MurmurHash2, HAProxy with CRC32: which side a user lands
+    on differs between them, that every user stays on one does not), no bucket cookie is sent; then a canary
+    that gets no traffic fails at ``progress_deadline`` naming the figures, traffic back on v1."""
+    from tests.e2e._canary_helpers import StickyUsers
+    from tests.e2e.test_canary_split import event_window
+
+    good = make_artifact(tmp_path / "artifacts", "good", "--boot-seconds", "0.3")
+    weight = 40
+    st = router_stack(
+        kind,
+        strategy={"type": "canary", "steps": [{"weight": weight, "pause": "4s"}], "split_key": {"cookie": "account_id"},
+                  "analysis": {"interval": "1s", "min_requests": 5, "progress_deadline": "30s"}},
+        health={"startup_timeout": "15s"},
+    )
+    st.deploy("v1", "--artifact", str(good), "--strategy", "blue-green")
+    ids = [f"acct-{i}" for i in range(24)]
+    offset = time.time() - time.monotonic()
+    with StickyUsers("127.0.0.1", st.listen, rate=80, app_cookies=[f"account_id={i}" for i in ids]) as users:
+        time.sleep(1.0)
+        res = st.deploy("v2", "--artifact", str(good))
+    assert res["state"] == "promoted", res
+    assert users.failures == []
+    t0, t1 = event_window(res, weight, offset)
+    sides: dict[str, set[str]] = {}
+    for s in users.seen:
+        if t0 + 0.3 < s.t < t1 - 0.1 and s.version:
+            sides.setdefault(ids[s.user], set()).add(s.version)
+    assert sum(1 for _ in sides) >= 20, sides
+    assert all(len(v) == 1 for v in sides.values()), sides  # nobody moved during the step
+    on_canary = sum(1 for v in sides.values() if v == {"v2"})
+    print(f"\n{kind}: {on_canary} of {len(sides)} users on the canary at {weight}%")
+    assert 0 < on_canary < len(sides), sides
+    assert users.set_cookies == {}
+
+    st.write_config(strategy={"type": "canary", "steps": [{"weight": 20, "pause": "1s"}],
+                              "analysis": {"interval": "1s", "min_requests": 50, "progress_deadline": "4s"}})
+    res = st.deploy("v3", "--artifact", str(good), expect=1)
+    assert res["state"] == "rolled_back", res
+    reason = res["reason"]
+    assert "progress_deadline 4s" in reason and "canary received 0 request(s)" in reason, reason
+    assert st.status()["live_release"] == "v2"
