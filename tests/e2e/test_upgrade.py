@@ -10,6 +10,7 @@ the old release deploys over and rolls back.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -107,6 +108,14 @@ def test_up_replaces_an_older_agent_and_proxy_under_load(stack_factory, previous
     assert set(result.by_version()) == {"v1", "v2"}
     assert st.status()["live_release"] == "v1"
     assert "upgrading nonstop" in up.err + up.out
+    # the control API as the previous version's CLI speaks it: status, a deploy, a rollback
+    r = old_cli(previous, st, "status", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["live_release"] == "v1", r.stdout + r.stderr
+    r = old_cli(previous, st, "deploy", "--version", "v3", "--artifact", str(good), "--json")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    r = old_cli(previous, st, "rollback", "--json")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert st.status()["live_release"] == "v1"
 
 
 def test_sighup_restarts_the_agent_in_place_under_load(stack_factory, tmp_path):
