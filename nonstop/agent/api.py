@@ -75,7 +75,8 @@ def make_app(agent, on_down: Callable[[], None]) -> Starlette:
         return StreamingResponse(gen(), media_type="application/x-ndjson")
 
     async def ping(request: Request) -> Response:
-        return JSONResponse({"ok": True, "app": agent.cfg.app, "version": __version__, "pid": os.getpid()})
+        return JSONResponse({"ok": True, "app": agent.cfg.app, "version": __version__, "pid": os.getpid(),
+                             "started_at": agent.started_at})
 
     async def status(request: Request) -> Response:
         return JSONResponse(await agent.status())

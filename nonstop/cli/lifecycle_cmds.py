@@ -120,15 +120,17 @@ def _replace_agent(c: Ctx, running: str | None) -> bool:
     c.say(f"upgrading nonstop {shown} → {__version__}: the proxy and the instances keep serving")
     if version_tuple(running) >= (0, 2):
         # it starts again in place from the code installed now (SIGHUP, as `systemctl reload` does)
+        started = (st.get("agent") or {}).get("started_at")
         os.kill(int(pid), signal.SIGHUP)
         deadline = time.monotonic() + 60
         now_running = None
         while time.monotonic() < deadline:
             try:
-                now_running = c.client.get("/ping").get("version") if c.client.alive() else None
+                ping = c.client.get("/ping") if c.client.alive() else {}
             except NonstopError:
-                now_running = None
-            if now_running not in (None, running):
+                ping = {}
+            if ping.get("started_at") not in (None, started):  # the agent has started again
+                now_running = ping.get("version")
                 break
             time.sleep(0.1)
         if now_running != __version__:

@@ -132,12 +132,57 @@ def test_sighup_restarts_the_agent_in_place_under_load(stack_factory, tmp_path):
     with LoadClient(st.url, **LOAD) as load:
         warm(load, 100, stack=st)
         os.kill(before["agent"]["pid"], signal.SIGHUP)
-        wait_for(lambda: st.cli("status", "--json").code == 0 and st.status()["agent"]["started_at"] != before["agent"]["started_at"],
-                 timeout=30, interval=0.2, what="the agent started again")
+        def restarted() -> bool:
+            r = st.cli("status", "--json")  # one call: the agent may be between its two lives at any moment
+            return r.code == 0 and r.json["agent"]["started_at"] != before["agent"]["started_at"]
+
+        wait_for(restarted, timeout=30, interval=0.2, what="the agent started again")
         warm(load, 100, stack=st)
         st.deploy("v2", "--artifact", str(good))  # and it works as before
         warm(load, 60, stack=st)
     after = st.status()
     assert after["agent"]["pid"] == before["agent"]["pid"]
     assert after["live_release"] == "v2"
+    assert load.result.failed == 0, load.result.format()
+
+
+def _cli_as(version: str, st, *args: str) -> subprocess.CompletedProcess:
+    """This checkout's CLI, told it is nonstop ``version`` (what an older or newer installation would say)."""
+    code = ("import sys, nonstop, nonstop.cli.lifecycle_cmds as lc; "
+            f"nonstop.__version__ = lc.__version__ = {version!r}; "
+            "from nonstop.cli import main; sys.argv = ['nonstop', *sys.argv[1:]]; main()")
+    return subprocess.run([sys.executable, "-c", code, "-c", str(st.cfg_path), *args], cwd=st.dir,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "NO_COLOR": "1"})
+
+
+def test_up_of_an_older_nonstop_is_refused_by_a_newer_agent_and_changes_nothing(stack_factory, tmp_path):
+    good = make_artifact(tmp_path / "artifacts", "good", "--boot-seconds", "0.3")
+    st = stack_factory(run={"command": RUN_COMMAND})
+    st.deploy("v1", "--artifact", str(good))
+    before = st.status()
+    r = _cli_as("0.1.9", st, "up", "--detach")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"the running agent is nonstop {nonstop.__version__}, newer than this one (0.1.9)" in r.stderr, r.stderr
+    after = st.status()
+    assert after["agent"]["pid"] == before["agent"]["pid"] and after["agent"]["started_at"] == before["agent"]["started_at"]
+    assert st.pid("proxy") == before["router"]["detail"]["pid"]
+
+
+def test_up_that_restarts_the_agent_in_place_says_so_when_it_comes_back_as_another_version(stack_factory, tmp_path):
+    """``up`` of a nonstop ≥ 0.2 that is not the running one SIGHUPs the agent, which starts again from the
+    code installed where it runs. When that is not the version ``up`` is (two installations), ``up`` says
+    which version came back instead of claiming an upgrade; the stack keeps serving either way."""
+    good = make_artifact(tmp_path / "artifacts", "good", "--boot-seconds", "0.3")
+    st = stack_factory(run={"command": RUN_COMMAND})
+    st.deploy("v1", "--artifact", str(good))
+    before = st.status()
+    with LoadClient(st.url, **LOAD) as load:
+        warm(load, 60, stack=st)
+        r = _cli_as("0.2.99", st, "up", "--detach")
+        warm(load, 60, stack=st)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"started again as nonstop {nonstop.__version__}, not 0.2.99" in r.stderr, r.stderr
+    after = st.status()
+    assert after["agent"]["pid"] == before["agent"]["pid"] and after["agent"]["started_at"] != before["agent"]["started_at"]
+    assert after["live_release"] == "v1"
     assert load.result.failed == 0, load.result.format()
