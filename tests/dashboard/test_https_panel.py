@@ -108,7 +108,10 @@ def test_a_refused_certificate_is_shown_with_the_cas_words_while_the_current_one
     err = acme["last_error"]
     assert err["stage"] == "order" and err["problems"][0]["type"].endswith("rejectedIdentifier"), err
     open_dashboard(page, https_stack)
-    expect(page.get_by_test_id("tls-alert")).to_be_visible()  # in the header, whatever is scrolled into view
+    alert = page.get_by_test_id("tls-alert")
+    expect(alert).to_be_visible()  # in the header, whatever is scrolled into view; it leads to the panel
+    alert.click()
+    expect(page.get_by_test_id("acme-failing")).to_be_in_viewport()
     expect(page.get_by_test_id("acme-state")).to_have_text("failing")
     failing = page.get_by_test_id("acme-failing")
     expect(failing).to_be_visible()
