@@ -1,4 +1,4 @@
-"""Webhooks (``notify:``): a deployment's start, steps and outcome, POSTed as JSON, never in its way.
+"""Webhooks (``notify:``): a deployment's start, steps and outcome, and ACME's results, POSTed as JSON, never in its way.
 
 ``notification(ev, app, dep)`` is the pure mapping from an agent event to
 a webhook body (or ``None`` for events no webhook hears about):
@@ -11,6 +11,7 @@ agent event                            webhook ``event``
 ``result`` ok                          ``success`` (``rollback`` for a ``nonstop rollback``)
 ``result`` not ok, rolled back/aborted ``rollback``
 ``result`` not ok, otherwise           ``failure``
+``tls_certificate``, ``tls_error``     ``certificate`` (ACME: issued or renewed, or refused)
 =====================================  ===========
 
 ``Notifier`` attaches to the ``EventBus`` (``listen``). The listener only
@@ -45,6 +46,8 @@ _ROLLED_BACK = frozenset({"rolled_back", "aborted"})
 _PASS = ("phase", "step", "weight", "reason", "seconds", "state", "ok", "instant", "detail",
          "domains", "stage", "problems", "not_after", "retry_at", "serial")
 _CERTIFICATE_TYPES = frozenset({"tls_certificate", "tls_error"})
+# The agent events some webhook kind maps (the listener's cheap first filter; webhook_kind decides).
+_NOTIFIED_TYPES = frozenset({"start", "result"}) | _STEP_TYPES | _CERTIFICATE_TYPES
 
 
 def webhook_kind(type: str, data: dict, strategy: str | None) -> str | None:
@@ -122,7 +125,7 @@ class Notifier:
 
     # -- the EventBus listener: never blocks, never raises --------------------------
     def __call__(self, ev) -> None:
-        if not self._hooks or (ev.type not in ("start", "result") and ev.type not in _STEP_TYPES):
+        if not self._hooks or ev.type not in _NOTIFIED_TYPES:
             return
         dep = self._deployment(ev.deployment_id) if ev.deployment_id is not None else None
         body = notification(ev, self.app, dep)

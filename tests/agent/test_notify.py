@@ -40,6 +40,8 @@ DEP = Deployment(id=3, release="v2", strategy="canary", from_release="v1", state
         ("result", {"ok": False, "state": "rolled_back"}, "canary", "rollback"),
         ("result", {"ok": False, "state": "aborted"}, "canary", "rollback"),
         ("result", {"ok": False, "state": "failed"}, "blue-green", "failure"),
+        ("tls_certificate", {"serial": "1a"}, None, "certificate"),
+        ("tls_error", {"stage": "order"}, None, "certificate"),
         ("instance_healthy", {}, "canary", None),
         ("analysis", {"verdict": "fail"}, "canary", None),
         ("draining", {}, "canary", None),
@@ -136,6 +138,36 @@ def test_events_reach_the_hook_in_order_with_its_headers(tmp_path):
     assert r.headers[0]["Authorization"] == "Bearer s3cret"
     assert r.headers[0]["Content-Type"] == "application/json"
     assert (n.sent, n.failed, n.dropped) == (3, 0, 0)
+
+
+def test_certificate_events_of_the_agent_reach_the_hook(tmp_path):
+    """ACME results are agent-level events (no deployment): the listener must not filter them out."""
+    problems = [{"type": "urn:ietf:params:acme:error:rejectedIdentifier", "detail": "forbidden by policy", "identifier": None}]
+
+    async def main(url):
+        store = Store(tmp_path / "n.db")
+        bus = EventBus(store)
+        n = Notifier([NotifyConfig(url=url, events=["certificate"])], "shop", store.get_deployment)
+        bus.listen(n)
+        n.start()
+        await bus.emit(None, "tls_certificate", "certificate issued for a.test", domains=["a.test"], serial="1a",
+                       not_after="2027-01-01T00:00:00Z", cert="/s/fullchain.pem", key="/s/privkey.pem")
+        await bus.emit(None, "start", "deploy started", strategy="canary")  # filtered out by events:
+        await bus.emit(None, "tls_error", "ACME order failed for a.test: …", domains=["a.test"], stage="order",
+                       problems=problems, retry_at="2027-01-01T00:05:00Z")
+        await n.close(timeout=5)
+        store.close()
+        return n
+
+    with Receiver() as r:
+        n = run(main(r.url))
+    assert [(b["event"], b["type"]) for b in r.bodies] == [("certificate", "tls_certificate"), ("certificate", "tls_error")]
+    issued, refused = r.bodies
+    assert issued["serial"] == "1a" and issued["not_after"] == "2027-01-01T00:00:00Z" and issued["domains"] == ["a.test"]
+    assert "key" not in issued and "cert" not in issued  # file paths are not the receiver's business
+    assert refused["stage"] == "order" and refused["problems"] == problems and refused["retry_at"] == "2027-01-01T00:05:00Z"
+    assert issued["deployment"] is None and issued["app"] == "shop"
+    assert (n.sent, n.failed, n.dropped) == (2, 0, 0)
 
 
 def test_a_slow_hook_never_blocks_emit_and_a_full_queue_drops(tmp_path):

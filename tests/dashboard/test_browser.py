@@ -56,6 +56,9 @@ def test_loads_and_shows_the_live_release(agent_stack: AgentStack, page):
     expect(page.locator("#timeline li[data-type=result]")).to_contain_text("v1 is live")
     # no deployment runs: the steering buttons are off
     expect(page.get_by_test_id("btn-promote")).to_be_disabled()
+    # no tls: in the config, no HTTPS panel (tests/dashboard/test_https_panel.py shows it)
+    expect(page.get_by_test_id("tls")).to_be_hidden()
+    expect(page.get_by_test_id("tls-alert")).to_be_hidden()
     assert page.errors == []
 
 

@@ -225,6 +225,7 @@
       renderTimeline();
       renderInstances();
       renderHistory();
+      renderTls();
     });
   }
 
@@ -538,6 +539,85 @@
       h("td", { class: "mono" }, d.seconds !== null && d.seconds !== undefined ? fmtDur(d.seconds) : "–"),
       h("td", {}, fmtAgo(d.started_at)),
       h("td", { class: "reason", title: d.reason || "" }, d.reason || ""))));
+  }
+
+  // -- HTTPS: what the proxy serves, and ACME's state (with the CA's own words when it refused) --------
+  const ACME_BADGE = { valid: "ok", issuing: "progressing", failing: "failed", missing: "pending" };
+  const fmtWhen = (iso) => {
+    if (!iso) return "–";
+    const t = Date.parse(iso);
+    if (Number.isNaN(t)) return iso;
+    const d = t / 1000 - Date.now() / 1000;
+    return d >= 0 ? `${iso} (in ${fmtDur(d)})` : `${iso} (${fmtDur(-d)} ago)`;
+  };
+  const fmtExpiry = (c) => {
+    if (!c.not_after) return "–";
+    const days = c.expires_in_days;
+    if (days === null || days === undefined) return c.not_after;
+    return `${c.not_after} (${days < 0 ? "expired" : days < 1 ? `in ${fmtDur(days * 86400)}` : `in ${days} d`})`;
+  };
+
+  function renderTls() {
+    const tls = S.status && S.status.tls;
+    const card = $("#tls-card");
+    const acme = tls && tls.acme;
+    const failing = !!(acme && acme.state === "failing");
+    $("#tls-alert").hidden = !failing;
+    card.hidden = !tls;
+    if (!tls) return;
+    card.classList.toggle("failing", failing);
+    $("#tls-listen").textContent = `https://${tls.listen}`;
+    const certs = tls.certificates;
+    const body = $("#tls-certs tbody");
+    if (!certs || !certs.length) {
+      body.replaceChildren(h("tr", {}, h("td", { colspan: 5, class: "muted" },
+        certs ? "no certificate served yet" : "the proxy did not say which certificates it serves")));
+    } else {
+      body.replaceChildren(...certs.map((c) => {
+        const soon = c.expires_in_days !== null && c.expires_in_days !== undefined && c.expires_in_days < 7;
+        return h("tr", { "data-field": c.field },
+          h("td", { class: "mono" }, c.field),
+          h("td", { class: "mono", "data-testid": "tls-names" }, (c.names || []).join(", ") || "–"),
+          h("td", { class: "reason", title: c.issuer || "" }, c.issuer || "–"),
+          h("td", { class: "mono" + (soon ? " soon" : ""), "data-testid": "tls-expiry" }, fmtExpiry(c)),
+          h("td", {}, c.reload_error
+            ? h("span", { class: "badge bad", title: c.reload_error }, "reload failed")
+            : h("span", { class: "badge ok" }, "ok")));
+      }));
+    }
+    const box = $("#tls-acme");
+    box.hidden = !acme;
+    if (!acme) { box.replaceChildren(); return; }
+    const kids = [
+      h("div", { class: "facts" },
+        h("span", {}, "ACME ", h("span", { class: `badge ${ACME_BADGE[acme.state] || ""}`, "data-testid": "acme-state" }, acme.state)),
+        h("span", {}, "domains ", h("b", {}, (acme.domains || []).join(", "))),
+        h("span", {}, "next attempt ", h("b", { "data-testid": "acme-next" }, fmtWhen(acme.next_attempt))),
+        h("span", {}, "last success ", h("b", {}, acme.last_success || "never")),
+        h("span", { class: "mono muted", title: "tls.acme.directory" }, acme.directory || "")),
+    ];
+    if (failing) {
+      const err = acme.last_error || {};
+      const problems = (err.problems || []).filter((p) => p && p.detail);
+      // a refusal changes nothing the proxy serves: say so, from what it serves (or the stored ACME certificate)
+      const serving = (certs || []).length
+        ? `The certificate${certs.length > 1 ? "s" : ""} above keep${certs.length > 1 ? "" : "s"} serving until ${certs.length > 1 ? "they expire" : "it expires"}.`
+        : acme.certificate ? `The current certificate (valid until ${acme.certificate.not_after}) stays in place.`
+          : "No certificate is served yet.";
+      kids.push(h("div", { class: "acme-failing", role: "alert", "data-testid": "acme-failing" },
+        h("div", { class: "title" },
+          `${acme.certificate ? "Renewal" : "Issuance"} failing: `,
+          h("b", { "data-testid": "acme-failures" }, `${acme.failures} failed attempt${acme.failures === 1 ? "" : "s"} in a row`),
+          err.stage ? ` (stage ${err.stage})` : "", err.at ? `, last at ${err.at}` : ""),
+        h("div", { class: "serving", "data-testid": "acme-serving" }, serving),
+        h("div", { class: "ca-said" }, "The CA said:"),
+        problems.length
+          ? h("ul", { class: "problems", "data-testid": "acme-problems" }, problems.map((p) => h("li", {},
+              p.type ? h("code", {}, p.type) : null, p.identifier ? ` ${p.identifier}:` : "", ` ${p.detail}`)))
+          : null,
+        h("pre", { class: "ca-error", "data-testid": "acme-error" }, err.message || "no reason given")));
+    }
+    box.replaceChildren(...kids);
   }
 
   function rollback(to) {
