@@ -3,10 +3,13 @@ proxy's ``tls.listen``, under HTTPS load (keep-alive and new connections, each n
 and POSTs with bodies), every request from one address and no client keeping cookies (the production
 shape behind a load balancer).
 
-- hand-over: the proxy replaced by a socket hand-over (SIGHUP: the proxy starts the same command with
-  ``--takeover``, as the agent does to upgrade it) while HTTPS traffic flows: zero failed requests; the
-  new proxy accepts on the very same TLS listening socket (same inode, no second socket) and serves
-  handshakes after the old one has exited; the agent keeps the new proxy (starts no other);
+- hand-over: the proxy replaced by a socket hand-over while HTTPS traffic flows, by both paths that start
+  one: the agent's (``EmbeddedRouter.upgrade``, what an agent runs when it finds a proxy of another
+  nonstop version after ``nonstop up`` of an upgraded package; called here on the stack's own config and
+  state dir, since no older release has a ``tls:`` block to upgrade from) and the proxy's own SIGHUP
+  (it starts the same command with ``--takeover``). Zero failed requests; the new proxy accepts on the
+  very same TLS listening socket (same inode, no second socket bound) and serves handshakes after the old
+  one has exited; the agent keeps the new proxy (starts none of its own);
 - kill -9 of the proxy: no connection refused on the TLS port while the agent starts a new proxy; the
   failures are bounded by what was in flight in the dead proxy (``test_faults.assert_only_the_dead_process_lost``);
 - hold: a ``recreate`` deploy over HTTPS: requests are held while no instance runs (the gap is real,
@@ -19,9 +22,12 @@ The plain-HTTP proofs of the same guarantees: docs/guarantees.md.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
+
+import pytest
 
 from tests.e2e._canary_helpers import warm
 from tests.e2e._https_helpers import https_load, https_stack
@@ -60,7 +66,18 @@ def holds_socket(pid: int, inode: int) -> bool:
     return False
 
 
-def test_the_proxy_handed_over_under_https_load_fails_no_request(stack_factory, tmp_path, ca):
+def hand_over(st, old: int, how: str) -> None:
+    if how == "sighup":
+        os.kill(old, signal.SIGHUP)
+        return
+    from nonstop.agent.routers.embedded import EmbeddedRouter
+    from nonstop.config import load
+
+    asyncio.run(EmbeddedRouter(load(st.cfg_path), st.state).upgrade())
+
+
+@pytest.mark.parametrize("how", ["agent-upgrade", "sighup"])
+def test_the_proxy_handed_over_under_https_load_fails_no_request(stack_factory, tmp_path, ca, how):
     good = make_artifact(tmp_path / "artifacts", "good", "--boot-seconds", "0.3")
     st, _, _ = https_stack(stack_factory, tmp_path, ca)
     st.deploy("v1", "--artifact", str(good))
@@ -69,7 +86,7 @@ def test_the_proxy_handed_over_under_https_load_fails_no_request(stack_factory, 
     assert holds_socket(old, sock)
     with https_load(st, **LOAD) as load:
         warm(load, 100, stack=st)
-        os.kill(old, signal.SIGHUP)
+        hand_over(st, old, how)
         new = wait_for(lambda: (p := st.pid("proxy")) not in (None, old) and p, timeout=20, interval=0.02,
                        what="the successor proxy")
         wait_for(lambda: not _alive(old), timeout=30, interval=0.02, what="the old proxy to drain and exit")
@@ -78,7 +95,7 @@ def test_the_proxy_handed_over_under_https_load_fails_no_request(stack_factory, 
     result = load.result
     after = [r for r in result.records if r.ok and r.start > t_gone]
     shakes = [t for t, _ in load.handshakes if t > t_gone]
-    print(f"\nhand-over over HTTPS: {result.total} requests, {result.failed} failed; after the old proxy exited: "
+    print(f"\nhand-over ({how}) over HTTPS: {result.total} requests, {result.failed} failed; after the old proxy exited: "
           f"{len(after)} served, {len(shakes)} handshakes")
     assert result.failed == 0, result.format()
     # the new proxy accepts from the very socket the old one listened on: no second socket was bound
@@ -135,7 +152,7 @@ def test_canary_split_over_https_from_one_address_without_cookies(stack_factory,
     arts = good_and_faulty(tmp_path / "artifacts")
     st, _, _ = https_stack(
         stack_factory, tmp_path, ca, health={"startup_timeout": "15s"},
-        strategy={"type": "canary", "steps": [{"weight": 20, "pause": "5s"}, {"weight": 50, "pause": "1s"}],
+        strategy={"type": "canary", "steps": [{"weight": 20, "pause": "8s"}, {"weight": 50, "pause": "1s"}],
                   "analysis": {"interval": "1s", "min_requests": 20, "max_error_rate": 0.01, "progress_deadline": "60s"}},
     )
     st.deploy("v1", "--artifact", str(arts["good"]), "--strategy", "blue-green")
@@ -152,6 +169,7 @@ def test_canary_split_over_https_from_one_address_without_cookies(stack_factory,
     share = sum(1 for r in during if r.version == "v2") / len(during)
     print(f"\ncanary over HTTPS, one address, no cookies: {share:.1%} of {len(during)} requests at weight 20%; "
           f"{result.failed} failed of {result.total}")
-    assert len(during) >= 150, len(during)
+    # each request of a client without cookies gets a random bucket: ~560 requests keep 15–25% over 3 sigma wide
+    assert len(during) >= 300, len(during)
     assert 0.15 <= share <= 0.25, share
     assert not [e for e in res["events"] if e["type"] == "split_skew"]
