@@ -200,3 +200,14 @@ def module_stack_factory(tmp_path_factory) -> Iterator:
 @pytest.fixture
 def stack(stack_factory) -> Stack:
     return stack_factory()
+
+
+@pytest.fixture
+def ca(tmp_path: Path):
+    """A test certificate authority (trustme), its certificate written to ``tmp_path / "ca.pem"`` for clients
+    to trust; ``tests/e2e/_https_helpers.py`` issues the site's certificates from it."""
+    import trustme
+
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    return ca

@@ -12,73 +12,24 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import http.client
 import json
 import os
-import ssl
 import time
 
 import pytest
-import trustme
 
-from nonstop.testing.load import LoadClient
 from tests.e2e._canary_helpers import warm
+from tests.e2e._https_helpers import HOST, fingerprint, https_get, https_load, https_stack, write_pair
 from tests.e2e.artifacts import RUN_COMMAND, make_artifact
 from tests.e2e.helpers import stack_ports, wait_for
 
-HOST = "shop.nonstop.test"
 LOAD = dict(rate=60, keepalive=3, new=2, post=2, slow=1, slow_ms=1000, timeout=20)
-
-
-@pytest.fixture
-def ca(tmp_path):
-    ca = trustme.CA()
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    return ca
-
-
-def write_pair(ca, d, name: str, **kw) -> tuple[str, str]:
-    leaf = ca.issue_cert(HOST, **kw)
-    cert, key = d / f"{name}.pem", d / f"{name}.key"
-    leaf.private_key_pem.write_to_path(str(key))
-    os.chmod(key, 0o600)
-    leaf.cert_chain_pems[0].write_to_path(str(cert))
-    return str(cert), str(key)
-
-
-def fingerprint(cert_path: str) -> str:
-    der = ssl.PEM_cert_to_DER_cert(open(cert_path).read().split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n")
-    return hashlib.sha256(der).hexdigest()
-
-
-def https_stack(stack_factory, tmp_path, ca, **tls):
-    cert, key = write_pair(ca, tmp_path, "first")
-    (tport,) = stack_ports(1)
-    st = stack_factory(run={"command": RUN_COMMAND},
-                       tls={"listen": f"127.0.0.1:{tport}", "cert": cert, "key": key, **tls})
-    st.tls_port = tport
-    st.https_url = f"https://{HOST}:{tport}/"
-    return st, cert, key
-
-
-def https_get(st, path: str, cafile: str) -> tuple[int, dict, bytes]:
-    ctx = ssl.create_default_context(cafile=cafile)
-    c = http.client.HTTPSConnection("127.0.0.1", st.tls_port, context=ctx, timeout=10)
-    c._tunnel_host = None
-    # SNI and verification for the site's name, the TCP connection to loopback
-    c.sock = ctx.wrap_socket(__import__("socket").create_connection(("127.0.0.1", st.tls_port), 10), server_hostname=HOST)
-    try:
-        c.request("GET", path, headers={"Host": f"{HOST}:{st.tls_port}"})
-        r = c.getresponse()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-    finally:
-        c.close()
 
 
 def test_deploy_and_rollback_over_https_and_a_certificate_replaced_mid_load(stack_factory, tmp_path, ca):
     good = make_artifact(tmp_path / "artifacts", "good", "--boot-seconds", "0.3")
-    st, cert, key = https_stack(stack_factory, tmp_path, ca, redirect_http=True, hsts="1d")
+    st, cert, key = https_stack(stack_factory, tmp_path, ca, tls={"redirect_http": True, "hsts": "1d"})
     cafile = str(tmp_path / "ca.pem")
     st.deploy("v1", "--artifact", str(good))
 
@@ -92,7 +43,7 @@ def test_deploy_and_rollback_over_https_and_a_certificate_replaced_mid_load(stac
     assert r.status == 308 and r.getheader("Location") == f"https://{HOST}:{st.tls_port}/some/path?q=1"
     c.close()
 
-    load = LoadClient(st.https_url, cafile=cafile, connect_to=f"127.0.0.1:{st.tls_port}", **LOAD)
+    load = https_load(st, **LOAD)
     with load:
         warm(load, 80, stack=st)
         st.deploy("v2", "--artifact", str(good))
