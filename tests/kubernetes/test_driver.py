@@ -498,3 +498,28 @@ def test_canary_controls_promote_full_and_abort(fake, prom):
     assert template_release(cluster, "roomescape-canary")[1] == 0
     with pytest.raises(UsageError):
         d.check_control("bogus")
+
+
+def test_recreate_replaces_every_pod_and_a_crash_looping_release_is_rolled_back(fake):
+    """Kubernetes' own Recreate: the Deployment's strategy says so, the old pods go before the new ones
+    start (the fake API's controller does it as the real one does), and a release that never gets ready
+    is put back by nonstop to the previous template."""
+    cluster, _served, path = fake
+    d, rec = driver(path, strategy={"type": "recreate"})
+
+    async def go():
+        a = await d.deploy(V[1])
+        b = await d.deploy(V[2])
+        cluster.behaviour["v3"] = "crash"
+        c = await d.deploy(V[3])
+        return a, b, c
+
+    a, b, c = asyncio.run(go())
+    dep = cluster.get("deployments", "roomescape")
+    assert dep["spec"]["strategy"]["type"] == "Recreate"
+    assert (a.state, b.state) == ("promoted", "promoted")
+    assert c.state == "rolled_back" and not c.ok, c
+    assert template_release(cluster, "roomescape") == ("v2", 3)
+    s = cluster_state(cluster)
+    assert s.live == "v2" and s.status_of("v3") == "bad" and s.deployment is None
+    assert [x["outcome"] for x in s.deployments] == ["promoted", "promoted", "rolled_back"]
