@@ -43,3 +43,31 @@ def assert_events_carry_their_fields(events: list[dict]) -> None:
     for ev in events:
         missing = [f for f in EVENT_FIELDS.get(ev["type"], ()) if f not in ev]
         assert not missing, f"event {ev['type']} lacks {missing}: {ev}"
+
+
+def in_flight_at(records, t: float) -> list:
+    return [r for r in records if r.start <= t and (r.end == 0 or r.end >= t)]
+
+
+RACE = ("connection closed by server after the request was sent", "connection lost after the request was sent")
+
+
+def assert_only_the_dead_process_lost(result, t_kill: float, keepalive_conns: int) -> None:
+    """Every failure was in flight in the killed process at that instant, or is the one race a client of
+    a dead process cannot avoid: a request written on its kept-alive connection to it before the
+    connection's close reached the client (at most one per such connection, within 50 ms; browsers and
+    HTTP libraries send those again, as for an nginx reload)."""
+    at_kill = {id(r) for r in in_flight_at(result.records, t_kill)}
+    raced = [r for r in result.failures if id(r) not in at_kill]
+    for r in raced:
+        assert r.kind in ("keepalive", "post") and r.start <= t_kill + 0.05 and (r.error or "").startswith(RACE), result.format()
+    assert len(raced) <= keepalive_conns, result.format()
+
+
+def alive(pid: int) -> bool:
+    """The process runs (not gone, not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -16,43 +16,17 @@ import time
 from nonstop.testing.load import LoadClient
 from tests.e2e._canary_helpers import warm
 from tests.e2e.artifacts import RUN_COMMAND, make_artifact
-from tests.e2e.helpers import wait_for
+from tests.e2e.helpers import alive
+from tests.e2e.helpers import assert_only_the_dead_process_lost, in_flight_at, wait_for
 
 # keep-alive and new connections, POSTs, one-second requests; every request from one address, no cookies
 LOAD = dict(rate=80, keepalive=3, new=2, post=2, slow=2, slow_ms=1000, timeout=20)
 
 
-def in_flight_at(records, t: float) -> list:
-    return [r for r in records if r.start <= t and (r.end == 0 or r.end >= t)]
-
-
-RACE = ("connection closed by server after the request was sent", "connection lost after the request was sent")
-
-
-def assert_only_the_dead_process_lost(result, t_kill: float, keepalive_conns: int) -> None:
-    """Every failure was in flight in the killed process at that instant, or is the one race a client of
-    a dead process cannot avoid: a request written on its kept-alive connection to it before the
-    connection's close reached the client (at most one per such connection, within 50 ms; browsers and
-    HTTP libraries send those again, as for an nginx reload)."""
-    at_kill = {id(r) for r in in_flight_at(result.records, t_kill)}
-    raced = [r for r in result.failures if id(r) not in at_kill]
-    for r in raced:
-        assert r.kind in ("keepalive", "post") and r.start <= t_kill + 0.05 and (r.error or "").startswith(RACE), result.format()
-    assert len(raced) <= keepalive_conns, result.format()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def _wait_dead(pid: int, timeout: float = 5.0) -> float:
     """The moment the process is a zombie or gone (its sockets are closed by then)."""
     deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.0005)
     return time.monotonic()
 
@@ -93,7 +67,7 @@ def test_kill_9_of_the_proxy_refuses_no_connection(stack_factory, tmp_path):
         old = st.pid("proxy")
         t_kill = time.monotonic()
         os.kill(old, signal.SIGKILL)
-        wait_for(lambda: st.pid("proxy") not in (None, old) and _alive(st.pid("proxy")), timeout=30, interval=0.05,
+        wait_for(lambda: st.pid("proxy") not in (None, old) and alive(st.pid("proxy")), timeout=30, interval=0.05,
                  what="a new proxy")
         warm(load, 150, stack=st)
     result = load.result

@@ -34,7 +34,8 @@ from tests.e2e._https_helpers import https_load, https_stack
 from tests.e2e.artifacts import good_and_faulty, make_artifact
 from tests.e2e.helpers import wait_for
 from tests.e2e.test_canary_split import event_window
-from tests.e2e.test_faults import _alive, assert_only_the_dead_process_lost, in_flight_at
+from tests.e2e.helpers import alive as _alive
+from tests.e2e.helpers import assert_only_the_dead_process_lost, in_flight_at
 
 # keep-alive and new connections (a TLS handshake each), POSTs, one-second requests; one address, no cookies
 LOAD = dict(rate=80, keepalive=3, new=2, post=2, slow=1, slow_ms=1000, timeout=20)

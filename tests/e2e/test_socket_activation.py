@@ -20,7 +20,9 @@ from nonstop.testing.load import LoadClient
 from tests.e2e._canary_helpers import warm
 from tests.e2e.artifacts import RUN_COMMAND, make_artifact
 from tests.e2e.helpers import wait_for
-from tests.e2e.test_faults import LOAD, _alive, assert_only_the_dead_process_lost
+from tests.e2e.helpers import alive as _alive
+from tests.e2e.helpers import assert_only_the_dead_process_lost
+from tests.e2e.test_faults import LOAD
 
 ACTIVATE = shutil.which("systemd-socket-activate") or "/usr/bin/systemd-socket-activate"
 
