@@ -66,14 +66,7 @@ class Agent:
         self.deployer = Deployer(
             Parts(self.config, self.store, self.events, self.fleet, self.traffic, self.releases, self.router, self.stats)
         )
-        self.started_at = time.time()
-        self.stopping = asyncio.Event()
-        self.down_requested = False
-        self.token = _token(self.state / "token")
-        # Webhooks: the listener only queues; delivery runs in tasks started by serve().
-        self.notifier = Notifier(cfg.notify, cfg.app, self.store.get_deployment)
-        if self.notifier:
-            self.events.listen(self.notifier)
+        init_surface(self, cfg)
         self._tasks: list[asyncio.Task] = []
         self.acme = None  # certificates from ACME (tls.acme), issued and renewed in the background
         if cfg.tls is not None and cfg.tls.acme is not None:
@@ -313,6 +306,19 @@ def _read(path: Path) -> str | None:
         return path.read_text().strip() or None
     except OSError:
         return None
+
+
+def init_surface(agent, cfg: Config) -> None:
+    """What the control API and the dashboard read from any agent (one host or a cluster): its start time,
+    the stop event, the dashboard token, and the webhooks (the listener only queues; delivery runs in
+    tasks started by serve()). ``agent.state`` and ``agent.events`` must be set."""
+    agent.started_at = time.time()
+    agent.stopping = asyncio.Event()
+    agent.down_requested = False
+    agent.token = _token(agent.state / "token")
+    agent.notifier = Notifier(cfg.notify, cfg.app, agent.store.get_deployment)
+    if agent.notifier:
+        agent.events.listen(agent.notifier)
 
 
 def _token(path: Path) -> str:

@@ -179,22 +179,16 @@ class Config(_Model):
                 raise ValueError(
                     "strategy: max_surge and max_unavailable are both 0: a rolling update could never make progress"
                 )
-            if s.analysis is not None and not metrics:
-                raise ValueError(
-                    "kubernetes.prometheus: strategy.analysis needs a metrics source in a cluster; "
-                    "name a Prometheus URL or remove the analysis block"
-                )
-        if isinstance(s, BlueGreenStrategy):
-            if s.smoke is not None:
-                raise ValueError(
-                    "strategy.smoke: not run with runtime kubernetes (the command would run where nonstop runs, "
-                    "outside the cluster); gate the new color with its readiness probe or with strategy.analysis"
-                )
-            if s.analysis is not None and not metrics:
-                raise ValueError(
-                    "kubernetes.prometheus: strategy.analysis needs a metrics source in a cluster; "
-                    "name a Prometheus URL or remove the analysis block"
-                )
+        if isinstance(s, BlueGreenStrategy) and s.smoke is not None:
+            raise ValueError(
+                "strategy.smoke: not run with runtime kubernetes (the command would run where nonstop runs, "
+                "outside the cluster); gate the new color with its readiness probe or with strategy.analysis"
+            )
+        if isinstance(s, (RollingStrategy, BlueGreenStrategy)) and s.analysis is not None and not metrics:
+            raise ValueError(
+                "kubernetes.prometheus: strategy.analysis needs a metrics source in a cluster; "
+                "name a Prometheus URL or remove the analysis block"
+            )
         if isinstance(s, CanaryStrategy):
             weights = [st.weight for st in s.steps if st.weight is not None]
             if any(b < a for a, b in zip(weights, weights[1:])):

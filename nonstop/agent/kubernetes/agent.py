@@ -37,7 +37,6 @@ from nonstop.agent.kubernetes.errors import ClusterError, ClusterUnreachable
 from nonstop.agent.kubernetes.operations import KubeDeployer
 from nonstop.agent.kubernetes.stats import ClusterStats
 from nonstop.agent.liveconfig import LiveConfig
-from nonstop.agent.notify import Notifier
 from nonstop.agent.releases import Releases
 from nonstop.agent.store import Store
 from nonstop.agent.traffic import Split
@@ -69,7 +68,7 @@ class KubeAgent:
     (connected at start), the deployer, the housekeeping loop, and the last picture read from the cluster."""
 
     def __init__(self, cfg: Config) -> None:
-        from nonstop.agent.daemon import _token
+        from nonstop.agent.daemon import init_surface
 
         assert cfg.kubernetes is not None
         self.config = LiveConfig(cfg)
@@ -82,13 +81,7 @@ class KubeAgent:
         self.deployer = KubeDeployer(self)
         self.traffic = ClusterTraffic()
         self.router = ClusterStats(self._metrics(cfg), self._serving)
-        self.started_at = time.time()
-        self.stopping = asyncio.Event()
-        self.down_requested = False
-        self.token = _token(self.state / "token")
-        self.notifier = Notifier(cfg.notify, cfg.app, self.store.get_deployment)
-        if self.notifier:
-            self.events.listen(self.notifier)
+        init_surface(self, cfg)
         self._client: Any = None
         self._connecting = asyncio.Lock()
         self._driver: Any = None
