@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
+from nonstop.proxy.pool import MAX_IDLE
+
 __all__ = ["ProxyConfig", "CertFiles", "setting"]
 
 
@@ -53,7 +55,7 @@ class ProxyConfig:
     shutdown_timeout: float = setting(30.0, "--shutdown-timeout", kind="duration")
     idle_grace: float = setting(1.0, "--idle-grace", "on stop, idle keep-alive connections get this long to send one more request", kind="duration")
     pool_idle_timeout: float = setting(4.0, None)  # below common upstream keep-alive timeouts (uvicorn, Node: 5 s)
-    pool_max_idle: int = setting(256, None)
+    pool_max_idle: int = setting(MAX_IDLE, None)  # a safety bound: the pool is sized by demand (pool.py)
     backlog: int = setting(2048, None)
     takeover: bool = setting(False, "--takeover", "take the listening sockets from the proxy on --admin-socket, then retire it", kind="bool")
     workers: int = setting(1, "--workers", "worker processes sharing the listening sockets (a supervisor answers the admin API for all)", kind="count")

@@ -14,7 +14,7 @@ import random
 import time
 from typing import Iterator
 
-from nonstop.proxy.pool import Pool
+from nonstop.proxy.pool import MAX_IDLE, Pool
 from nonstop.proxy.routes import RouteTable, parse_addr
 from nonstop.proxy.split import Split
 from nonstop.proxy.stats import Counters
@@ -25,7 +25,7 @@ class TargetState:
 
     __slots__ = ("addr", "host", "port", "in_flight", "tunnels", "pool", "listed")
 
-    def __init__(self, addr: str, max_idle: int = 256) -> None:
+    def __init__(self, addr: str, max_idle: int = MAX_IDLE) -> None:
         self.addr = addr
         self.host, self.port = parse_addr(addr)
         self.in_flight = 0  # requests, including upgraded connections
@@ -81,7 +81,7 @@ class ReleaseRoute:
 class ProxyState:
     """The live table (with its compiled split and routes), all known targets, and the per-pair counters."""
 
-    def __init__(self, max_idle: int = 256) -> None:
+    def __init__(self, max_idle: int = MAX_IDLE) -> None:
         self.table = RouteTable()
         self.split = Split(self.table)
         self.routes: list[ReleaseRoute] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import resource
 
 from backends import App, ws_frame, ws_read
 from util import Client, get, proxy, raw, read_response, run, split_addr
@@ -41,6 +42,30 @@ def test_keep_alive_both_sides_reuses_one_upstream_connection():
             assert c.connections == 1  # client side kept alive
             assert app.connections == 1  # upstream connection pooled and reused
             await c.close()
+        await app.stop()
+
+    run(main())
+
+
+def test_the_pool_keeps_every_connection_a_burst_used_for_the_next_burst():
+    # issue 16: with the idle pool capped at 256, each burst of more concurrent requests than that
+    # closed the extra connections as they came back, and the next burst waited to open them again
+    concurrent, bursts = 300, 3
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = 4 * concurrent + 256  # clients, the proxy's two sides, the app's side
+    if soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, hard), hard))
+
+    async def main():
+        app = await App().start()
+        async with proxy(app.addr) as srv:
+            clients = [Client(srv.listen_addr) for _ in range(concurrent)]
+            for burst in range(bursts):
+                rs = await asyncio.gather(*(c.request("GET", "/sleep?s=0.2") for c in clients))
+                assert [r.status for r in rs] == [200] * concurrent
+                assert app.connections == concurrent, f"burst {burst + 1}: the app saw {app.connections} connections"
+            assert app.requests == concurrent * bursts
+            await asyncio.gather(*(c.close() for c in clients))
         await app.stop()
 
     run(main())
