@@ -250,7 +250,10 @@ _BACKEND = """\
 _NGINX_PROXY = """\
     upstream backend {{
         server 127.0.0.1:{backend};
-        keepalive 128;
+        # idle connections kept per worker: as many as nonstop's pool may keep (pool.MAX_IDLE); HAProxy
+        # keeps every one by default. With fewer than a run's concurrent requests (128 until issue 16), a
+        # proxy closes connections the next requests must open again, and the table measures that instead.
+        keepalive 4096;
         keepalive_requests 1000000;
     }}
     server {{

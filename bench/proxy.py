@@ -30,6 +30,8 @@ backend on core 0 together.
 Limits: RLIMIT_NOFILE is raised to the hard limit before any server starts (every server inherits
 it); nginx gets ``worker_rlimit_nofile`` and ``worker_connections`` ≥ 2 × the most connections,
 HAProxy ``maxconn`` ≥ them, every listener the same backlog (2048, nonstop's). nonstop needs no flag.
+Idle upstream connections: nginx ``keepalive 4096`` (nonstop's bound, ``pool.MAX_IDLE``; HAProxy keeps
+every one by default), so no proxy closes connections its next requests must open again (issue 16).
 
 ``--tls``: the proxies serve HTTPS (a self-signed ECDSA P-256 certificate made at start, key 0600; the
 TLS 1.2 ciphers of nonstop, TLS 1.3 suites OpenSSL's, session tickets at each server's default) to a

@@ -5,7 +5,7 @@
 
 Every ``--tree NAME=PATH`` is a checkout with its proxy built in place; its rows run ``python -m
 nonstop.proxy`` with ``PYTHONPATH=PATH``. Rows: nginx and each tree with 1 worker, then with 2 workers
-(``--workers 2``); rounds interleaved, the order turned by one per round; wrk -t1 -c50 --latency
+(``--workers 2``); rounds interleaved, the order turned by one per round; wrk -t1 -c50 (``--connections``) --latency
 --timeout 5s, 2 s warm-up, then the measured run; halfway through it, how many client connections each
 worker holds. Ratios to the same round's nginx with the same worker count: median (min–max), † when
 the rounds disagree on the side of 1.0. Loopback only; every server is stopped by PID.
@@ -42,6 +42,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--duration", type=int, default=8, help="measured seconds per row")
     p.add_argument("--vary", action="store_true", help="a different path for every request")
+    p.add_argument("--connections", type=int, default=50, help="wrk -c (default 50)")
+    p.add_argument("--workers", default="1,2", help="worker counts, a comma list (default 1,2)")
     args = p.parse_args()
     trees = dict(t.split("=", 1) for t in args.tree)
     wd = Path(tempfile.mkdtemp(prefix="ab-versions-"))
@@ -49,12 +51,13 @@ def main() -> None:
     lua.write_text(DONE_LUA + ('\nlocal n = 0\nrequest = function() n = n + 1; return wrk.format("GET", "/?n=" .. n) end\n'
                                if args.vary else ""))
     helps: dict[str, str] = {}
-    backend = b.nginx("backend", wd, b.free_port())
+    sizing = b.Sizing(connections=args.connections, nofile=20000)
+    backend = b.nginx("backend", wd, b.free_port(), sizing=sizing)
     backend.start()
 
     def server(name: str, workers: int, port: int):
         if name == "nginx":
-            return b.nginx(f"nginx{workers}", wd, port, workers=workers, backend=backend.port)
+            return b.nginx(f"nginx{workers}", wd, port, workers=workers, backend=backend.port, sizing=sizing)
         env = {**b._env(), "PYTHONPATH": str(Path(trees[name]).resolve())}
         if name not in helps:
             helps[name] = subprocess.run([sys.executable, "-m", "nonstop.proxy", "--help"], capture_output=True,
@@ -80,8 +83,8 @@ def main() -> None:
         s.start()
         try:
             url = f"http://127.0.0.1:{port}/"
-            subprocess.run(["wrk", "-t1", "-c50", "-d2s", url], capture_output=True, timeout=60)
-            w = subprocess.Popen(["wrk", "-t1", "-c50", f"-d{args.duration}s", "--latency", "--timeout", "5s",
+            subprocess.run(["wrk", "-t1", f"-c{args.connections}", "-d2s", url], capture_output=True, timeout=60)
+            w = subprocess.Popen(["wrk", "-t1", f"-c{args.connections}", f"-d{args.duration}s", "--latency", "--timeout", "5s",
                                   "-s", str(lua), url], stdout=subprocess.PIPE, text=True)
             time.sleep(args.duration / 2)
             conns = spread(s, port)
@@ -91,7 +94,7 @@ def main() -> None:
             s.stop()
         return j["requests"] / args.duration, j["p99_us"] / 1000, conns
 
-    rows = [(n, w) for w in (1, 2) for n in ("nginx", *trees)]
+    rows = [(n, w) for w in map(int, args.workers.split(",")) for n in ("nginx", *trees)]
     res: dict[tuple[str, int], list] = {r: [] for r in rows}
     try:
         for i in range(args.rounds):
@@ -107,7 +110,8 @@ def main() -> None:
         flag = " †" if min(xs) < 1 < max(xs) else ""
         return f"{statistics.median(xs):.2f} ({min(xs):.2f}–{max(xs):.2f}){flag}"
 
-    print(f"\n{'--vary' if args.vary else 'one GET / repeated'}, {args.rounds} rounds × {args.duration} s\n")
+    print(f"\n{'--vary' if args.vary else 'one GET / repeated'}, {args.connections} connections, "
+          f"{args.rounds} rounds × {args.duration} s\n")
     print("| row | req/s median (rounds) | p99 ms median (rounds) | × nginx req/s | × nginx p99 | connections per worker |")
     print("|---|---|---|---|---|---|")
     for (name, workers), v in res.items():
