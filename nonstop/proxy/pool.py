@@ -11,7 +11,7 @@ has been idle for ``idle_timeout``, so it never holds more than the most
 requests that were in flight to the target at once. ``MAX_IDLE`` is only a
 safety bound above that. A bound below the load's concurrency makes the pool
 close connections the next moment's requests must open again (issue 16: with
-256, wrk -c500 opened ~1,900 upstream connections a second, and each request
+256, wrk -c500 made it open 760-1,900 upstream connections a second, and each request
 that had to wait for one took 25-50 ms instead of 5-10).
 """
 
