@@ -7,7 +7,7 @@ import base64
 import os
 import resource
 
-from backends import App, ws_frame, ws_read
+from backends import App, Backend, read_head, response, ws_frame, ws_read
 from util import Client, get, proxy, raw, read_response, run, split_addr
 
 
@@ -47,6 +47,30 @@ def test_keep_alive_both_sides_reuses_one_upstream_connection():
     run(main())
 
 
+class _Barrier(Backend):
+    """Answers nothing until ``size`` requests are held, then all of them: each burst is exactly ``size`` at once."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+        self.held = 0
+        self.all_in = asyncio.Event()
+
+    def next_burst(self) -> None:
+        self.held = 0
+        self.all_in = asyncio.Event()
+
+    async def handle(self, reader, writer) -> None:
+        while await read_head(reader) is not None:
+            self.requests += 1
+            self.held += 1
+            all_in = self.all_in
+            if self.held == self.size:
+                all_in.set()
+            await all_in.wait()
+            writer.write(response(200, b"ok"))
+
+
 def test_the_pool_keeps_every_connection_a_burst_used_for_the_next_burst():
     # issue 16: with the idle pool capped at 256, each burst of more concurrent requests than that
     # closed the extra connections as they came back, and the next burst waited to open them again
@@ -57,11 +81,12 @@ def test_the_pool_keeps_every_connection_a_burst_used_for_the_next_burst():
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, hard), hard))
 
     async def main():
-        app = await App().start()
+        app = await _Barrier(concurrent).start()
         async with proxy(app.addr) as srv:
             clients = [Client(srv.listen_addr) for _ in range(concurrent)]
             for burst in range(bursts):
-                rs = await asyncio.gather(*(c.request("GET", "/sleep?s=0.2") for c in clients))
+                app.next_burst()
+                rs = await asyncio.gather(*(c.request("GET", "/") for c in clients))
                 assert [r.status for r in rs] == [200] * concurrent
                 assert app.connections == concurrent, f"burst {burst + 1}: the app saw {app.connections} connections"
             assert app.requests == concurrent * bursts
