@@ -14,10 +14,10 @@ run). ``PROBE_MAX_IDLE=N`` runs the proxy with an idle-pool bound of N (``pool_m
 The probe needs one target (the single-target table of ``--upstream``). Its own cost: one callback
 per iteration, and the loop never blocks in epoll while it runs.
 
-What it showed (issue 16, wrk -t1 -c500, the bound at 256): 5,738 upstream connections opened in 3 s,
-the pool empty in half the iterations while 256-500 requests were in flight, and a second mode in the
-proxy's latency histogram (8,089 requests at 25-50 ms, 2,783 at 10-25 ms); with the bound at 4,096: no
-connection opened and 579 requests at 25-50 ms.
+What it showed (issue 16, bench/RESULTS.md): under wrk -t1 -c500 with the bound at 256, 4,045 and
+2,278 upstream connections opened in 3 s and 5,739 and 6,229 requests at 25-50 ms in the proxy's
+histogram; with the bound at 4,096, none opened and 475-498 at 25-50 ms. At -c2000, turns of the
+loop of 660-730 ms, each finishing ~24,600 requests (libuv's 48 full ``epoll_wait`` batches).
 """
 
 from __future__ import annotations
