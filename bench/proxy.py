@@ -83,7 +83,7 @@ end
 """
 # --vary: every request has its own path (/?n=1, /?n=2, ...), as real traffic would, so nothing that
 # remembers exact request bytes can help; wrk then builds each request in Lua (the same cost for every row).
-_WRK_LUA_VARY = """
+WRK_LUA_VARY = """
 local n = 0
 request = function()
   n = n + 1
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="nonstop-bench-"))
     lua = workdir / "report.lua"
-    lua.write_text((_WRK_LUA_VARY if args.vary else "") + _WRK_LUA)
+    lua.write_text((WRK_LUA_VARY if args.vary else "") + _WRK_LUA)
     tls = make_cert(workdir) if args.tls else None
     backend = backends.nginx("backend", workdir, backends.free_port(), workers=1, sizing=sizing,
                              cpus=LOAD_CPUS if args.pin else None)

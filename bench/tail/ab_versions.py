@@ -27,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import backend_servers as b  # noqa: E402
+from proxy import WRK_LUA_VARY  # noqa: E402
 import psutil  # noqa: E402
 
 DONE_LUA = """
@@ -48,8 +49,7 @@ def main() -> None:
     trees = dict(t.split("=", 1) for t in args.tree)
     wd = Path(tempfile.mkdtemp(prefix="ab-versions-"))
     lua = wd / "done.lua"
-    lua.write_text(DONE_LUA + ('\nlocal n = 0\nrequest = function() n = n + 1; return wrk.format("GET", "/?n=" .. n) end\n'
-                               if args.vary else ""))
+    lua.write_text(DONE_LUA + (WRK_LUA_VARY if args.vary else ""))
     helps: dict[str, str] = {}
     sizing = b.Sizing(connections=args.connections, nofile=20000)
     backend = b.nginx("backend", wd, b.free_port(), sizing=sizing)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import backend_servers as b  # noqa: E402
+from proxy import WRK_LUA_VARY  # noqa: E402
 
 EVENTS = "raw_syscalls:sys_enter,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_pwait,context-switches,cpu-migrations,task-clock"
 
@@ -28,15 +29,19 @@ EVENTS = "raw_syscalls:sys_enter,syscalls:sys_enter_epoll_wait,syscalls:sys_ente
 def main() -> None:
     wd = Path(tempfile.mkdtemp(prefix="wakeups-"))
     lua = wd / "vary.lua"
-    lua.write_text('local n = 0\nrequest = function() n = n + 1; return wrk.format("GET", "/?n=" .. n) end\n')
+    lua.write_text(WRK_LUA_VARY)
     backend = b.nginx("backend", wd, b.free_port())
     backend.start()
     helptext = b.nonstop_help()
     try:
         for kind in sys.argv[1].split(","):
-            name, w = kind.rsplit("x", 1); w = int(w)
+            name, workers = kind.rsplit("x", 1)
+            w = int(workers)
             port = b.free_port()
-            s = b.nginx(f"px{w}", wd, port, workers=w, backend=backend.port) if name == "nginx" else b.nonstop(f"ns{w}", wd, port, backend.port, workers=w, help_text=helptext)
+            if name == "nginx":
+                s = b.nginx(f"px{w}", wd, port, workers=w, backend=backend.port)
+            else:
+                s = b.nonstop(f"ns{w}", wd, port, backend.port, workers=w, help_text=helptext)
             s.start()
             try:
                 url = f"http://127.0.0.1:{port}/"
